@@ -195,11 +195,12 @@ void check_empty_batch(const at::Device& device) {
   EXPECT_EQ(lens.numel(), 0);
 }
 
-bool cuda_present() { return at::hasCUDA(); }
-
-#define SKIP_WITHOUT_CUDA()                                                         \
-  if (!cuda_present()) {                                                            \
-    GTEST_SKIP() << "no CUDA device here; the CUDA kernel is compiled and registered"; \
+// CUDA cases: skipped with the reason when there is nothing to run them on.
+#define SKIP_WITHOUT_CUDA()                                                           \
+  if (!SPECDEC_WITH_CUDA) {                                                           \
+    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)"; \
+  } else if (!at::hasCUDA()) {                                                        \
+    GTEST_SKIP() << "no CUDA device here (the CUDA kernel is compiled and registered)"; \
   }
 
 TEST(KvCompactCpu, MatchesReferenceFp32) { check_contiguous(at::kCPU, at::kFloat, 64); }

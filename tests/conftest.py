@@ -1,0 +1,48 @@
+"""Shared pytest fixtures.
+
+Random inputs are fresh on every run: the base seed comes from
+SPECDEC_TEST_SEED when set, else from the OS, and is printed in the report
+header so that a failing run can be replayed exactly
+(SPECDEC_TEST_SEED=<seed> pytest ...).  Each test derives its own seed from the
+base seed and its node id.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import torch
+
+import specdec_cuda  # noqa: F401  (registers the ops)
+
+BASE_SEED = int(os.environ.get("SPECDEC_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CUDA cases are always collected, and skip (with the reason) on a machine without a GPU.
+ALL_DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
+    ),
+]
+
+
+def pytest_report_header(config):
+    return f"specdec_cuda test seed: SPECDEC_TEST_SEED={BASE_SEED}"
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """This test's seed (base seed mixed with the test id); also seeds torch."""
+    s = (BASE_SEED + zlib.crc32(request.node.nodeid.encode())) % (2**31)
+    torch.manual_seed(s)
+    return s
+
+
+@pytest.fixture
+def gen(seed) -> torch.Generator:
+    """A CPU generator seeded with this test's seed."""
+    return torch.Generator().manual_seed(seed)
