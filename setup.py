@@ -103,7 +103,7 @@ setup(
     packages=find_packages(include=["specdec_cuda", "specdec_cuda.*"]),
     ext_modules=[CMakeExtension("specdec_cuda._C")],
     cmdclass={"build_ext": CMakeBuild},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["torch>=2.11"],
     extras_require={"test": ["pytest", "numpy"]},
     zip_safe=False,

@@ -63,7 +63,7 @@ message(STATUS "specdec_cuda: torch ${SPECDEC_TORCH_VERSION} "
                "(CUDA '${SPECDEC_TORCH_CUDA_VERSION}') at ${SPECDEC_TORCH_LIB_DIR}")
 
 function(_specdec_torch_lib out name)
-  find_library(_lib_${name} NAMES ${name} PATHS "${SPECDEC_TORCH_LIB_DIR}" NO_DEFAULT_PATH)
+  find_library(_lib_${name} NAMES ${name} PATHS "${SPECDEC_TORCH_LIB_DIR}" NO_DEFAULT_PATH NO_CACHE)
   if(NOT _lib_${name})
     message(FATAL_ERROR "specdec_cuda: lib${name}.so not found in ${SPECDEC_TORCH_LIB_DIR}")
   endif()

@@ -2,6 +2,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <limits>
 #include <unordered_set>
 
 #include "ops/checks.h"
