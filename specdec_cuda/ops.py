@@ -13,7 +13,14 @@ import torch
 
 from . import _validate
 
-__all__ = ["kv_compact_", "kv_compact_paged_"]
+__all__ = [
+    "kv_compact_",
+    "kv_compact_paged_",
+    "sampling_probs",
+    "verify_greedy",
+    "rejection_sample",
+    "typical_accept",
+]
 
 TensorOrList = torch.Tensor | Sequence[torch.Tensor]
 
@@ -103,6 +110,119 @@ def kv_compact_paged_(
 
 
 # ---------------------------------------------------------------------------
+# Acceptance sampling.
+# ---------------------------------------------------------------------------
+
+Verdict = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+_TREE_DOC = """
+    Trees: ``tokens`` int64 ``[B, N]`` (node i's token; node 0 is the root, the
+    last committed token) and ``parents`` int32 ``[B, N]`` with ``parents[b, 0] = -1``
+    and ``0 <= parents[b, i] < i``; a chain of K drafts is ``[-1, 0, 1, ..., K-1]``.
+    Children are tried in increasing index order.  Pad a batch of smaller trees
+    with nodes nobody reaches (e.g. children of the last node with zero draft mass).
+
+    Returns ``(accept_nodes, num_accepted, next_token)``: ``accept_nodes`` int32
+    ``[B, N]``, the accepted path's node indices from the root (``accept_nodes[b, 0]
+    = 0``), -1 padded (N columns, the deepest possible path, so that the shape is
+    static for CUDA graphs and torch.compile); ``num_accepted`` int32 ``[B]``, the
+    path length including the root; ``next_token`` int64 ``[B]``, the corrected or
+    bonus token.  A step commits the path's K/V (see :func:`kv_compact_`) and emits
+    ``num_accepted - 1`` drafts plus ``next_token``.
+"""
+
+
+def sampling_probs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """The one transform both draft and target logits go through: temperature, top-k, top-p.
+
+    Args:
+        logits: ``[B, V]`` or ``[B, N, V]``, float32/float16/bfloat16, contiguous.
+        temperature: float32 ``[B]``, ``>= 0``; 0 means greedy (one-hot at the first maximum).
+        top_k: int32 ``[B]``; ``0`` (or ``>= V``) disables it.  Ties with the k-th
+            largest logit are kept.
+        top_p: float32 ``[B]`` in ``(0, 1]``; ``1`` disables it.  Keeps the most
+            probable tokens whose mass first reaches ``top_p`` (ties kept).
+
+    Returns:
+        float32 probabilities of the shape of ``logits``; row b's parameters apply
+        to all N positions of ``[B, N, V]`` logits.  Computed in float64: z =
+        logits / T, top-k on z, softmax, top-p, renormalise.
+
+    Raises (naming ``specdec::sampling_probs``) on bad shapes/dtypes/devices, a
+    negative or NaN temperature, a negative top_k, top_p outside ``(0, 1]``, a NaN
+    or +inf logit, or a row whose logits are all -inf.
+    """
+    return torch.ops.specdec.sampling_probs(logits, temperature, top_k, top_p)
+
+
+def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: torch.Tensor) -> Verdict:
+    """Greedy verification: follow children whose token is the target's argmax.
+
+    ``target_argmax`` int64 ``[B, N]``: the target model's argmax after each node.
+    From the root, accept the first child whose token equals
+    ``target_argmax[b, node]``; stop when none does; ``next_token`` is the argmax
+    after the last accepted node.
+    """
+    return torch.ops.specdec.verify_greedy(tokens, parents, target_argmax)
+
+
+def rejection_sample(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+) -> Verdict:
+    """Lossless verification: the emitted tokens follow the target distribution exactly.
+
+    ``target_probs`` float32 ``[B, N, V]``: the target's next-token distribution after
+    each node (rows taken as normalised, e.g. from :func:`sampling_probs`).
+    ``draft_probs`` float32 ``[B, N, V]`` or ``None``: the draft distribution node i's
+    children were drawn from.  With it, siblings are independent draws: accept child
+    x with probability ``min(1, p(x)/q(x))``; on rejection ``p <- normalise(max(p - q,
+    0))`` and try the next sibling.  Without it (deterministic drafts: top-k, n-gram):
+    accept x with probability ``p(x)``; on rejection zero ``p(x)`` and renormalise.  When
+    all children are rejected the next token is drawn from the residual; at a leaf,
+    from its target distribution (bonus).  A residual with no mass falls back to
+    the node's target distribution.
+
+    ``seed``, ``offset`` int64 ``[B]``: the row's Philox4x32-10 stream (uniform index c
+    for node c's test, N for the final draw); advance ``offset`` every step (e.g. by
+    N + 1) and give rows different seeds.  Same seed and offset give the same
+    result on CPU and CUDA.
+    """
+    return torch.ops.specdec.rejection_sample(tokens, parents, draft_probs, target_probs, seed, offset)
+
+
+def typical_accept(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    posterior_threshold: float,
+    posterior_alpha: float,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+) -> Verdict:
+    """Medusa's typical acceptance (lossy by design).
+
+    Child c of an accepted node u is accepted iff ``p_u(tokens[c]) >
+    min(posterior_threshold, posterior_alpha * exp(-H(p_u)))`` (H: entropy in nats).
+    The path ends at the deepest node whose whole path is accepted (lowest index
+    among equals); ``next_token`` is drawn from its target distribution (uniform
+    index N of the row's stream).
+    """
+    return torch.ops.specdec.typical_accept(
+        tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset
+    )
+
+
+for _f in (verify_greedy, rejection_sample, typical_accept):
+    _f.__doc__ += _TREE_DOC
+
+# ---------------------------------------------------------------------------
 # Fake kernels (for torch.compile / FakeTensor tracing).  The KV ops only
 # mutate their inputs, so the fake has nothing to allocate; shape and value
 # checks run in the real kernels when the compiled graph executes.
@@ -119,3 +239,33 @@ def _kv_compact_paged_fake(
     k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted
 ) -> None:
     return None
+
+
+@torch.library.register_fake("specdec::sampling_probs")
+def _sampling_probs_fake(logits, temperature, top_k, top_p):
+    return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+
+
+def _verdict_fake(tokens):
+    batch, nodes = tokens.shape
+    return (
+        tokens.new_empty((batch, nodes), dtype=torch.int32),
+        tokens.new_empty((batch,), dtype=torch.int32),
+        tokens.new_empty((batch,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("specdec::verify_greedy")
+def _verify_greedy_fake(tokens, parents, target_argmax):
+    return _verdict_fake(tokens)
+
+
+@torch.library.register_fake("specdec::rejection_sample")
+def _rejection_sample_fake(tokens, parents, draft_probs, target_probs, seed, offset):
+    return _verdict_fake(tokens)
+
+
+@torch.library.register_fake("specdec::typical_accept")
+def _typical_accept_fake(tokens, parents, target_probs, posterior_threshold, posterior_alpha,
+                         seed, offset):
+    return _verdict_fake(tokens)

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 
-__all__ = ["kv_compact_", "kv_compact_paged_"]
+__all__ = [
+    "kv_compact_", "kv_compact_paged_", "verify_greedy", "rejection_sample", "typical_accept",
+    "sampling_probs",
+]
 
 
 def _accepted_pairs(
@@ -69,3 +74,211 @@ def kv_compact_paged_(
         dst_page, dst_off = tables[rows, dst // page_size], dst % page_size
         pages[dst_page, dst_off] = pages[src_page, src_off]
     cache_lens += num_accepted
+
+
+# ---------------------------------------------------------------------------
+# Acceptance sampling.  Semantics shared by the CPU and CUDA kernels:
+#
+# * Trees: parents[b, 0] = -1, parents[b, i] < i; the children of a node are
+#   visited in increasing index order.
+# * Uniforms come from Philox4x32-10 (specdec_cuda._philox), one stream per row
+#   keyed by (seed[b], offset[b]): the acceptance test of node c uses index c,
+#   the final draw (correction or bonus token) uses index N.
+# * target_probs / draft_probs rows are taken as normalised (Z = 1 at a fresh node).
+# * With draft probabilities (siblings drawn independently from q = draft_probs[u]),
+#   the residual after k rejections at node u is w(x) = max(p(x) A - q(x) B, 0)
+#   with mass Z: it starts at A = 1, B = 0, Z = 1 and a rejection sets
+#   A <- A / Z, B <- B / Z + 1, Z <- sum_x w(x): exactly normalise(max(p - q, 0))
+#   applied k times.  Child token x is accepted iff u * q(x) < w(x) / Z.
+# * Without draft probabilities (deterministic drafts), child token x is
+#   accepted iff u * Z < w(x), where w is p with the rejected siblings' tokens
+#   zeroed and Z = 1 - their mass.
+# * The final token is drawn from the current residual (all children rejected)
+#   or from the accepted leaf's target distribution (bonus): the smallest x with
+#   cumsum(w)[x] > u * sum(w), sums in float64.  A residual with no mass falls
+#   back to the node's target distribution.
+# ---------------------------------------------------------------------------
+
+
+def _children(parents_row: list[int], node: int) -> list[int]:
+    return [c for c in range(node + 1, len(parents_row)) if parents_row[c] == node]
+
+
+def _draw(weights: torch.Tensor, fallback: torch.Tensor, u: float) -> int:
+    """Inverse-CDF draw from float64 weights [V]; the fallback if they have no mass."""
+    if not float(weights.sum()) > 0.0:
+        weights = fallback
+    cdf = torch.cumsum(weights, 0)
+    hit = torch.nonzero(cdf > u * float(cdf[-1]))
+    if hit.numel():
+        return int(hit[0, 0])
+    return int(torch.nonzero(weights > 0)[-1, 0])  # u * total rounded up to the total
+
+
+def _outputs(paths: list[list[int]], nexts: list[int], nodes: int, device):
+    batch = len(paths)
+    accept = torch.full((batch, nodes), -1, dtype=torch.int32)
+    for b, p in enumerate(paths):
+        accept[b, : len(p)] = torch.tensor(p, dtype=torch.int32)
+    num = torch.tensor([len(p) for p in paths], dtype=torch.int32)
+    nxt = torch.tensor(nexts, dtype=torch.int64)
+    return accept.to(device), num.to(device), nxt.to(device)
+
+
+def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: torch.Tensor):
+    """Reference for :func:`specdec_cuda.ops.verify_greedy`.
+
+    From the root, repeatedly accept the first child whose token equals the
+    target's argmax after the current node; stop when none does.
+    """
+    batch, nodes = tokens.shape
+    toks, pars, arg = tokens.tolist(), parents.tolist(), target_argmax.tolist()
+    paths, nexts = [], []
+    for b in range(batch):
+        node, path = 0, [0]
+        while True:
+            match = [c for c in _children(pars[b], node) if toks[b][c] == arg[b][node]]
+            if not match:
+                break
+            node = match[0]
+            path.append(node)
+        paths.append(path)
+        nexts.append(arg[b][node])
+    return _outputs(paths, nexts, nodes, tokens.device)
+
+
+def rejection_sample(tokens: torch.Tensor, parents: torch.Tensor,
+                     draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
+                     seed: torch.Tensor, offset: torch.Tensor):
+    """Reference for :func:`specdec_cuda.ops.rejection_sample` (see the rules above)."""
+    from . import _philox
+
+    batch, nodes = tokens.shape
+    toks, pars = tokens.tolist(), parents.tolist()
+    u_all = _philox.uniforms(seed.cpu(), offset.cpu(), torch.arange(nodes + 1)).tolist()
+    paths, nexts = [], []
+    for b in range(batch):
+        node, path = 0, [0]
+        while True:
+            p = target_probs[b, node].double().cpu()
+            q = draft_probs[b, node].double().cpu() if draft_probs is not None else None
+            a, bb, z = 1.0, 0.0, 1.0
+            zeroed = p.clone()
+            accepted = None
+            kids = _children(pars[b], node)
+            for c in kids:
+                x, u = toks[b][c], u_all[b][c]
+                if q is not None:
+                    w_x = max(float(p[x]) * a - float(q[x]) * bb, 0.0)
+                    if u * float(q[x]) < w_x / z:
+                        accepted = c
+                        break
+                    a, bb = a / z, bb / z + 1.0
+                    z = float(torch.clamp(p * a - q * bb, min=0.0).sum())
+                    if not z > 0.0:  # no residual mass left: back to the target
+                        a, bb, z = 1.0, 0.0, 1.0
+                else:
+                    if u * z < float(zeroed[x]):
+                        accepted = c
+                        break
+                    z -= float(zeroed[x])
+                    zeroed[x] = 0.0
+                    if not z > 0.0:
+                        zeroed, z = p.clone(), 1.0
+            if accepted is None:
+                if not kids:
+                    w = p
+                elif q is not None:
+                    w = torch.clamp(p * a - q * bb, min=0.0)
+                else:
+                    w = zeroed
+                nexts.append(_draw(w, p, u_all[b][nodes]))
+                break
+            node = accepted
+            path.append(node)
+        paths.append(path)
+    return _outputs(paths, nexts, nodes, tokens.device)
+
+
+def typical_accept(tokens: torch.Tensor, parents: torch.Tensor, target_probs: torch.Tensor,
+                   posterior_threshold: float, posterior_alpha: float,
+                   seed: torch.Tensor, offset: torch.Tensor):
+    """Reference for :func:`specdec_cuda.ops.typical_accept` (Medusa's typical acceptance).
+
+    Child c of an accepted node u is accepted iff
+    ``p_u(tokens[c]) > min(posterior_threshold, posterior_alpha * exp(-H(p_u)))``
+    with H the entropy (nats).  The accepted path ends at the deepest node whose
+    whole path is accepted (the lowest index among equally deep ones); the next
+    token is drawn from that node's target distribution with uniform index N.
+    """
+    from . import _philox
+
+    batch, nodes = tokens.shape
+    toks, pars = tokens.tolist(), parents.tolist()
+    u_all = _philox.uniforms(seed.cpu(), offset.cpu(), torch.arange(nodes + 1)).tolist()
+    paths, nexts = [], []
+    for b in range(batch):
+        ok = [False] * nodes
+        depth = [0] * nodes
+        ok[0] = True
+        for u in range(nodes):
+            kids = _children(pars[b], u)
+            if not ok[u] or not kids:
+                continue
+            p = target_probs[b, u].double().cpu()
+            pos = p[p > 0]
+            entropy = float(-(pos * torch.log(pos)).sum())
+            cut = min(posterior_threshold, posterior_alpha * math.exp(-entropy))
+            for c in kids:
+                ok[c] = float(p[toks[b][c]]) > cut
+                depth[c] = depth[u] + 1
+        best = max((i for i in range(nodes) if ok[i]), key=lambda i: (depth[i], -i))
+        path = [best]
+        while pars[b][path[-1]] >= 0:
+            path.append(pars[b][path[-1]])
+        path.reverse()
+        p = target_probs[b, best].double().cpu()
+        nexts.append(_draw(p, p, u_all[b][nodes]))
+        paths.append(path)
+    return _outputs(paths, nexts, nodes, tokens.device)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                   top_p: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`specdec_cuda.ops.sampling_probs`, in float64.
+
+    Per row b (and every position of a [B, N, V] input): temperature 0 gives the
+    one-hot of the first maximum.  Otherwise z = logits / T; top_k in (0, V)
+    keeps the tokens whose z is at least the k-th largest (ties kept); softmax;
+    top_p < 1 keeps the tokens whose probability is at least t, the largest
+    value whose set {p >= t} holds mass >= top_p (ties kept); renormalise.
+    """
+    squeeze = logits.dim() == 2
+    x = logits.double().cpu()
+    if squeeze:
+        x = x[:, None]
+    batch, rows, vocab = x.shape
+    out = torch.empty_like(x)
+    for b in range(batch):
+        t, k, tp = float(temperature[b]), int(top_k[b]), float(top_p[b])
+        for r in range(rows):
+            row = x[b, r]
+            if t == 0.0:
+                out[b, r] = 0.0
+                out[b, r, int(torch.argmax(row))] = 1.0
+                continue
+            z = row / t
+            if 0 < k < vocab:
+                kth = torch.topk(z, k).values[-1]
+                z = torch.where(z >= kth, z, torch.tensor(float("-inf"), dtype=z.dtype))
+            p = torch.exp(z - z.max())
+            p = p / p.sum()
+            if tp < 1.0:
+                s = torch.sort(p, descending=True).values
+                m = int(torch.searchsorted(torch.cumsum(s, 0), torch.tensor([tp], dtype=s.dtype)))
+                thr = s[min(m, vocab - 1)]
+                p = torch.where(p >= thr, p, torch.zeros((), dtype=p.dtype))
+                p = p / p.sum()
+            out[b, r] = p
+    out = out[:, 0] if squeeze else out
+    return out.to(device=logits.device, dtype=torch.float32)

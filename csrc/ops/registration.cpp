@@ -10,4 +10,16 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "kv_compact_paged_(Tensor(a!)[] k_pages, Tensor(b!)[] v_pages, Tensor block_tables, "
       "Tensor(c!) cache_lens, Tensor accept_nodes, Tensor num_accepted) -> ()");
+  m.def(
+      "sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+  m.def(
+      "verify_greedy(Tensor tokens, Tensor parents, Tensor target_argmax) "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+  m.def(
+      "rejection_sample(Tensor tokens, Tensor parents, Tensor? draft_probs, Tensor target_probs, "
+      "Tensor seed, Tensor offset) -> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+  m.def(
+      "typical_accept(Tensor tokens, Tensor parents, Tensor target_probs, float posterior_threshold, "
+      "float posterior_alpha, Tensor seed, Tensor offset) "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
 }

@@ -1,0 +1,194 @@
+// Acceptance sampling, CPU kernels: the shared walks of specdec/acceptance.h
+// over a row policy whose vocabulary collectives are plain loops, parallel
+// over rows.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/acceptance.h"
+#include "ops/checks.h"
+#include "specdec/philox.h"
+
+namespace specdec {
+namespace {
+
+struct RowError {
+  int32_t code = accept::kOk;
+  int64_t where = 0, value = 0;
+};
+
+class CpuRow {
+ public:
+  int64_t nodes = 0, vocab = 0;
+
+  CpuRow(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens, const float* target,
+         const float* draft, uint64_t seed, uint64_t offset, int64_t* scratch, int32_t* accept,
+         int32_t* num, int64_t* next, RowError* error)
+      : nodes(n), vocab(v), parents_(parents), tokens_(tokens), target_(target), draft_(draft),
+        seed_(seed), offset_(offset), scratch_(scratch), accept_(accept), num_(num), next_(next),
+        error_(error) {}
+
+  int32_t parent(int64_t i) const { return parents_[i]; }
+  int64_t token(int64_t i) const { return tokens_[i]; }
+  float p(int64_t node, int64_t x) const { return target_[node * vocab + x]; }
+  float q(int64_t node, int64_t x) const { return draft_[node * vocab + x]; }
+  double uniform(int64_t index) const { return philox::uniform(seed_, offset_, index); }
+  int64_t get(int64_t i) const { return scratch_[i]; }
+  void set(int64_t i, int64_t v) { scratch_[i] = v; }
+  void bad(int32_t code, int64_t node, int64_t x) {
+    if (error_->code == accept::kOk) *error_ = RowError{code, node, x};
+  }
+  void out(int64_t j, int64_t node) { accept_[j] = static_cast<int32_t>(node); }
+  void finish(int64_t length, int64_t next) {
+    for (int64_t j = length; j < nodes; ++j) accept_[j] = -1;
+    *num_ = static_cast<int32_t>(length);
+    *next_ = next;
+  }
+  template <class F>
+  double sum(F f) {
+    double s = 0.0;
+    for (int64_t x = 0; x < vocab; ++x) s += f(x);
+    return s;
+  }
+  template <class F>
+  int64_t search(F f, double target) {
+    double c = 0.0;
+    for (int64_t x = 0; x < vocab; ++x) {
+      c += f(x);
+      if (c > target) return x;
+    }
+    return -1;
+  }
+
+ private:
+  const int32_t* parents_;
+  const int64_t* tokens_;
+  const float* target_;
+  const float* draft_;
+  uint64_t seed_, offset_;
+  int64_t* scratch_;
+  int32_t* accept_;
+  int32_t* num_;
+  int64_t* next_;
+  RowError* error_;
+};
+
+void validate_trees(const char* op, const TreeShape& s, const int32_t* parents,
+                    const int64_t* tokens, int64_t vocab) {
+  for (int64_t b = 0; b < s.batch; ++b) {
+    int64_t where = 0, value = 0;
+    const int32_t code =
+        accept::check_tree(parents + b * s.nodes, tokens + b * s.nodes, s.nodes, vocab, &where, &value);
+    if (code != accept::kOk) throw_accept_error(op, b, code, where, value);
+  }
+}
+
+// Runs the walk for every row in parallel (row policy with the row's scratch),
+// then raises the lowest failing row's error.
+template <class Walk>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const TreeShape& s,
+                                                        const at::Tensor& tokens,
+                                                        const at::Tensor& parents,
+                                                        const float* target, const float* draft,
+                                                        const at::Tensor& seed,
+                                                        const at::Tensor& offset, Walk walk) {
+  auto [accept, num, next] = verifier_outputs(s, tokens.options());
+  std::vector<RowError> errors(s.batch);
+  const int32_t* par = parents.data_ptr<int32_t>();
+  const int64_t* tok = tokens.data_ptr<int64_t>();
+  const int64_t* sd = seed.data_ptr<int64_t>();
+  const int64_t* of = offset.data_ptr<int64_t>();
+  int32_t* acc = accept.data_ptr<int32_t>();
+  int32_t* nu = num.data_ptr<int32_t>();
+  int64_t* nx = next.data_ptr<int64_t>();
+  const int64_t row_probs = s.nodes * s.vocab;
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> scratch(s.nodes);
+    for (int64_t b = begin; b < end; ++b) {
+      CpuRow row(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes, target + b * row_probs,
+                 draft ? draft + b * row_probs : nullptr, static_cast<uint64_t>(sd[b]),
+                 static_cast<uint64_t>(of[b]), scratch.data(), acc + b * s.nodes, nu + b, nx + b,
+                 &errors[b]);
+      walk(row);
+    }
+  });
+  for (int64_t b = 0; b < s.batch; ++b) {
+    if (errors[b].code != accept::kOk) {
+      throw_accept_error(op, b, errors[b].code, errors[b].where, errors[b].value);
+    }
+  }
+  return {accept, num, next};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tensor& tokens,
+                                                                 const at::Tensor& parents,
+                                                                 const at::Tensor& target_argmax) {
+  constexpr const char* op = "specdec::verify_greedy";
+  const TreeShape s = check_tree_args(op, tokens, parents);
+  check_argmax(op, target_argmax, tokens);
+  validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), 0);
+  const int64_t* arg = target_argmax.data_ptr<int64_t>();
+  for (int64_t i = 0; i < s.batch * s.nodes; ++i) {
+    if (arg[i] < 0) throw_accept_error(op, i / s.nodes, accept::kArgmaxRange, i % s.nodes, arg[i]);
+  }
+  auto [accept, num, next] = verifier_outputs(s, tokens.options());
+  const int32_t* par = parents.data_ptr<int32_t>();
+  const int64_t* tok = tokens.data_ptr<int64_t>();
+  int32_t* acc = accept.data_ptr<int32_t>();
+  int32_t* nu = num.data_ptr<int32_t>();
+  int64_t* nx = next.data_ptr<int64_t>();
+  at::parallel_for(0, s.batch, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t o = b * s.nodes;
+      nu[b] = static_cast<int32_t>(
+          accept::greedy_walk(par + o, tok + o, arg + o, s.nodes, acc + o, nx + b));
+    }
+  });
+  return {accept, num, next};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(
+    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
+    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset) {
+  constexpr const char* op = "specdec::rejection_sample";
+  TreeShape s = check_tree_args(op, tokens, parents);
+  check_probs(op, "target_probs", target_probs, s, tokens.device());
+  if (draft_probs) check_probs(op, "draft_probs", *draft_probs, s, tokens.device());
+  check_seed_offset(op, seed, offset, s, tokens.device());
+  validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
+  const float* target = target_probs.data_ptr<float>();
+  if (draft_probs) {
+    return run_rows(op, s, tokens, parents, target, draft_probs->data_ptr<float>(), seed, offset,
+                    [](CpuRow& row) { accept::rejection_walk<true>(row); });
+  }
+  return run_rows(op, s, tokens, parents, target, nullptr, seed, offset,
+                  [](CpuRow& row) { accept::rejection_walk<false>(row); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(
+    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
+    double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
+    const at::Tensor& offset) {
+  constexpr const char* op = "specdec::typical_accept";
+  TreeShape s = check_tree_args(op, tokens, parents);
+  check_probs(op, "target_probs", target_probs, s, tokens.device());
+  check_seed_offset(op, seed, offset, s, tokens.device());
+  check_typical_params(op, posterior_threshold, posterior_alpha);
+  validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
+  const double threshold = posterior_threshold, alpha = posterior_alpha;
+  return run_rows(op, s, tokens, parents, target_probs.data_ptr<float>(), nullptr, seed, offset,
+                  [=](CpuRow& row) { accept::typical_walk(row, threshold, alpha); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("verify_greedy", &verify_greedy_cpu);
+  m.impl("rejection_sample", &rejection_sample_cpu);
+  m.impl("typical_accept", &typical_accept_cpu);
+}
+
+}  // namespace specdec

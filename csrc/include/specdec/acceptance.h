@@ -1,0 +1,227 @@
+// Acceptance rules shared by the CPU and CUDA kernels (torch-free).
+//
+// Each verifier walks one row's tree from the root.  The walk is sequential
+// and cheap; what touches the whole vocabulary (residual masses, the final
+// inverse-CDF draw, entropies) goes through two collectives of a `Row` policy:
+//
+//   double  row.sum(f)            sum over x in [0, V) of f(x), in float64
+//   int64_t row.search(f, t)      smallest x with f(0) + ... + f(x) > t, or -1
+//
+// The CPU policy loops; the CUDA policy runs them with a whole thread block,
+// every thread executing the walk in lock-step on identical scalars.  Rows also
+// give parent(i), token(i), p(node, x) (target), q(node, x) (draft),
+// uniform(index), a scratch array of N int64 (get(i), set(i, v): on CUDA a
+// leader-only write then a barrier), `bad(code, node, x)` to report an
+// invalid probability, and out(j, node) / finish(num, next) for the outputs.  The rules themselves are documented in
+// specdec_cuda/reference.py, which is the oracle these must match.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "specdec/macros.h"
+
+namespace specdec::accept {
+
+enum ErrorCode : int32_t {
+  kOk = 0,
+  kParentRoot = 1,        // parents[b, 0] != -1
+  kParentRange = 2,       // parents[b, i] outside [0, i)
+  kTokenRange = 3,        // tokens[b, i] outside [0, V)
+  kProbInvalid = 4,       // a probability read is NaN, infinite or negative
+  kNoMass = 5,            // the distribution to draw from has no mass at all
+  kArgmaxRange = 6,       // target_argmax[b, i] negative
+};
+
+// Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, const int64_t* tokens,
+                                                      int64_t nodes, int64_t vocab, int64_t* where,
+                                                      int64_t* value) {
+  for (int64_t i = 0; i < nodes; ++i) {
+    const int64_t p = parents[i];
+    if (i == 0 ? p != -1 : (p < 0 || p >= i)) {
+      *where = i;
+      *value = p;
+      return i == 0 ? kParentRoot : kParentRange;
+    }
+    if (tokens[i] < 0 || (vocab > 0 && tokens[i] >= vocab)) {
+      *where = i;
+      *value = tokens[i];
+      return kTokenRange;
+    }
+  }
+  return kOk;
+}
+
+// Greedy verification of one row (ARCHITECTURE.md: verify_greedy): from the
+// root, accept the first child whose token is the target's argmax after the
+// current node.  Writes the path (-1 padded to N), returns its length and sets
+// *next to the argmax after the last accepted node.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t greedy_walk(const int32_t* parents, const int64_t* tokens,
+                                                       const int64_t* argmax, int64_t nodes,
+                                                       int32_t* accept, int64_t* next) {
+  int64_t node = 0, length = 0;
+  accept[length++] = 0;
+  for (int64_t c = 1; c < nodes; ++c) {
+    // Children of `node` come after it; the first match in index order wins.
+    if (parents[c] == node && tokens[c] == argmax[node]) {
+      node = c;
+      accept[length++] = static_cast<int32_t>(c);
+    }
+  }
+  for (int64_t j = length; j < nodes; ++j) accept[j] = -1;
+  *next = argmax[node];
+  return length;
+}
+
+// The next child of `node` after `after` (children in increasing index order), or -1.
+template <class Row>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t next_child(const Row& row, int64_t node, int64_t after) {
+  for (int64_t c = after + 1; c < row.nodes; ++c) {
+    if (row.parent(c) == node) return c;
+  }
+  return -1;
+}
+
+SPECDEC_HOST_DEVICE SPECDEC_INLINE bool valid_prob(float v) { return v >= 0.0f && v <= 3.0e38f; }
+
+// Probability reads that flag NaN, infinite or negative values on the way.
+template <class Row>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE double tp(Row& row, int64_t node, int64_t x) {
+  const float v = row.p(node, x);
+  if (!valid_prob(v)) row.bad(kProbInvalid, node, x);
+  return static_cast<double>(v);
+}
+template <class Row>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE double dq(Row& row, int64_t node, int64_t x) {
+  const float v = row.q(node, x);
+  if (!valid_prob(v)) row.bad(kProbInvalid, node, x);
+  return static_cast<double>(v);
+}
+
+// Inverse-CDF draw from weights f; falls back to the node's target
+// distribution when f has no mass, and to "no mass" (token 0, flagged) when
+// that has none either.
+template <class Row, class F>
+SPECDEC_HOST_DEVICE int64_t draw(Row& row, int64_t node, F f, double u) {
+  double total = row.sum(f);
+  if (total > 0.0) {
+    const int64_t x = row.search(f, u * total);
+    if (x >= 0) return x;
+  }
+  auto p = [&](int64_t x) -> double { return tp(row, node, x); };
+  total = row.sum(p);
+  if (total > 0.0) {
+    const int64_t x = row.search(p, u * total);
+    if (x >= 0) return x;
+    // u * total rounded up to the total: the last token with mass.
+    return row.search(p, total * (1.0 - 1e-12));
+  }
+  row.bad(kNoMass, node, 0);
+  return 0;
+}
+
+// Lossless verification (ARCHITECTURE.md: rejection_sample).
+template <bool kDraft, class Row>
+SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
+  int64_t node = 0;
+  int64_t length = 0;
+  row.out(length++, 0);
+  while (true) {
+    double a = 1.0, b = 0.0, z = 1.0;  // residual w(x) = max(p A - q B, 0) of mass z
+    int64_t rejected = 0;               // deterministic drafts: tokens zeroed so far (scratch)
+    int64_t accepted = -1;
+    bool has_children = false;
+    for (int64_t c = next_child(row, node, node); c >= 0; c = next_child(row, node, c)) {
+      has_children = true;
+      const int64_t x = row.token(c);
+      const double u = row.uniform(c);
+      const double px = tp(row, node, x);
+      if constexpr (kDraft) {
+        const double qx = dq(row, node, x);
+        const double w = fmax(px * a - qx * b, 0.0);
+        if (u * qx < w / z) {
+          accepted = c;
+          break;
+        }
+        a = a / z;
+        b = b / z + 1.0;
+        z = row.sum([&](int64_t y) -> double { return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0); });
+        if (!(z > 0.0)) {  // no residual mass: back to the target distribution
+          a = 1.0;
+          b = 0.0;
+          z = 1.0;
+        }
+      } else {
+        bool already = false;
+        for (int64_t k = 0; k < rejected; ++k) already = already || row.get(k) == x;
+        const double w = already ? 0.0 : px;
+        if (u * z < w) {
+          accepted = c;
+          break;
+        }
+        z -= w;
+        if (!already) row.set(rejected++, x);
+        if (!(z > 0.0)) {
+          rejected = 0;
+          z = 1.0;
+        }
+      }
+    }
+    if (accepted < 0) {
+      const double u = row.uniform(row.nodes);
+      int64_t next;
+      if (!has_children) {
+        next = draw(row, node, [&](int64_t y) -> double { return tp(row, node, y); }, u);
+      } else if constexpr (kDraft) {
+        next = draw(row, node, [&](int64_t y) -> double {
+          return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0);
+        }, u);
+      } else {
+        next = draw(row, node, [&](int64_t y) -> double {
+          for (int64_t k = 0; k < rejected; ++k) {
+            if (row.get(k) == y) return 0.0;
+          }
+          return tp(row, node, y);
+        }, u);
+      }
+      row.finish(length, next);
+      return;
+    }
+    node = accepted;
+    row.out(length++, node);
+  }
+}
+
+// Medusa's typical acceptance (ARCHITECTURE.md: typical_accept).  The
+// scratch holds per-node state: bit 0 = whole path accepted, bits 1.. = depth.
+template <class Row>
+SPECDEC_HOST_DEVICE void typical_walk(Row& row, double threshold, double alpha) {
+  for (int64_t i = 0; i < row.nodes; ++i) row.set(i, i == 0 ? 1 : 0);
+  for (int64_t u = 0; u < row.nodes; ++u) {
+    if (!(row.get(u) & 1)) continue;
+    const int64_t first = next_child(row, u, u);
+    if (first < 0) continue;
+    const double entropy = row.sum([&](int64_t y) -> double {
+      const double v = tp(row, u, y);
+      return v > 0.0 ? -v * log(v) : 0.0;
+    });
+    const double cut = fmin(threshold, alpha * exp(-entropy));
+    for (int64_t c = first; c >= 0; c = next_child(row, u, c)) {
+      const double pc = tp(row, u, row.token(c));
+      const int64_t depth = (row.get(u) >> 1) + 1;
+      row.set(c, (depth << 1) | (pc > cut ? 1 : 0));
+    }
+  }
+  int64_t best = 0;
+  for (int64_t i = 1; i < row.nodes; ++i) {
+    if ((row.get(i) & 1) && (row.get(i) >> 1) > (row.get(best) >> 1)) best = i;
+  }
+  const int64_t length = (row.get(best) >> 1) + 1;
+  for (int64_t node = best, j = length - 1; j >= 0; node = row.parent(node), --j) row.out(j, node);
+  const double u = row.uniform(row.nodes);
+  const int64_t next = draw(row, best, [&](int64_t y) -> double { return tp(row, best, y); }, u);
+  row.finish(length, next);
+}
+
+}  // namespace specdec::accept

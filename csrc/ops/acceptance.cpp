@@ -1,0 +1,143 @@
+#include "ops/acceptance.h"
+
+#include <ATen/ops/empty.h>
+
+#include <cmath>
+
+#include "ops/checks.h"
+#include "specdec/sampling.h"
+
+namespace specdec {
+
+TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents) {
+  check_dim(op, "tokens", tokens, 2, "[B, N]");
+  check_dim(op, "parents", parents, 2, "[B, N]");
+  TORCH_CHECK_VALUE(parents.sizes().equals(tokens.sizes()),
+                    msg(op, "parents", " must have the shape of tokens ", shape_str(tokens.sizes()),
+                        ", got ", shape_str(parents.sizes())));
+  TORCH_CHECK_VALUE(tokens.size(1) >= 1, msg(op, "tokens", " must hold at least the root node (N >= 1)"));
+  check_dtype(op, "tokens", tokens, at::kLong);
+  check_dtype(op, "parents", parents, at::kInt);
+  check_device(op, "parents", parents, tokens.device());
+  check_contiguous(op, "tokens", tokens);
+  check_contiguous(op, "parents", parents);
+  return TreeShape{tokens.size(0), tokens.size(1), 0};
+}
+
+void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeShape& shape,
+                 const c10::Device& device) {
+  check_dim(op, arg, probs, 3, "[B, N, V]");
+  check_size(op, arg, probs, 0, shape.batch, "B (tokens.size(0))");
+  check_size(op, arg, probs, 1, shape.nodes, "N (tokens.size(1))");
+  if (shape.vocab == 0) {
+    TORCH_CHECK_VALUE(probs.size(2) >= 1, msg(op, arg, " must have a vocabulary of at least 1"));
+    shape.vocab = probs.size(2);
+  } else {
+    check_size(op, arg, probs, 2, shape.vocab, "V (target_probs.size(2))");
+  }
+  check_dtype(op, arg, probs, at::kFloat);
+  check_device(op, arg, probs, device);
+  check_contiguous(op, arg, probs);
+}
+
+void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset,
+                       const TreeShape& shape, const c10::Device& device) {
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"seed", &seed},
+                         std::pair<const char*, const at::Tensor*>{"offset", &offset}}) {
+    check_dim(op, name, *t, 1, "[B]");
+    check_size(op, name, *t, 0, shape.batch, "B (tokens.size(0))");
+    check_dtype(op, name, *t, at::kLong);
+    check_device(op, name, *t, device);
+    check_contiguous(op, name, *t);
+  }
+}
+
+void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Tensor& tokens) {
+  TORCH_CHECK_VALUE(target_argmax.sizes().equals(tokens.sizes()),
+                    msg(op, "target_argmax", " must have the shape of tokens ",
+                        shape_str(tokens.sizes()), ", got ", shape_str(target_argmax.sizes())));
+  check_dtype(op, "target_argmax", target_argmax, at::kLong);
+  check_device(op, "target_argmax", target_argmax, tokens.device());
+  check_contiguous(op, "target_argmax", target_argmax);
+}
+
+void check_typical_params(const char* op, double threshold, double alpha) {
+  TORCH_CHECK_VALUE(std::isfinite(threshold) && threshold >= 0.0,
+                    msg(op, "posterior_threshold", " must be finite and >= 0, got ", threshold));
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0.0,
+                    msg(op, "posterior_alpha", " must be finite and >= 0, got ", alpha));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
+                                                               const at::TensorOptions& opts) {
+  return {at::empty({shape.batch, shape.nodes}, opts.dtype(at::kInt)),
+          at::empty({shape.batch}, opts.dtype(at::kInt)),
+          at::empty({shape.batch}, opts.dtype(at::kLong))};
+}
+
+void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where, int64_t value,
+                        const char* prob_arg) {
+  switch (code) {
+    case accept::kParentRoot:
+      TORCH_CHECK_VALUE(false, msg(op, "parents", "[", b, ", ", where, "] = ", value,
+                                   ": node 0 is the root and its parent must be -1"));
+    case accept::kParentRange:
+      TORCH_CHECK_VALUE(false, msg(op, "parents", "[", b, ", ", where, "] = ", value, " is outside [0, ", where,
+                                   "): every node's parent must come before it"));
+    case accept::kTokenRange:
+      TORCH_CHECK_INDEX(false, msg(op, "tokens", "[", b, ", ", where, "] = ", value,
+                                   " is outside the vocabulary [0, V)"));
+    case accept::kArgmaxRange:
+      TORCH_CHECK_INDEX(false, msg(op, "target_argmax", "[", b, ", ", where, "] = ", value, " is negative"));
+    case accept::kProbInvalid:
+      TORCH_CHECK_VALUE(false, msg(op, prob_arg, "[", b, ", ", where, ", ", value,
+                                   "] (or its draft_probs twin) is NaN, infinite or negative"));
+    case accept::kNoMass:
+      TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where,
+                                   "] has no probability mass to sample from"));
+    default:
+      TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", code));
+  }
+}
+
+void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
+                         const at::Tensor& top_k, const at::Tensor& top_p) {
+  TORCH_CHECK_VALUE(logits.dim() == 2 || logits.dim() == 3,
+                    msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ",
+                        shape_str(logits.sizes())));
+  check_float_kv(op, "logits", logits);
+  check_contiguous(op, "logits", logits);
+  TORCH_CHECK_VALUE(logits.size(-1) >= 1, msg(op, "logits", " must have a vocabulary of at least 1"));
+  const int64_t batch = logits.size(0);
+  for (auto [name, t, dtype] :
+       {std::tuple<const char*, const at::Tensor*, at::ScalarType>{"temperature", &temperature, at::kFloat},
+        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_k", &top_k, at::kInt},
+        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_p", &top_p, at::kFloat}}) {
+    check_dim(op, name, *t, 1, "[B]");
+    check_size(op, name, *t, 0, batch, "B (logits.size(0))");
+    check_dtype(op, name, *t, dtype);
+    check_device(op, name, *t, logits.device());
+    check_contiguous(op, name, *t);
+  }
+}
+
+void throw_sampling_error(const char* kOp, int32_t code, int64_t b, int64_t row, double value) {
+  switch (code) {
+    case sampling::kTemperature:
+      TORCH_CHECK_VALUE(false, msg(kOp, "temperature", "[", b, "] = ", value, " must be finite and >= 0"));
+    case sampling::kTopK:
+      TORCH_CHECK_VALUE(false, msg(kOp, "top_k", "[", b, "] = ", value, " must be >= 0 (0 disables it)"));
+    case sampling::kTopP:
+      TORCH_CHECK_VALUE(false, msg(kOp, "top_p", "[", b, "] = ", value, " must be in (0, 1]"));
+    case sampling::kLogitInvalid:
+      TORCH_CHECK_VALUE(false, msg(kOp, "logits", " row ", row, " of sequence ", b,
+                                   " holds a NaN or +inf logit"));
+    case sampling::kAllMasked:
+      TORCH_CHECK_VALUE(false, msg(kOp, "logits", " row ", row, " of sequence ", b,
+                                   " is -inf everywhere: nothing can be sampled"));
+    default:
+      TORCH_CHECK(false, msg(kOp, "internal", ": unknown validation code ", code));
+  }
+}
+
+}  // namespace specdec

@@ -1,0 +1,54 @@
+// Acceptance sampling ops: argument checks shared by the CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+#include "specdec/acceptance.h"
+
+namespace specdec {
+
+struct TreeShape {
+  int64_t batch = 0;  // B
+  int64_t nodes = 0;  // N
+  int64_t vocab = 0;  // V (0 when the op has no probabilities)
+};
+
+// tokens int64 [B, N], parents int32 [B, N], all on `device`, contiguous.
+TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents);
+
+// probs float32 [B, N, V] matching `shape` (sets shape.vocab from the first).
+void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeShape& shape,
+                 const c10::Device& device);
+
+// seed, offset int64 [B].
+void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset,
+                       const TreeShape& shape, const c10::Device& device);
+
+// target_argmax int64 [B, N] like tokens.
+void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Tensor& tokens);
+
+// posterior_threshold and posterior_alpha finite and >= 0.
+void check_typical_params(const char* op, double threshold, double alpha);
+
+// The three verifier outputs, allocated on `device`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
+                                                               const at::TensorOptions& device);
+
+// Raise the exception for a row that failed (accept::ErrorCode).
+[[noreturn]] void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where,
+                                     int64_t value, const char* prob_arg = "target_probs");
+
+// sampling_probs: logits [B, V] or [B, N, V] float32/float16/bfloat16, and
+// per-row temperature float32 [B], top_k int32 [B], top_p float32 [B].
+void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
+                         const at::Tensor& top_k, const at::Tensor& top_p);
+
+// Raise the exception for a sampling_probs row that failed (sampling::ErrorCode);
+// `value` is the offending parameter (temperature, top_k or top_p).
+[[noreturn]] void throw_sampling_error(const char* op, int32_t code, int64_t b, int64_t row,
+                                       double value);
+
+}  // namespace specdec
