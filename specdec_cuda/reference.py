@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "kv_compact_", "kv_compact_paged_", "verify_greedy", "rejection_sample", "typical_accept",
-    "sampling_probs",
+    "sampling_probs", "verify_greedy_chain", "rejection_sample_chain", "sampling_probs_vectorized",
 ]
 
 
@@ -282,3 +282,100 @@ def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
             out[b, r] = p
     out = out[:, 0] if squeeze else out
     return out.to(device=logits.device, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------
+# Vectorised chain verifiers, written the way engines write them in torch (all
+# K positions at once, no Python loop over rows): the benchmark baselines for
+# chains.  They consume the same Philox uniforms, so on chains they return
+# exactly what the ops return.
+# ---------------------------------------------------------------------------
+
+
+def verify_greedy_chain(tokens: torch.Tensor, target_argmax: torch.Tensor):
+    """Vectorised :func:`verify_greedy` for chains (parents = [-1, 0, ..., K-1])."""
+    batch, nodes = tokens.shape
+    match = tokens[:, 1:] == target_argmax[:, :-1]
+    drafted = torch.cumprod(match.long(), dim=1).sum(1)  # accepted drafts per row
+    num = (drafted + 1).to(torch.int32)
+    j = torch.arange(nodes, device=tokens.device)
+    accept = torch.where(j[None] < num[:, None], j[None], -1).to(torch.int32)
+    next_token = target_argmax.gather(1, drafted[:, None])[:, 0]
+    return accept, num, next_token
+
+
+def rejection_sample_chain(tokens: torch.Tensor, draft_probs: torch.Tensor | None,
+                           target_probs: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor):
+    """Vectorised :func:`rejection_sample` for chains, engine style.
+
+    Every position's acceptance test and residual ``normalise(max(p - q, 0))`` is
+    computed over ``[B, K, V]`` at once, the first rejection found with a cumulative
+    product, and the next token drawn by inverse CDF (float64) from the residual at
+    the first rejection or the bonus distribution after the last draft.
+    """
+    from . import _philox
+
+    batch, nodes = tokens.shape
+    k = nodes - 1
+    device = tokens.device
+    u = _philox.uniforms(seed, offset, torch.arange(nodes + 1, device=device))  # [B, N+1]
+    x = tokens[:, 1:]
+    p = target_probs.double()
+    p_x = p[:, :k].gather(2, x[..., None])[..., 0]
+    if draft_probs is not None:
+        q = draft_probs.double()
+        q_x = q[:, :k].gather(2, x[..., None])[..., 0]
+        accepted = u[:, 1:nodes] * q_x < p_x
+        residual = torch.clamp(p[:, :k] - q[:, :k], min=0.0)  # [B, K, V]
+    else:
+        accepted = u[:, 1:nodes] < p_x
+        residual = p[:, :k].scatter(2, x[..., None], 0.0)
+    drafted = torch.cumprod(accepted.long(), dim=1).sum(1)  # [B]
+    rows = torch.arange(batch, device=device)
+    if k > 0:
+        res = residual[rows, drafted.clamp(max=k - 1)]
+        weights = torch.where((drafted < k)[:, None], res, p[rows, drafted])
+    else:
+        weights = p[rows, drafted]
+    mass = weights.sum(1, keepdim=True)
+    weights = torch.where(mass > 0, weights, p[rows, drafted])  # no residual mass: the target
+    cdf = torch.cumsum(weights, 1)
+    target = u[:, nodes:nodes + 1] * cdf[:, -1:]
+    next_token = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=weights.shape[1] - 1)
+    num = (drafted + 1).to(torch.int32)
+    j = torch.arange(nodes, device=device)
+    accept = torch.where(j[None] < num[:, None], j[None], -1).to(torch.int32)
+    return accept, num, next_token
+
+
+def sampling_probs_vectorized(logits: torch.Tensor, temperature: torch.Tensor,
+                              top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Engine-style float32 temperature / top-k / top-p (sort based), over all rows at once.
+
+    Same rule as :func:`sampling_probs` up to float32 rounding at the top-p
+    boundary; the benchmark baseline for it.
+    """
+    x = logits.float()
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x[:, None]
+    t = temperature.float()[:, None, None]
+    greedy = t == 0
+    z = x / torch.where(greedy, torch.ones_like(t), t)
+    vocab = z.shape[-1]
+    sorted_z, order = torch.sort(z, dim=-1, descending=True)
+    k = top_k.long()[:, None, None]
+    k = torch.where((k > 0) & (k < vocab), k, torch.full_like(k, vocab))
+    kth = sorted_z.gather(-1, (k - 1).expand(*z.shape[:-1], 1))
+    z = torch.where(z >= kth, z, torch.full_like(z, float("-inf")))
+    p = torch.softmax(z, dim=-1)
+    sorted_p = p.gather(-1, order)
+    cum = torch.cumsum(sorted_p, dim=-1)
+    tp = top_p.float()[:, None, None]
+    m = torch.searchsorted(cum, tp.expand(*cum.shape[:-1], 1).contiguous()).clamp(max=vocab - 1)
+    thr = torch.where(tp < 1.0, sorted_p.gather(-1, m), torch.zeros_like(tp))
+    p = torch.where(p >= thr, p, torch.zeros_like(p))
+    p = p / p.sum(-1, keepdim=True)
+    one_hot = torch.zeros_like(p).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
+    p = torch.where(greedy, one_hot, p)
+    return p[:, 0] if squeeze else p
