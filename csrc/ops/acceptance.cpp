@@ -1,5 +1,6 @@
 #include "ops/acceptance.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 
 #include <cmath>
@@ -119,6 +120,46 @@ void check_sampling_args(const char* op, const at::Tensor& logits, const at::Ten
     check_device(op, name, *t, logits.device());
     check_contiguous(op, name, *t);
   }
+}
+
+using Verdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
+                          const at::Tensor& top_k, const at::Tensor& top_p) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::sampling_probs", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&)>();
+  return op.call(logits, temperature, top_k, top_p);
+}
+
+Verdict verify_greedy(const at::Tensor& tokens, const at::Tensor& parents,
+                      const at::Tensor& target_argmax) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::verify_greedy", "")
+                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(tokens, parents, target_argmax);
+}
+
+Verdict rejection_sample(const at::Tensor& tokens, const at::Tensor& parents,
+                         const std::optional<at::Tensor>& draft_probs, const at::Tensor& target_probs,
+                         const at::Tensor& seed, const at::Tensor& offset) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::rejection_sample", "")
+                       .typed<Verdict(const at::Tensor&, const at::Tensor&,
+                                      const std::optional<at::Tensor>&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&)>();
+  return op.call(tokens, parents, draft_probs, target_probs, seed, offset);
+}
+
+Verdict typical_accept(const at::Tensor& tokens, const at::Tensor& parents,
+                       const at::Tensor& target_probs, double posterior_threshold,
+                       double posterior_alpha, const at::Tensor& seed, const at::Tensor& offset) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::typical_accept", "")
+                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                      double, const at::Tensor&, const at::Tensor&)>();
+  return op.call(tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset);
 }
 
 void throw_sampling_error(const char* kOp, int32_t code, int64_t b, int64_t row, double value) {

@@ -46,6 +46,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape&
 void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
                          const at::Tensor& top_k, const at::Tensor& top_p);
 
+// Public C++ API, through the dispatcher.
+at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
+                          const at::Tensor& top_k, const at::Tensor& top_p);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy(const at::Tensor& tokens,
+                                                             const at::Tensor& parents,
+                                                             const at::Tensor& target_argmax);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample(
+    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
+    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept(
+    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
+    double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
+    const at::Tensor& offset);
+
 // Raise the exception for a sampling_probs row that failed (sampling::ErrorCode);
 // `value` is the offending parameter (temperature, top_k or top_p).
 [[noreturn]] void throw_sampling_error(const char* op, int32_t code, int64_t b, int64_t row,

@@ -1,0 +1,182 @@
+// Acceptance sampling ops through the dispatcher (the public C++ API): rule
+// properties that any correct implementation has, bad input, and CPU == CUDA.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ops/acceptance.h"
+
+namespace {
+
+using Verdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor longs(std::vector<int64_t> v) { return at::tensor(v, at::kLong); }
+
+at::Tensor chain_parents(int64_t batch, int64_t nodes) {
+  return at::arange(-1, nodes - 1, at::kInt).repeat({batch, 1});
+}
+
+at::Tensor random_probs(int64_t batch, int64_t nodes, int64_t vocab, double scale) {
+  return at::softmax(at::randn({batch, nodes, vocab}) * scale, -1).contiguous();
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+TEST(VerifyGreedy, FollowsTheArgmaxChain) {
+  // Chain of 4 drafts: tokens 5, 6, 7, 8; the target agrees on the first two.
+  at::Tensor tokens = longs({1, 5, 6, 7, 8}).view({1, 5});
+  at::Tensor argmax = longs({5, 6, 9, 0, 0}).view({1, 5});
+  auto [accept, num, next] = specdec::verify_greedy(tokens, chain_parents(1, 5), argmax);
+  EXPECT_EQ(num.item<int>(), 3);
+  EXPECT_TRUE(at::equal(accept, at::tensor({0, 1, 2, -1, -1}, at::kInt).view({1, 5})));
+  EXPECT_EQ(next.item<int64_t>(), 9);  // the target's correction after node 2
+}
+
+TEST(VerifyGreedy, TakesTheFirstMatchingSibling) {
+  // Root children 1 (token 3) and 2 (token 4); the target wants 4; node 3 (token 7) is 2's child.
+  at::Tensor parents = at::tensor({-1, 0, 0, 2}, at::kInt).view({1, 4});
+  at::Tensor tokens = longs({0, 3, 4, 7}).view({1, 4});
+  at::Tensor argmax = longs({4, 1, 7, 2}).view({1, 4});
+  auto [accept, num, next] = specdec::verify_greedy(tokens, parents, argmax);
+  EXPECT_EQ(num.item<int>(), 3);
+  EXPECT_TRUE(at::equal(accept, at::tensor({0, 2, 3, -1}, at::kInt).view({1, 4})));
+  EXPECT_EQ(next.item<int64_t>(), 2);
+}
+
+// With the draft equal to the target, min(1, p/q) = 1: every draft is accepted.
+TEST(RejectionSample, DraftEqualToTargetAcceptsEverything) {
+  at::manual_seed(11);
+  const int64_t B = 32, N = 6, V = 40;
+  at::Tensor probs = random_probs(B, N, V, 1.0);
+  at::Tensor tokens = at::multinomial(probs.view({B * N, V}), 1).view({B, N});
+  at::Tensor seed = at::randint(1, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
+  auto [accept, num, next] =
+      specdec::rejection_sample(tokens, chain_parents(B, N), probs, probs, seed, offset);
+  EXPECT_TRUE(at::all(num == N).item<bool>());
+  EXPECT_TRUE(at::equal(accept, at::arange(N, at::kInt).repeat({B, 1})));
+  EXPECT_TRUE(at::all((next >= 0) & (next < V)).item<bool>());
+}
+
+// Deterministic drafts whose token has zero target mass are always rejected,
+// and the emitted token is never the rejected one.
+TEST(RejectionSample, ZeroMassDraftIsRejectedAndNotEmitted) {
+  at::manual_seed(12);
+  const int64_t B = 64, N = 3, V = 10;
+  at::Tensor target = random_probs(B, N, V, 1.0);
+  at::Tensor tokens = at::randint(0, V, {B, N}, at::kLong);
+  for (int64_t b = 0; b < B; ++b) target[b][0][tokens[b][1].item<int64_t>()] = 0.0f;
+  target = target / target.sum(-1, true);
+  at::Tensor seed = at::arange(B, at::kLong) * 7919, offset = at::zeros({B}, at::kLong);
+  auto [accept, num, next] =
+      specdec::rejection_sample(tokens, chain_parents(B, N), std::nullopt, target, seed, offset);
+  EXPECT_TRUE(at::all(num == 1).item<bool>());
+  EXPECT_TRUE(at::all(next != tokens.select(1, 1)).item<bool>());
+}
+
+TEST(RejectionSample, SameSeedSameResultOtherOffsetOtherResult) {
+  at::manual_seed(13);
+  const int64_t B = 64, N = 5, V = 50;
+  at::Tensor target = random_probs(B, N, V, 2.0), draft = random_probs(B, N, V, 2.0);
+  at::Tensor tokens = at::multinomial(draft.view({B * N, V}), 1).view({B, N});
+  at::Tensor seed = at::randint(0, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
+  Verdict a = specdec::rejection_sample(tokens, chain_parents(B, N), draft, target, seed, offset);
+  Verdict b = specdec::rejection_sample(tokens, chain_parents(B, N), draft, target, seed, offset);
+  Verdict c = specdec::rejection_sample(tokens, chain_parents(B, N), draft, target, seed, offset + 1);
+  EXPECT_TRUE(at::equal(std::get<2>(a), std::get<2>(b)));
+  EXPECT_TRUE(at::equal(std::get<1>(a), std::get<1>(b)));
+  EXPECT_FALSE(at::equal(std::get<2>(a), std::get<2>(c)));
+}
+
+TEST(RejectionSample, BrokenTreeRaisesNamingTheEntry) {
+  const int64_t V = 8;
+  at::Tensor parents = at::tensor({-1, 0, 2}, at::kInt).view({1, 3});  // node 2 is its own parent
+  at::Tensor tokens = longs({0, 1, 2}).view({1, 3});
+  at::Tensor probs = random_probs(1, 3, V, 1.0);
+  at::Tensor seed = at::zeros({1}, at::kLong);
+  const std::string e = error_of(
+      [&] { specdec::rejection_sample(tokens, parents, std::nullopt, probs, seed, seed); });
+  EXPECT_NE(e.find("specdec::rejection_sample: parents[0, 2] = 2"), std::string::npos) << e;
+}
+
+TEST(RejectionSample, NanProbabilityRaises) {
+  at::Tensor probs = random_probs(1, 2, 6, 1.0);
+  probs[0][0][1] = std::numeric_limits<float>::quiet_NaN();  // the drafted token: read by its test
+  at::Tensor tokens = longs({0, 1}).view({1, 2});
+  at::Tensor seed = at::zeros({1}, at::kLong);
+  const std::string e = error_of(
+      [&] { specdec::rejection_sample(tokens, chain_parents(1, 2), probs, probs, seed, seed); });
+  EXPECT_NE(e.find("specdec::rejection_sample: target_probs[0, 0, 1]"), std::string::npos) << e;
+}
+
+TEST(TypicalAccept, ConfidentChainIsAccepted) {
+  // One-hot targets on the drafted tokens have zero entropy: every draft passes.
+  const int64_t N = 4, V = 5;
+  at::Tensor tokens = longs({0, 1, 2, 3}).view({1, N});
+  at::Tensor target = at::zeros({1, N, V});
+  for (int64_t i = 0; i + 1 < N; ++i) target[0][i][tokens[0][i + 1].item<int64_t>()] = 1.0f;
+  target[0][N - 1][4] = 1.0f;
+  at::Tensor seed = at::zeros({1}, at::kLong);
+  auto [accept, num, next] =
+      specdec::typical_accept(tokens, chain_parents(1, N), target, 0.09, 0.3, seed, seed);
+  EXPECT_EQ(num.item<int>(), N);
+  EXPECT_EQ(next.item<int64_t>(), 4);
+}
+
+TEST(SamplingProbs, GreedyTopKAndNormalisation) {
+  at::Tensor logits = at::tensor({1.0f, 3.0f, 3.0f, -2.0f, 0.5f}).view({1, 5}).repeat({3, 1});
+  at::Tensor temperature = at::tensor({0.0f, 1.0f, 0.5f});
+  at::Tensor top_k = at::tensor({0, 2, 0}, at::kInt);
+  at::Tensor top_p = at::tensor({1.0f, 1.0f, 1.0f});
+  at::Tensor p = specdec::sampling_probs(logits, temperature, top_k, top_p);
+  EXPECT_TRUE(at::equal(p[0], at::tensor({0.0f, 1.0f, 0.0f, 0.0f, 0.0f})));  // first maximum
+  EXPECT_TRUE(at::allclose(p[1], at::tensor({0.0f, 0.5f, 0.5f, 0.0f, 0.0f})));  // ties kept
+  EXPECT_NEAR(p[2].sum().item<float>(), 1.0f, 1e-6);
+  const std::string e = error_of([&] {
+    specdec::sampling_probs(logits, at::tensor({-1.0f, 1.0f, 1.0f}), top_k, top_p);
+  });
+  EXPECT_NE(e.find("specdec::sampling_probs: temperature[0] = -1"), std::string::npos) << e;
+}
+
+// The same seeds give the same tokens on CPU and CUDA.
+TEST(AcceptanceCuda, MatchesCpu) {
+  if (!SPECDEC_WITH_CUDA) {
+    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)";
+  } else if (!at::hasCUDA()) {
+    GTEST_SKIP() << "no CUDA device here (the CUDA kernels are compiled and registered)";
+  }
+  at::manual_seed(14);
+  const int64_t B = 16, N = 9, V = 3000;
+  at::Tensor target = random_probs(B, N, V, 3.0), draft = random_probs(B, N, V, 3.0);
+  at::Tensor tokens = at::multinomial(draft.view({B * N, V}), 1).view({B, N});
+  at::Tensor parents = chain_parents(B, N);
+  at::Tensor seed = at::randint(0, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
+  const at::Device cuda(at::kCUDA);
+  for (bool with_draft : {true, false}) {
+    std::optional<at::Tensor> d = with_draft ? std::optional<at::Tensor>(draft) : std::nullopt;
+    std::optional<at::Tensor> dc = with_draft ? std::optional<at::Tensor>(draft.to(cuda)) : std::nullopt;
+    Verdict cpu = specdec::rejection_sample(tokens, parents, d, target, seed, offset);
+    Verdict gpu = specdec::rejection_sample(tokens.to(cuda), parents.to(cuda), dc, target.to(cuda),
+                                            seed.to(cuda), offset.to(cuda));
+    EXPECT_TRUE(at::equal(std::get<0>(cpu), std::get<0>(gpu).cpu()));
+    EXPECT_TRUE(at::equal(std::get<1>(cpu), std::get<1>(gpu).cpu()));
+    EXPECT_TRUE(at::equal(std::get<2>(cpu), std::get<2>(gpu).cpu()));
+  }
+  at::Tensor logits = at::randn({4, 3, V}) * 3;
+  at::Tensor t = at::tensor({0.0f, 0.7f, 1.0f, 1.3f}), k = at::tensor({0, 20, 0, 100}, at::kInt);
+  at::Tensor p = at::tensor({1.0f, 0.9f, 0.5f, 1.0f});
+  EXPECT_TRUE(at::allclose(specdec::sampling_probs(logits, t, k, p),
+                           specdec::sampling_probs(logits.to(cuda), t.to(cuda), k.to(cuda), p.to(cuda)).cpu(),
+                           1e-5, 1e-7));
+}
+
+}  // namespace
