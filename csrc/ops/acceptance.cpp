@@ -92,7 +92,10 @@ void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where, 
       TORCH_CHECK_INDEX(false, msg(op, "target_argmax", "[", b, ", ", where, "] = ", value, " is negative"));
     case accept::kProbInvalid:
       TORCH_CHECK_VALUE(false, msg(op, prob_arg, "[", b, ", ", where, ", ", value,
-                                   "] (or its draft_probs twin) is NaN, infinite or negative"));
+                                   "] is NaN, infinite or negative"));
+    case accept::kDraftProbInvalid:
+      TORCH_CHECK_VALUE(false, msg(op, "draft_probs", "[", b, ", ", where, ", ", value,
+                                   "] is NaN, infinite or negative"));
     case accept::kNoMass:
       TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where,
                                    "] has no probability mass to sample from"));

@@ -31,6 +31,7 @@ enum ErrorCode : int32_t {
   kProbInvalid = 4,       // a probability read is NaN, infinite or negative
   kNoMass = 5,            // the distribution to draw from has no mass at all
   kArgmaxRange = 6,       // target_argmax[b, i] negative
+  kDraftProbInvalid = 7,  // a draft probability read is NaN, infinite or negative
 };
 
 // Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
@@ -83,7 +84,8 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t next_child(const Row& row, int64_t no
   return -1;
 }
 
-SPECDEC_HOST_DEVICE SPECDEC_INLINE bool valid_prob(float v) { return v >= 0.0f && v <= 3.0e38f; }
+// Finite and non-negative (3.40282347e38f is FLT_MAX; NaN fails both comparisons).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE bool valid_prob(float v) { return v >= 0.0f && v <= 3.40282347e38f; }
 
 // Probability reads that flag NaN, infinite or negative values on the way.
 template <class Row>
@@ -95,7 +97,7 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE double tp(Row& row, int64_t node, int64_t x) 
 template <class Row>
 SPECDEC_HOST_DEVICE SPECDEC_INLINE double dq(Row& row, int64_t node, int64_t x) {
   const float v = row.q(node, x);
-  if (!valid_prob(v)) row.bad(kProbInvalid, node, x);
+  if (!valid_prob(v)) row.bad(kDraftProbInvalid, node, x);
   return static_cast<double>(v);
 }
 
