@@ -1,34 +1,95 @@
 """Benchmark the specdec_cuda custom ops against their pure-PyTorch references.
 
 Usage:
-    python python/bench_ops.py --op kv_compact [--json] [--device cpu|cuda] [--quick]
+    python python/bench_ops.py --op NAME|all [--json] [--device cpu|cuda] [--quick]
 
-``--op`` names an entry of ``OPS`` (or ``all``); ``kv_compact`` times both
-``kv_compact_`` (caches ``[B, H, S, D]``) and ``kv_compact_paged_`` (pages
-``[num_pages, page_size, H, D]``, shuffled block tables) against
-``specdec_cuda.reference``.  The main case is 32 layers (64 cache tensors: K and
-V), B=8, H=8, S=4096, D=128, a 64-node random tree per row and a random
-root-to-node accepted path of 1..8 nodes; fp16 on CUDA, fp32 on CPU.  Caches
-are ``torch.empty``; only each row's tree window (T=64 slots from
-``cache_lens[b]``) is filled, so on CPU the untouched pages are never committed.
+``--op`` names an entry of ``OPS`` (or ``all``); each op prints its own table
+(``--json``: one object per row).  Every case first checks ours against its
+baseline and raises SystemExit on a mismatch; rows name the baseline.
 
-Each case checks ours against the reference once (touched window of two tensors
-and ``cache_lens``), then restores ``cache_lens`` before every iteration outside
-the timed region and reports the median of N runs after 3 warm-ups (N = 20 on
-CPU, 100 on CUDA; ``--quick``: 5 / 10 and the main shape only).
+kv_compact
+    times both ``kv_compact_`` (caches ``[B, H, S, D]``) and ``kv_compact_paged_``
+    (pages ``[num_pages, page_size, H, D]``, shuffled block tables) against
+    ``specdec_cuda.reference``.  The main case is 32 layers (64 cache tensors: K
+    and V), B=8, H=8, S=4096, D=128, a 64-node random tree per row and a random
+    root-to-node accepted path of 1..8 nodes; fp16 on CUDA, fp32 on CPU.  Caches
+    are ``torch.empty``; only each row's tree window (T=64 slots from
+    ``cache_lens[b]``) is filled, so on CPU the untouched pages are never
+    committed.  Each case checks the touched window of two tensors and
+    ``cache_lens``, then restores ``cache_lens`` before every iteration outside
+    the timed region; median of N runs after 3 warm-ups (N = 20 on CPU, 100 on
+    CUDA; ``--quick``: 5 / 10 and the main shape only).
 
-Columns: op, shape (L layers, B, H, S, D, T tree nodes, P page size), device,
-dtype, ours_ms / ref_ms (median ms per eager call), speedup = ref_ms / ours_ms,
-moved_MB = read + write bytes the op must move (for every tensor, row, head and
-accepted j with accept_nodes[b, j] != j: 2 * D * elem), and on CUDA graph_ms
-(the op captured in a CUDA graph, timed by replays: no eager status read), GBps
-(moved bytes / graph_ms) and pct_of_copy_bw (vs. a measured ~1 GiB
-device-to-device ``copy_``, printed once as a header line).
+rejection_sample
+    float32 probabilities ``softmax(2 * randn)``: draft logits d, target logits
+    ``d + 0.5 * randn`` (similar models, so drafts get accepted), ``[B, N, V]``
+    contiguous; node i's token is drawn (``torch.multinomial``) from the draft row
+    of its parent; full-range random int64 seeds and offsets.  Cases: a chain of
+    K=8 drafts (N=9, parents ``[-1, 0, ..., 7]``) at B=64, V=131072, with draft
+    probabilities (``q``) and without (``no-q``: deterministic drafts, the same
+    tokens; on these flat 128k-token distributions p(x) ~ 1e-4, so almost every
+    row rejects its first draft and draws from the residual: tau ~ 1), baseline
+    ``reference.rejection_sample_chain`` (vectorised, engine style); and a
+    top-k-style tree of N=64 nodes at B=8, V=32768, with ``q``: nodes in BFS
+    order, the root has 4 children, each of them 2, each of those 2, then one
+    child per node (``br4-2-2-1``), cut at 64 nodes, depth 6; baseline the loop
+    oracle ``reference.rejection_sample`` (there is no vectorised tree version).
+verify_greedy
+    the K=8 chain at B=64 (baseline ``reference.verify_greedy_chain``) and the
+    N=64 tree at B=8 (baseline the loop oracle ``reference.verify_greedy``).
+    Tokens are random ids (V=131072 / 32768); ``target_argmax`` at a node with
+    children is, with probability 0.8, the token of one of them (uniform),
+    otherwise a random id.
+typical_accept
+    the N=64 tree at B=8, V=32768 (probabilities as for rejection_sample),
+    posterior_threshold 0.09, posterior_alpha 0.3; baseline the loop oracle
+    ``reference.typical_accept``.
+sampling_probs
+    fp32 logits ``2 * randn`` ``[64, 131072]`` with temperature 0.7 and (top_k
+    50, top_p 0.9), (top_k 50 only), (top_p 0.9 only) per row, and ``[8, 64,
+    32768]`` (the tree's target logits) with all three; baseline
+    ``reference.sampling_probs_vectorized`` (float32, sort based).  The check is
+    ``allclose(atol=1e-5)`` per row; rows where the float32 baseline's top-p
+    boundary differs are counted in ``rows_differ`` (and a note line) instead of
+    failing, after checking ours against the float64 loop oracle
+    ``reference.sampling_probs`` on up to 4 of them (that must match).
+
+Iterations for the acceptance and sampling ops: median of N eager calls after
+W warm-ups; CPU: W=1, N=10 (``--quick``: 3) for ours, N=3 for the baselines
+(the loop oracles and, on CPU, the vectorised baselines take seconds per call);
+CUDA: W=3, N=100 (``--quick``: 10), the loop oracles N=3 after 1 warm-up.
+``--quick`` runs one case per op: the main kv shapes, the chain with ``q``, the
+chain for verify_greedy, the tree for typical_accept, top-k + top-p at
+``[64, 131072]``.
+
+Columns: op, shape, device, dtype, ours_ms / ref_ms (median ms per eager call;
+on CUDA ours includes the eager error/status read-back, a stream
+synchronisation), speedup = ref_ms / ours_ms, and on CUDA graph_ms (ours
+captured in a CUDA graph, timed by replays: no status read), GBps (bytes /
+graph_ms) and pct_of_copy_bw (vs. a measured ~1 GiB device-to-device
+``copy_``, printed once as a header line).  Per op:
+
+* kv_compact: moved_MB = read + write bytes the op must move (for every tensor,
+  row, head and accepted j with accept_nodes[b, j] != j: 2 * D * elem); GBps
+  counts those bytes.
+* rejection_sample / verify_greedy / typical_accept: baseline (the reference
+  function), tau = mean num_accepted (accepted drafts + 1).  rejection_sample's
+  GBps counts reading target_probs (+ draft_probs) once, all N rows: a
+  normalisation, since the op reads only the rows on the accepted path (and
+  their draft rows), so with small tau it can exceed the copy bandwidth.  On
+  CUDA with flashinfer installed, the chain-with-q rows add flashinfer_ms:
+  eager ``flashinfer.sampling.chain_speculative_sampling`` on the same tensors
+  (its own RNG, so not compared; its signature is checked at run time and the
+  column skipped with a note line when it is not one this script knows; its
+  first call may JIT-compile, which the warm-ups absorb).
+* sampling_probs: baseline, rows_differ (see above); GBps counts reading the
+  logits and writing the probabilities once.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -141,9 +202,10 @@ def moved_bytes(case: KVCase, meta: dict[str, torch.Tensor], elem: int, tensors:
     return int(moving.sum()) * tensors * case.heads * case.head_dim * elem * 2
 
 
-def time_ms(fn: Callable[[], None], reset: Callable[[], None], iters: int, cuda: bool) -> float:
-    """Median ms of ``fn`` over ``iters`` runs after 3 warm-ups; ``reset`` runs untimed first."""
-    for _ in range(3):
+def time_ms(fn: Callable[[], object], reset: Callable[[], None], iters: int, cuda: bool,
+            warmup: int = 3) -> float:
+    """Median ms of ``fn`` over ``iters`` runs after ``warmup`` runs; ``reset`` runs untimed first."""
+    for _ in range(warmup):
         reset()
         fn()
     times = []
@@ -195,10 +257,10 @@ def bench_kv_case(case: KVCase, device: torch.device, iters: int) -> dict:
     return row
 
 
-def captured(fn: Callable[[], None]) -> Callable[[], None]:
+def captured(fn: Callable[[], object]) -> Callable[[], None]:
     """``fn`` captured into a CUDA graph; the result replays it.
 
-    Eager calls of the KV ops end with a status read (a stream synchronisation)
+    Eager calls of the ops end with a status read (a stream synchronisation)
     so that bad input raises; engines run them inside CUDA graphs, where that
     read is skipped, so graph replays time the kernels themselves.
     """
@@ -245,7 +307,372 @@ def bench_kv_compact(device: torch.device, quick: bool) -> list[dict]:
     return [bench_kv_case(case, device, iters) for case in kv_cases(quick)]
 
 
-OPS: dict[str, Callable[[torch.device, bool], list[dict]]] = {"kv_compact": bench_kv_compact}
+# ---------------------------------------------------------------------------
+# Acceptance sampling (rejection_sample, verify_greedy, typical_accept) and
+# sampling_probs.
+# ---------------------------------------------------------------------------
+
+CHAIN_K = 8
+CHAIN_BATCH, CHAIN_VOCAB = 64, 131072
+TREE_BATCH, TREE_VOCAB = 8, 32768
+TREE_BRANCHING = (4, 2, 2, 1)  # children per node at depth 0, 1, 2 and deeper
+GREEDY_MATCH = 0.8  # chance that target_argmax at a node is one of its children's tokens
+VERDICT = ("accept_nodes", "num_accepted", "next_token")
+NOTES: list[str] = []  # printed after the tables
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Warm-ups and timed calls for ours, a vectorised baseline and a loop oracle."""
+
+    warmup: int
+    ours: int
+    ref: int
+    loop: int = 3  # loop oracles: after 1 warm-up
+
+
+def counts(device: torch.device, quick: bool) -> Counts:
+    if device.type == "cuda":
+        n = 10 if quick else 100
+        return Counts(warmup=3, ours=n, ref=n)
+    return Counts(warmup=1, ours=3 if quick else 10, ref=3)
+
+
+def note(text: str) -> None:
+    if text not in NOTES:
+        NOTES.append(text)
+
+
+def no_reset() -> None:
+    """The acceptance and sampling ops write no input: nothing to restore between calls."""
+
+
+def topk_tree(nodes: int, branching: tuple[int, ...] = TREE_BRANCHING) -> list[int]:
+    """Parents of a top-k-style tree in BFS order, cut at ``nodes`` nodes.
+
+    A node at depth d has ``branching[min(d, len(branching) - 1)]`` children.
+    """
+    parents, frontier, depth = [-1], [0], 0
+    while len(parents) < nodes and frontier:
+        width, grown = branching[min(depth, len(branching) - 1)], []
+        for u in frontier:
+            for _ in range(width):
+                if len(parents) < nodes:
+                    grown.append(len(parents))
+                    parents.append(u)
+        frontier, depth = grown, depth + 1
+    return parents
+
+
+TREE_PARENTS = topk_tree(TREE_NODES)
+CHAIN_PARENTS = list(range(-1, CHAIN_K))
+
+
+def tree_label(parents: list[int], batch: int, vocab: int) -> str:
+    if parents == CHAIN_PARENTS:
+        return f"chain K{CHAIN_K} B{batch} V{vocab}"
+    depth = [0] * len(parents)
+    for i in range(1, len(parents)):
+        depth[i] = depth[parents[i]] + 1
+    branching = "-".join(map(str, TREE_BRANCHING))
+    return f"tree N{len(parents)} br{branching} d{max(depth)} B{batch} V{vocab}"
+
+
+def parents_tensor(parents: list[int], batch: int, device: torch.device) -> torch.Tensor:
+    """int32 [B, N], the same tree in every row."""
+    return torch.tensor(parents, dtype=torch.int32, device=device).expand(batch, -1).contiguous()
+
+
+def random_seeds(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-range int64 seeds and offsets [B]."""
+    lo, hi = -(2**63), 2**63 - 1
+    return tuple(torch.randint(lo, hi, (batch,), dtype=torch.int64, device=device) for _ in range(2))
+
+
+def similar_logits(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(draft, target) float32 logits: d = 2 * randn and d + 0.5 * randn (two similar models)."""
+    draft = torch.randn(shape, device=device).mul_(2)
+    return draft, draft + torch.randn(shape, device=device).mul_(0.5)
+
+
+def draft_tokens(draft_probs: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """int64 [B, N]: node i > 0 drawn from its parent's draft row; the root's token is 0."""
+    batch, nodes, vocab = draft_probs.shape
+    rows = torch.arange(batch, device=draft_probs.device)[:, None]
+    drawn = torch.multinomial(draft_probs[rows, parents[:, 1:].long()].view(-1, vocab), 1)
+    tokens = torch.zeros(batch, nodes, dtype=torch.int64, device=draft_probs.device)
+    tokens[:, 1:] = drawn.view(batch, nodes - 1)
+    return tokens
+
+
+def sampled_inputs(parents: list[int], batch: int, vocab: int, device: torch.device
+                   ) -> dict[str, torch.Tensor]:
+    """Arguments of rejection_sample / typical_accept: tokens, parents, draft_probs,
+    target_probs, seed, offset.
+
+    Probabilities are float32 ``[B, N, V]`` softmaxes of :func:`similar_logits`;
+    tokens are drawn from the draft, so acceptance rates are realistic.
+    """
+    par = parents_tensor(parents, batch, device)
+    draft, target = similar_logits((batch, len(parents), vocab), device)
+    draft_probs = torch.softmax(draft, -1)
+    del draft
+    target_probs = torch.softmax(target, -1)
+    del target
+    seed, offset = random_seeds(batch, device)
+    return {"tokens": draft_tokens(draft_probs, par), "parents": par, "draft_probs": draft_probs,
+            "target_probs": target_probs, "seed": seed, "offset": offset}
+
+
+def greedy_inputs(parents: list[int], batch: int, vocab: int, device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    """verify_greedy arguments: random tokens; target_argmax[b, u] is one of u's children's
+    tokens with probability GREEDY_MATCH (else a random id)."""
+    rng = random.Random(0)
+    nodes = len(parents)
+    kids = [[c for c in range(nodes) if parents[c] == u] for u in range(nodes)]
+    pick = torch.tensor([[rng.choice(kids[u]) if kids[u] and rng.random() < GREEDY_MATCH else -1
+                          for u in range(nodes)] for _ in range(batch)])
+    tokens = torch.randint(vocab, (batch, nodes))
+    other = torch.randint(vocab, (batch, nodes))
+    argmax = torch.where(pick >= 0, tokens.gather(1, pick.clamp(min=0)), other)
+    return {"tokens": tokens.to(device), "parents": parents_tensor(parents, batch, device),
+            "target_argmax": argmax.to(device)}
+
+
+def check_verdict(op: str, shape: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]
+                  ) -> None:
+    bad = [name for name, a, b in zip(VERDICT, got, want) if not torch.equal(a, b)]
+    if bad:
+        raise SystemExit(f"MISMATCH vs reference: {op} {shape}: {', '.join(bad)} differ")
+
+
+def tau(verdict: tuple[torch.Tensor, ...]) -> float:
+    """Mean num_accepted: accepted drafts + 1 tokens emitted per step."""
+    return round(float(verdict[1].float().mean()), 3)
+
+
+def timed_row(op: str, shape: str, dtype: str, device: torch.device, quick: bool,
+              ours: Callable[[], object], ref: Callable[[], object], baseline: str, loop_ref: bool,
+              extra: dict, moved: int | None = None) -> dict:
+    """Time ours and the baseline (and on CUDA ours in a graph); one result row."""
+    n, cuda = counts(device, quick), device.type == "cuda"
+    ours_ms = time_ms(ours, no_reset, n.ours, cuda, n.warmup)
+    if loop_ref:
+        ref_ms = time_ms(ref, no_reset, n.loop, cuda, 1)
+    else:
+        ref_ms = time_ms(ref, no_reset, n.ref, cuda, n.warmup)
+    row = {"op": op, "shape": shape, "device": device.type, "dtype": dtype, "ours_ms": round(ours_ms, 4),
+           "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ours_ms, 2), "baseline": baseline,
+           **extra}
+    if cuda:
+        row["graph_ms"] = round(time_ms(captured(ours), no_reset, n.ours, cuda, n.warmup), 4)
+        if moved is not None:
+            row["_moved_bytes"] = moved
+    return row
+
+
+def flashinfer_chain(d: dict[str, torch.Tensor]) -> Callable[[], object] | str:
+    """flashinfer's chain verifier on the chain-with-q tensors, or why there is none.
+
+    Two public signatures are known: ``(draft_probs, draft_token_ids,
+    target_probs, ...)`` (its own RNG) and the older ``(draft_probs,
+    draft_token_ids, uniform_samples, target_probs, ...)``.  draft_probs is
+    ``[B, K, V]`` (our rows 0..K-1), target_probs ``[B, K + 1, V]``.
+    """
+    try:
+        from flashinfer import sampling as fi_sampling
+    except ImportError as e:
+        return f"flashinfer not importable ({e}): no flashinfer_ms column"
+    fn = getattr(fi_sampling, "chain_speculative_sampling", None)
+    if fn is None:
+        return "flashinfer.sampling has no chain_speculative_sampling: no flashinfer_ms column"
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return "flashinfer chain_speculative_sampling: no readable signature, no flashinfer_ms column"
+    params = list(signature.parameters)
+    tokens = d["tokens"]
+    batch, k = tokens.shape[0], tokens.shape[1] - 1
+    kwargs = {"draft_probs": d["draft_probs"][:, :k].contiguous(),
+              "draft_token_ids": tokens[:, 1:].to(torch.int32).contiguous(),
+              "target_probs": d["target_probs"]}
+    if params[:4] == ["draft_probs", "draft_token_ids", "uniform_samples", "target_probs"]:
+        kwargs["uniform_samples"] = torch.rand(batch, k + 1, device=tokens.device)
+    elif params[:3] != ["draft_probs", "draft_token_ids", "target_probs"]:
+        return (f"flashinfer.sampling.chain_speculative_sampling{signature}: unknown signature, "
+                "no flashinfer_ms column")
+    return lambda: fn(**kwargs)
+
+
+def add_flashinfer(row: dict, d: dict[str, torch.Tensor], device: torch.device, quick: bool) -> None:
+    call = flashinfer_chain(d)
+    if isinstance(call, str):
+        note(call)
+        return
+    n = counts(device, quick)
+    try:
+        row["flashinfer_ms"] = round(time_ms(call, no_reset, n.ours, True, n.warmup), 4)
+    except Exception as e:  # an optional comparison must not end the benchmark
+        note(f"flashinfer.sampling.chain_speculative_sampling failed: {type(e).__name__}: {e}")
+
+
+def bench_rejection_chain(d: dict[str, torch.Tensor], with_q: bool, device: torch.device, quick: bool
+                          ) -> dict:
+    """One chain case, with or without draft_probs; baseline reference.rejection_sample_chain."""
+    q = d["draft_probs"] if with_q else None
+    args = (d["tokens"], d["parents"], q, d["target_probs"], d["seed"], d["offset"])
+    ref_args = (d["tokens"], q, d["target_probs"], d["seed"], d["offset"])
+    shape = f"{tree_label(CHAIN_PARENTS, CHAIN_BATCH, CHAIN_VOCAB)} {'q' if with_q else 'no-q'}"
+    got = ops.rejection_sample(*args)
+    check_verdict("rejection_sample", shape, got, reference.rejection_sample_chain(*ref_args))
+    moved = d["target_probs"].nbytes + (q.nbytes if q is not None else 0)
+    row = timed_row("rejection_sample", shape, "fp32", device, quick, lambda: ops.rejection_sample(*args),
+                    lambda: reference.rejection_sample_chain(*ref_args),
+                    "reference.rejection_sample_chain (vectorised)", False, {"tau": tau(got)}, moved)
+    if with_q and device.type == "cuda":
+        add_flashinfer(row, d, device, quick)
+    return row
+
+
+def bench_rejection_tree(device: torch.device, quick: bool) -> dict:
+    """The N=64 tree with draft_probs; baseline the loop oracle reference.rejection_sample."""
+    torch.manual_seed(0)
+    d = sampled_inputs(TREE_PARENTS, TREE_BATCH, TREE_VOCAB, device)
+    args = (d["tokens"], d["parents"], d["draft_probs"], d["target_probs"], d["seed"], d["offset"])
+    shape = f"{tree_label(TREE_PARENTS, TREE_BATCH, TREE_VOCAB)} q"
+    got = ops.rejection_sample(*args)
+    check_verdict("rejection_sample", shape, got, reference.rejection_sample(*args))
+    moved = d["target_probs"].nbytes + d["draft_probs"].nbytes
+    return timed_row("rejection_sample", shape, "fp32", device, quick,
+                     lambda: ops.rejection_sample(*args), lambda: reference.rejection_sample(*args),
+                     "reference.rejection_sample (loop oracle; no vectorised tree version)", True,
+                     {"tau": tau(got)}, moved)
+
+
+def bench_rejection_sample(device: torch.device, quick: bool) -> list[dict]:
+    torch.manual_seed(0)
+    chain = sampled_inputs(CHAIN_PARENTS, CHAIN_BATCH, CHAIN_VOCAB, device)
+    rows = [bench_rejection_chain(chain, with_q, device, quick)
+            for with_q in ((True,) if quick else (True, False))]
+    del chain
+    return rows if quick else rows + [bench_rejection_tree(device, quick)]
+
+
+def bench_verify_case(parents: list[int], batch: int, vocab: int, device: torch.device, quick: bool
+                      ) -> dict:
+    """One verify_greedy case; baseline verify_greedy_chain for the chain, else the loop oracle."""
+    torch.manual_seed(0)
+    d = greedy_inputs(parents, batch, vocab, device)
+    args = (d["tokens"], d["parents"], d["target_argmax"])
+    shape = tree_label(parents, batch, vocab)
+    chain = parents == CHAIN_PARENTS
+    if chain:
+        ref, baseline = (lambda: reference.verify_greedy_chain(args[0], args[2])), "verify_greedy_chain"
+    else:
+        ref, baseline = (lambda: reference.verify_greedy(*args)), "verify_greedy"
+    got = ops.verify_greedy(*args)
+    check_verdict("verify_greedy", shape, got, ref())
+    label = f"reference.{baseline} ({'vectorised' if chain else 'loop oracle'})"
+    return timed_row("verify_greedy", shape, "int64", device, quick, lambda: ops.verify_greedy(*args),
+                     ref, label, not chain, {"tau": tau(got)})
+
+
+def bench_verify_greedy(device: torch.device, quick: bool) -> list[dict]:
+    """The K=8 chain at B=64 and, unless quick, the N=64 tree at B=8."""
+    cases = [(CHAIN_PARENTS, CHAIN_BATCH, CHAIN_VOCAB), (TREE_PARENTS, TREE_BATCH, TREE_VOCAB)]
+    return [bench_verify_case(*case, device, quick) for case in cases[: 1 if quick else 2]]
+
+
+def bench_typical_accept(device: torch.device, quick: bool) -> list[dict]:
+    """The N=64 tree at B=8, V=32768, threshold 0.09, alpha 0.3; baseline the loop oracle."""
+    torch.manual_seed(0)
+    d = sampled_inputs(TREE_PARENTS, TREE_BATCH, TREE_VOCAB, device)
+    args = (d["tokens"], d["parents"], d["target_probs"], 0.09, 0.3, d["seed"], d["offset"])
+    shape = f"{tree_label(TREE_PARENTS, TREE_BATCH, TREE_VOCAB)} thr0.09 a0.3"
+    got = ops.typical_accept(*args)
+    check_verdict("typical_accept", shape, got, reference.typical_accept(*args))
+    return [timed_row("typical_accept", shape, "fp32", device, quick, lambda: ops.typical_accept(*args),
+                      lambda: reference.typical_accept(*args), "reference.typical_accept (loop oracle)",
+                      True, {"tau": tau(got)})]
+
+
+@dataclass(frozen=True)
+class SamplingCase:
+    shape: tuple[int, ...]  # [B, V] or [B, N, V]
+    top_k: int
+    top_p: float
+    temperature: float = 0.7
+
+    def label(self) -> str:
+        dims = " ".join(f"{n}{v}" for n, v in zip("BNV" if len(self.shape) == 3 else "BV", self.shape))
+        return f"{dims} T{self.temperature} k{self.top_k} p{self.top_p}"
+
+
+def sampling_cases(quick: bool) -> list[SamplingCase]:
+    main = SamplingCase((CHAIN_BATCH, CHAIN_VOCAB), 50, 0.9)
+    if quick:
+        return [main]
+    return [main, SamplingCase(main.shape, 50, 1.0), SamplingCase(main.shape, 0, 0.9),
+            SamplingCase((TREE_BATCH, TREE_NODES, TREE_VOCAB), 50, 0.9)]
+
+
+def sampling_rows_differ(case: SamplingCase, args: tuple[torch.Tensor, ...], got: torch.Tensor,
+                         want: torch.Tensor, oracle_rows: int = 4) -> int:
+    """Rows where ours and the float32 baseline are not allclose(atol=1e-5).
+
+    Ours must then equal the float64 loop oracle on the first ``oracle_rows`` of them.
+    """
+    logits, temperature, top_k, top_p = args
+    vocab = logits.shape[-1]
+    bad = (~torch.isclose(got, want, atol=1e-5).view(-1, vocab).all(1)).nonzero()[:, 0]
+    if not bad.numel():
+        return 0
+    idx = bad[:oracle_rows]
+    b = idx // (logits[0].numel() // vocab)
+    oracle = reference.sampling_probs(logits.view(-1, vocab)[idx], temperature[b], top_k[b], top_p[b])
+    mine = got.view(-1, vocab)[idx]
+    if not (torch.equal(mine > 0, oracle > 0) and torch.allclose(mine, oracle, atol=1e-6, rtol=0)):
+        raise SystemExit(f"MISMATCH vs reference: sampling_probs {case.label()}: rows {idx.tolist()} "
+                         "differ from both sampling_probs_vectorized and the float64 oracle")
+    note(f"sampling_probs {case.label()}: {bad.numel()}/{got.numel() // vocab} rows differ from "
+         f"sampling_probs_vectorized beyond atol 1e-5 (its float32 top-p boundary); on the {idx.numel()} "
+         "checked, ours matches the float64 oracle (same support, atol 1e-6)")
+    return int(bad.numel())
+
+
+def bench_sampling_case(case: SamplingCase, device: torch.device, quick: bool) -> dict:
+    torch.manual_seed(0)
+    batch = case.shape[0]
+    if len(case.shape) == 3:
+        logits = similar_logits(case.shape, device)[1]  # the tree's target logits
+    else:
+        logits = torch.randn(case.shape, device=device).mul_(2)
+    args = (logits, torch.full((batch,), case.temperature, device=device),
+            torch.full((batch,), case.top_k, dtype=torch.int32, device=device),
+            torch.full((batch,), case.top_p, device=device))
+    got, want = ops.sampling_probs(*args), reference.sampling_probs_vectorized(*args)
+    differ = sampling_rows_differ(case, args, got, want)
+    del got, want
+    moved = logits.nbytes + 4 * logits.numel()  # read the logits, write float32 probabilities
+    return timed_row("sampling_probs", case.label(), "fp32", device, quick,
+                     lambda: ops.sampling_probs(*args),
+                     lambda: reference.sampling_probs_vectorized(*args),
+                     "reference.sampling_probs_vectorized (fp32 sort)", False, {"rows_differ": differ},
+                     moved)
+
+
+def bench_sampling_probs(device: torch.device, quick: bool) -> list[dict]:
+    return [bench_sampling_case(case, device, quick) for case in sampling_cases(quick)]
+
+
+OPS: dict[str, Callable[[torch.device, bool], list[dict]]] = {
+    "kv_compact": bench_kv_compact,
+    "rejection_sample": bench_rejection_sample,
+    "verify_greedy": bench_verify_greedy,
+    "typical_accept": bench_typical_accept,
+    "sampling_probs": bench_sampling_probs,
+}
 
 
 def copy_bandwidth_GBps(device: torch.device, nbytes: int = 1 << 30, iters: int = 10) -> float:
@@ -263,8 +690,8 @@ def copy_bandwidth_GBps(device: torch.device, nbytes: int = 1 << 30, iters: int 
 
 
 def add_bandwidth(row: dict, copy_bw: float | None) -> dict:
-    moved = row.pop("_moved_bytes")
-    if copy_bw is not None:
+    moved = row.pop("_moved_bytes", None)
+    if copy_bw is not None and moved is not None:
         row["GBps"] = round(moved / (row["graph_ms"] * 1e-3) / 1e9, 1)
         row["pct_of_copy_bw"] = round(100 * row["GBps"] / copy_bw, 1)
     return row
@@ -279,11 +706,12 @@ def machine_note(device: torch.device) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
+    """One aligned table; the columns are the union of the rows' keys (blank where a row lacks one)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
     for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys).rstrip(), flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -292,7 +720,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="fewer iterations, main shape only")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer iterations, one case per op (kv_compact: its two main shapes)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device available")
@@ -307,14 +736,17 @@ def main(argv: list[str] | None = None) -> None:
         line = {"copy_bw_GBps": round(copy_bw, 1)}
         print(json.dumps(line) if args.json else f"# device-to-device copy bandwidth: {copy_bw:.1f} GB/s")
     names = list(OPS) if args.op == "all" else [args.op]
-    rows = [add_bandwidth(r, copy_bw) for name in names for r in OPS[name](device, args.quick)]
-    if args.json:
-        for r in rows:
-            print(json.dumps(r), flush=True)
-    else:
-        print_table(rows)
-    note = machine_note(device)
-    print(json.dumps({"note": note[2:]}) if args.json else note)
+    for i, name in enumerate(names):  # one table per op, printed as it finishes
+        rows = [add_bandwidth(r, copy_bw) for r in OPS[name](device, args.quick)]
+        if args.json:
+            for r in rows:
+                print(json.dumps(r), flush=True)
+        else:
+            print_table(rows)
+            if i + 1 < len(names):
+                print()
+    for text in [*NOTES, machine_note(device)[2:]]:
+        print(json.dumps({"note": text}) if args.json else f"# {text}")
 
 
 if __name__ == "__main__":
