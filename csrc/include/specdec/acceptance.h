@@ -103,10 +103,10 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE double dq(Row& row, int64_t node, int64_t x) 
 
 // Inverse-CDF draw from weights f; falls back to the node's target
 // distribution when f has no mass, and to "no mass" (token 0, flagged) when
-// that has none either.
+// that has none either.  `total` is f's mass when the caller already has it.
 template <class Row, class F>
-SPECDEC_HOST_DEVICE int64_t draw(Row& row, int64_t node, F f, double u) {
-  double total = row.sum(f);
+SPECDEC_HOST_DEVICE int64_t draw(Row& row, int64_t node, F f, double u, double total = -1.0) {
+  if (total < 0.0) total = row.sum(f);
   if (total > 0.0) {
     const int64_t x = row.search(f, u * total);
     if (x >= 0) return x;
@@ -176,9 +176,10 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
       if (!has_children) {
         next = draw(row, node, [&](int64_t y) -> double { return tp(row, node, y); }, u);
       } else if constexpr (kDraft) {
+        // z is this residual's mass, summed by the last rejection.
         next = draw(row, node, [&](int64_t y) -> double {
           return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0);
-        }, u);
+        }, u, z);
       } else {
         next = draw(row, node, [&](int64_t y) -> double {
           for (int64_t k = 0; k < rejected; ++k) {
