@@ -46,3 +46,12 @@ def seed(request) -> int:
 def gen(seed) -> torch.Generator:
     """A CPU generator seeded with this test's seed."""
     return torch.Generator().manual_seed(seed)
+
+
+def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
+    """parents[0] = -1 and parents[i] < i: a chain, a star or a uniform random tree."""
+    if shape == "chain":
+        return [-1] + list(range(nodes - 1))
+    if shape == "star":
+        return [-1] + [0] * (nodes - 1)
+    return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]

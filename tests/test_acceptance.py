@@ -15,7 +15,7 @@ import torch
 
 from specdec_cuda import ops, reference
 
-from conftest import ALL_DEVICES
+from conftest import ALL_DEVICES, random_parents
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -31,14 +31,6 @@ TYPICAL_PARAMS = [(0.09, 0.3), (0.3, 0.5), (0.0, 0.0), (2.0, 0.9)]
 # Random inputs.
 # ---------------------------------------------------------------------------
 
-
-def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
-    """parents[0] = -1 and parents[i] < i: a chain, a star or a uniform random tree."""
-    if shape == "chain":
-        return [-1] + list(range(nodes - 1))
-    if shape == "star":
-        return [-1] + [0] * (nodes - 1)
-    return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]
 
 
 def random_probs(gen: torch.Generator, batch: int, nodes: int, vocab: int,

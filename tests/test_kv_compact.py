@@ -7,7 +7,7 @@ import torch
 
 from specdec_cuda import ops, reference
 
-from conftest import ALL_DEVICES
+from conftest import ALL_DEVICES, random_parents
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -16,14 +16,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Random inputs: trees, accepted paths, caches, block tables.
 # ---------------------------------------------------------------------------
 
-
-def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
-    """A random tree of `nodes` nodes: parents[0] = -1, parents[i] < i."""
-    if shape == "chain":
-        return [-1] + list(range(nodes - 1))
-    if shape == "star":
-        return [-1] + [0] * (nodes - 1)
-    return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]
 
 
 def accepted_path(gen: torch.Generator, parents: list[int], max_len: int | None) -> list[int]:

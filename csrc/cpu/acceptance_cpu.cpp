@@ -20,22 +20,12 @@ struct RowError {
   int64_t where = 0, value = 0;
 };
 
-class CpuRow {
+// The CPU row policy: collectives are plain loops.
+class CpuRow : public accept::RowView {
  public:
-  int64_t nodes = 0, vocab = 0;
+  CpuRow(const accept::RowView& view, int64_t* scratch, RowError* error)
+      : accept::RowView(view), scratch_(scratch), error_(error) {}
 
-  CpuRow(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens, const float* target,
-         const float* draft, uint64_t seed, uint64_t offset, int64_t* scratch, int32_t* accept,
-         int32_t* num, int64_t* next, RowError* error)
-      : nodes(n), vocab(v), parents_(parents), tokens_(tokens), target_(target), draft_(draft),
-        seed_(seed), offset_(offset), scratch_(scratch), accept_(accept), num_(num), next_(next),
-        error_(error) {}
-
-  int32_t parent(int64_t i) const { return parents_[i]; }
-  int64_t token(int64_t i) const { return tokens_[i]; }
-  float p(int64_t node, int64_t x) const { return target_[node * vocab + x]; }
-  float q(int64_t node, int64_t x) const { return draft_[node * vocab + x]; }
-  double uniform(int64_t index) const { return philox::uniform(seed_, offset_, index); }
   int64_t get(int64_t i) const { return scratch_[i]; }
   void set(int64_t i, int64_t v) { scratch_[i] = v; }
   void bad(int32_t code, int64_t node, int64_t x) {
@@ -72,15 +62,7 @@ class CpuRow {
   }
 
  private:
-  const int32_t* parents_;
-  const int64_t* tokens_;
-  const float* target_;
-  const float* draft_;
-  uint64_t seed_, offset_;
   int64_t* scratch_;
-  int32_t* accept_;
-  int32_t* num_;
-  int64_t* next_;
   RowError* error_;
 };
 
@@ -116,10 +98,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> scratch(s.nodes);
     for (int64_t b = begin; b < end; ++b) {
-      CpuRow row(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes, target + b * row_probs,
-                 draft ? draft + b * row_probs : nullptr, static_cast<uint64_t>(sd[b]),
-                 static_cast<uint64_t>(of[b]), scratch.data(), acc + b * s.nodes, nu + b, nx + b,
-                 &errors[b]);
+      const accept::RowView view(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes,
+                                 target + b * row_probs, draft ? draft + b * row_probs : nullptr,
+                                 static_cast<uint64_t>(sd[b]), static_cast<uint64_t>(of[b]),
+                                 acc + b * s.nodes, nu + b, nx + b);
+      CpuRow row(view, scratch.data(), &errors[b]);
       walk(row);
     }
   });

@@ -92,23 +92,13 @@ struct Shared {
 // The row policy of specdec/acceptance.h on a thread block.
 // ---------------------------------------------------------------------------
 
-class CudaRow {
+// The CUDA row policy: collectives over the whole thread block.
+class CudaRow : public accept::RowView {
  public:
-  int64_t nodes, vocab;
-
-  __device__ CudaRow(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens,
-                     const float* target, const float* draft, uint64_t seed, uint64_t offset,
-                     int64_t* scratch, Shared* shm, int32_t* accept, int32_t* num, int64_t* next,
+  __device__ CudaRow(const accept::RowView& view, int64_t* scratch, Shared* shm,
                      unsigned long long* error)
-      : nodes(n), vocab(v), parents_(parents), tokens_(tokens), target_(target), draft_(draft),
-        seed_(seed), offset_(offset), scratch_(scratch), shm_(shm), accept_(accept), num_(num),
-        next_(next), error_(error) {}
+      : accept::RowView(view), scratch_(scratch), shm_(shm), error_(error) {}
 
-  __device__ int32_t parent(int64_t i) const { return parents_[i]; }
-  __device__ int64_t token(int64_t i) const { return tokens_[i]; }
-  __device__ float p(int64_t node, int64_t x) const { return target_[node * vocab + x]; }
-  __device__ float q(int64_t node, int64_t x) const { return draft_[node * vocab + x]; }
-  __device__ double uniform(int64_t index) const { return philox::uniform(seed_, offset_, index); }
   __device__ int64_t get(int64_t i) const { return scratch_[i]; }
   __device__ void set(int64_t i, int64_t v) {
     __syncthreads();  // everyone has read the old value
@@ -170,16 +160,8 @@ class CudaRow {
   }
 
  private:
-  const int32_t* parents_;
-  const int64_t* tokens_;
-  const float* target_;
-  const float* draft_;
-  uint64_t seed_, offset_;
   int64_t* scratch_;
   Shared* shm_;
-  int32_t* accept_;
-  int32_t* num_;
-  int64_t* next_;
   unsigned long long* error_;
 };
 
@@ -227,9 +209,10 @@ __global__ void __launch_bounds__(kThreads)
     fail_row(accept + o, num + b, next + b, nodes);
     return;
   }
-  CudaRow row(nodes, vocab, parents + o, tokens + o, target + o * vocab,
-              draft ? draft + o * vocab : nullptr, static_cast<uint64_t>(seed[b]),
-              static_cast<uint64_t>(offset[b]), scratch, &shm, accept + o, num + b, next + b, error);
+  const accept::RowView view(nodes, vocab, parents + o, tokens + o, target + o * vocab,
+                             draft ? draft + o * vocab : nullptr, static_cast<uint64_t>(seed[b]),
+                             static_cast<uint64_t>(offset[b]), accept + o, num + b, next + b);
+  CudaRow row(view, scratch, &shm, error);
   if constexpr (kWalk == Walk::kRejectionDraft) {
     accept::rejection_walk<true>(row);
   } else if constexpr (kWalk == Walk::kRejection) {

@@ -8,8 +8,11 @@
 #include <vector>
 
 #include "ops/acceptance.h"
+#include "test_util.h"
 
 namespace {
+
+using specdec::testing::error_of;
 
 using Verdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
@@ -21,15 +24,6 @@ at::Tensor chain_parents(int64_t batch, int64_t nodes) {
 
 at::Tensor random_probs(int64_t batch, int64_t nodes, int64_t vocab, double scale) {
   return at::softmax(at::randn({batch, nodes, vocab}) * scale, -1).contiguous();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 TEST(VerifyGreedy, FollowsTheArgmaxChain) {

@@ -8,8 +8,11 @@
 #include <vector>
 
 #include "ops/kv_compact.h"
+#include "test_util.h"
 
 namespace {
+
+using specdec::testing::error_of;
 
 struct Case {
   at::Tensor lens, accept, num;  // int32 [B], [B, M], [B]
@@ -141,15 +144,6 @@ void check_overlap(const at::Device& device) {
   expected[0][0][3] = cache[0][0][4];
   EXPECT_TRUE(at::equal(caches[0].cpu(), expected));
   EXPECT_EQ(lens.cpu()[0].item<int>(), 4);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 void check_bad_input(const at::Device& device) {

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "specdec/macros.h"
+#include "specdec/philox.h"
 
 namespace specdec::accept {
 
@@ -32,6 +33,38 @@ enum ErrorCode : int32_t {
   kNoMass = 5,            // the distribution to draw from has no mass at all
   kArgmaxRange = 6,       // target_argmax[b, i] negative
   kDraftProbInvalid = 7,  // a draft probability read is NaN, infinite or negative
+};
+
+// The part of a row policy that is plain data access, shared by the CPU and
+// CUDA policies: the row's tree, its probabilities [N, V], its Philox stream
+// and its outputs.  A policy adds the collectives, scratch and error report.
+class RowView {
+ public:
+  int64_t nodes, vocab;
+
+  SPECDEC_HOST_DEVICE RowView(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens,
+                              const float* target, const float* draft, uint64_t seed,
+                              uint64_t offset, int32_t* accept, int32_t* num, int64_t* next)
+      : nodes(n), vocab(v), parents_(parents), tokens_(tokens), target_(target), draft_(draft),
+        seed_(seed), offset_(offset), accept_(accept), num_(num), next_(next) {}
+
+  SPECDEC_HOST_DEVICE int32_t parent(int64_t i) const { return parents_[i]; }
+  SPECDEC_HOST_DEVICE int64_t token(int64_t i) const { return tokens_[i]; }
+  SPECDEC_HOST_DEVICE float p(int64_t node, int64_t x) const { return target_[node * vocab + x]; }
+  SPECDEC_HOST_DEVICE float q(int64_t node, int64_t x) const { return draft_[node * vocab + x]; }
+  SPECDEC_HOST_DEVICE double uniform(int64_t index) const {
+    return philox::uniform(seed_, offset_, index);
+  }
+
+ protected:
+  const int32_t* parents_;
+  const int64_t* tokens_;
+  const float* target_;
+  const float* draft_;
+  uint64_t seed_, offset_;
+  int32_t* accept_;
+  int32_t* num_;
+  int64_t* next_;
 };
 
 // Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
