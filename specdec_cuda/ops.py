@@ -16,6 +16,7 @@ from . import _validate
 __all__ = [
     "kv_compact_",
     "kv_compact_paged_",
+    "build_tree",
     "sampling_probs",
     "verify_greedy",
     "rejection_sample",
@@ -107,6 +108,30 @@ def kv_compact_paged_(
         _validate.tensor(op, "accept_nodes", accept_nodes),
         _validate.tensor(op, "num_accepted", num_accepted),
     )
+
+
+# ---------------------------------------------------------------------------
+# Trees.
+# ---------------------------------------------------------------------------
+
+
+def build_tree(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ancestor masks and depths of a batch of draft trees.
+
+    Args:
+        parents: int32 ``[B, N]``, ``parents[b, 0] = -1`` (node 0 is the root) and
+            ``0 <= parents[b, i] < i``.
+
+    Returns:
+        ``mask``: int32 ``[B, N, W]`` with ``W = ceil(N / 32)``: bit ``j % 32`` (least
+        significant first) of word ``j // 32`` of row i is set iff node j is i
+        itself or an ancestor of i — the tree part of the attention mask.
+        ``depth``: int32 ``[B, N]``, the root at 0 (the RoPE position offset).
+
+    Raises ``ValueError`` naming ``specdec::build_tree`` and the entry for a broken
+    parent array (e.g. ``parents[0, 3] = 5 is outside [0, 3)``).
+    """
+    return torch.ops.specdec.build_tree(parents)
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +264,14 @@ def _kv_compact_paged_fake(
     k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted
 ) -> None:
     return None
+
+
+@torch.library.register_fake("specdec::build_tree")
+def _build_tree_fake(parents):
+    batch, nodes = parents.shape
+    words = (nodes + 31) // 32
+    return (parents.new_empty((batch, nodes, words), dtype=torch.int32),
+            parents.new_empty((batch, nodes), dtype=torch.int32))
 
 
 @torch.library.register_fake("specdec::sampling_probs")

@@ -14,7 +14,7 @@ import math
 import torch
 
 __all__ = [
-    "kv_compact_", "kv_compact_paged_", "verify_greedy", "rejection_sample", "typical_accept",
+    "kv_compact_", "kv_compact_paged_", "build_tree", "verify_greedy", "rejection_sample", "typical_accept",
     "sampling_probs", "verify_greedy_chain", "rejection_sample_chain", "sampling_probs_vectorized",
 ]
 
@@ -74,6 +74,25 @@ def kv_compact_paged_(
         dst_page, dst_off = tables[rows, dst // page_size], dst % page_size
         pages[dst_page, dst_off] = pages[src_page, src_off]
     cache_lens += num_accepted
+
+
+def build_tree(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`specdec_cuda.ops.build_tree`: ancestor masks by walking parents."""
+    batch, nodes = parents.shape
+    words = (nodes + 31) // 32
+    pars = parents.tolist()
+    mask = torch.zeros(batch, nodes, words, dtype=torch.int64)
+    depth = torch.zeros(batch, nodes, dtype=torch.int32)
+    for b in range(batch):
+        for i in range(nodes):
+            node, d = i, -1
+            while node >= 0:
+                mask[b, i, node // 32] |= 1 << (node % 32)
+                node, d = pars[b][node], d + 1
+            depth[b, i] = d
+    # Reinterpret each 32-bit word as int32 (bit 31 set means negative).
+    mask = torch.where(mask >= 2**31, mask - 2**32, mask).to(torch.int32)
+    return mask.to(parents.device), depth.to(parents.device)
 
 
 # ---------------------------------------------------------------------------

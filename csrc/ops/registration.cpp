@@ -10,6 +10,7 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "kv_compact_paged_(Tensor(a!)[] k_pages, Tensor(b!)[] v_pages, Tensor block_tables, "
       "Tensor(c!) cache_lens, Tensor accept_nodes, Tensor num_accepted) -> ()");
+  m.def("build_tree(Tensor parents) -> (Tensor mask, Tensor depth)");
   m.def(
       "sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
   m.def(

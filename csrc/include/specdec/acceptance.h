@@ -67,10 +67,9 @@ class RowView {
   int64_t* next_;
 };
 
-// Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, const int64_t* tokens,
-                                                      int64_t nodes, int64_t vocab, int64_t* where,
-                                                      int64_t* value) {
+// Validate one row's parent array: parents[0] = -1, 0 <= parents[i] < i.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_parents(const int32_t* parents, int64_t nodes,
+                                                         int64_t* where, int64_t* value) {
   for (int64_t i = 0; i < nodes; ++i) {
     const int64_t p = parents[i];
     if (i == 0 ? p != -1 : (p < 0 || p >= i)) {
@@ -78,6 +77,17 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, co
       *value = p;
       return i == 0 ? kParentRoot : kParentRange;
     }
+  }
+  return kOk;
+}
+
+// Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, const int64_t* tokens,
+                                                      int64_t nodes, int64_t vocab, int64_t* where,
+                                                      int64_t* value) {
+  const int32_t code = check_parents(parents, nodes, where, value);
+  if (code != kOk) return code;
+  for (int64_t i = 0; i < nodes; ++i) {
     if (tokens[i] < 0 || (vocab > 0 && tokens[i] >= vocab)) {
       *where = i;
       *value = tokens[i];
@@ -85,6 +95,26 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, co
     }
   }
   return kOk;
+}
+
+// build_tree, one word column of one row: mask[i][w] = mask[parent(i)][w], plus
+// bit i % 32 when w == i / 32 (bit j of row i: j is i or an ancestor of i).
+// Rows are filled in index order, so a parent's word is ready before its
+// children read it; each word column depends only on itself.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void tree_mask_column(const int32_t* parents, int64_t nodes,
+                                                         int64_t words, int64_t w, int32_t* mask) {
+  for (int64_t i = 0; i < nodes; ++i) {
+    const int64_t p = parents[i];
+    uint32_t word = p >= 0 ? static_cast<uint32_t>(mask[p * words + w]) : 0u;
+    if (i / 32 == w) word |= 1u << (i % 32);
+    mask[i * words + w] = static_cast<int32_t>(word);
+  }
+}
+
+// build_tree depths: the root has depth 0.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void tree_depths(const int32_t* parents, int64_t nodes,
+                                                    int32_t* depth) {
+  for (int64_t i = 0; i < nodes; ++i) depth[i] = parents[i] >= 0 ? depth[parents[i]] + 1 : 0;
 }
 
 // Greedy verification of one row (ARCHITECTURE.md: verify_greedy): from the
