@@ -22,6 +22,7 @@
 #include <optional>
 #include <tuple>
 
+#include "cuda/eager_check.cuh"
 #include "ops/acceptance.h"
 #include "ops/checks.h"
 #include "specdec/philox.h"
@@ -253,12 +254,10 @@ __global__ void greedy_kernel(const int32_t* parents, const int64_t* tokens, con
 
 // In eager mode, read the per-row error records back and raise the first one.
 void raise_row_errors(const char* op, const at::Tensor& errors, cudaStream_t stream) {
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone || errors.numel() == 0) return;
-  const at::Tensor host = errors.to(at::kCPU);  // synchronises the stream
-  const int64_t* e = host.data_ptr<int64_t>();
-  for (int64_t b = 0; b < host.size(0); ++b) {
+  const auto host = eager_errors(errors, stream);
+  if (!host) return;
+  const int64_t* e = host->data_ptr<int64_t>();
+  for (int64_t b = 0; b < host->size(0); ++b) {
     if (e[3 * b] != 0) throw_accept_error(op, b, static_cast<int32_t>(e[3 * b]), e[3 * b + 1], e[3 * b + 2]);
   }
 }
@@ -477,11 +476,8 @@ at::Tensor sampling_probs_cuda(const at::Tensor& logits, const at::Tensor& tempe
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) {
-    const at::Tensor host = errors.to(at::kCPU);
-    const int64_t* e = host.data_ptr<int64_t>();
+  if (const auto host = eager_errors(errors, stream)) {
+    const int64_t* e = host->data_ptr<int64_t>();
     for (int64_t r = 0; r < batch * rows; ++r) {
       if (e[2 * r] == sampling::kOk) continue;
       double value;

@@ -9,9 +9,9 @@
 //     chunks of kMaxTensors).  Each thread owns one vector-sized column of one
 //     (tensor, sequence, row) and copies the accepted slots in ascending order,
 //     which equals the sequential definition.  It does nothing if status != 0.
-// In eager mode the host then reads `status` (a synchronisation) to raise the
-// same exception the CPU kernel raises.  While the stream is being captured
-// into a CUDA graph the read is skipped: bad rows still write nothing.
+// In eager mode the host then reads `status` (cuda/eager_check.cuh) to raise
+// the same exception the CPU kernel raises; under CUDA graph capture bad rows
+// still write nothing.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "cuda/eager_check.cuh"
 #include "ops/kv_compact.h"
 
 namespace specdec {
@@ -189,17 +190,11 @@ void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens
                  tables, plan.max_blocks, plan.page_size};
     launch_copies<kPaged>(plan, args, stream);
   }
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) {
-    int64_t host[4];
-    C10_CUDA_CHECK(cudaMemcpyAsync(host, status.data_ptr<int64_t>(), sizeof(host),
-                                   cudaMemcpyDeviceToHost, stream));
-    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (host[0] != kv::kOk) {
-      throw_row_error(op, plan, host[1],
-                      kv::RowCheck{static_cast<int32_t>(host[0]), static_cast<int32_t>(host[2]),
-                                   host[3]});
+  if (const auto host = eager_errors(status, stream)) {
+    const int64_t* e = host->data_ptr<int64_t>();
+    if (e[0] != kv::kOk) {
+      throw_row_error(op, plan, e[1],
+                      kv::RowCheck{static_cast<int32_t>(e[0]), static_cast<int32_t>(e[2]), e[3]});
     }
   }
 }

@@ -15,6 +15,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/eager_check.cuh"
 #include "ops/acceptance.h"
 #include "ops/tree.h"
 #include "specdec/acceptance.h"
@@ -62,11 +63,8 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor& parents) {
                                                    mask.data_ptr<int32_t>(), depth.data_ptr<int32_t>(),
                                                    errors.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) {
-    const at::Tensor host = errors.to(at::kCPU);
-    const int64_t* e = host.data_ptr<int64_t>();
+  if (const auto host = eager_errors(errors, stream)) {
+    const int64_t* e = host->data_ptr<int64_t>();
     for (int64_t b = 0; b < batch; ++b) {
       if (e[3 * b] != 0) throw_accept_error(op, b, static_cast<int32_t>(e[3 * b]), e[3 * b + 1], e[3 * b + 2]);
     }
