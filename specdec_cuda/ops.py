@@ -17,6 +17,8 @@ __all__ = [
     "kv_compact_",
     "kv_compact_paged_",
     "build_tree",
+    "tree_attention",
+    "tree_attention_paged",
     "sampling_probs",
     "verify_greedy",
     "rejection_sample",
@@ -132,6 +134,57 @@ def build_tree(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     parent array (e.g. ``parents[0, 3] = 5 is outside [0, 3)``).
     """
     return torch.ops.specdec.build_tree(parents)
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_lens: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of a tree of draft tokens over the prefix KV cache and its own ancestors.
+
+    Args:
+        q: ``[B, N, Hq, D]`` float32/float16/bfloat16, contiguous: the tree's queries.
+        k_cache, v_cache: ``[B, Hkv, S, D]``, q's dtype, contiguous; ``Hq`` a multiple of
+            ``Hkv`` (GQA/MQA: K/V are never repeated in memory).  The tree's own K/V is
+            already written at slots ``cache_lens[b] .. cache_lens[b] + N - 1``.
+        cache_lens: int32 ``[B]``, the committed prefix length; ``cache_lens[b] + N <= S``.
+        mask: int32 ``[B, N, ceil(N/32)]`` packed ancestor mask (:func:`build_tree`):
+            query i sees tree slot j iff bit j of ``mask[b, i]`` is set.
+        scale: the softmax scale (typically ``D ** -0.5``).
+
+    Returns:
+        ``out`` ``[B, N, Hq, D]`` in q's dtype (float32 accumulation) and ``lse`` float32
+        ``[B, N, Hq]``, the natural log of the softmax denominator
+        ``log(sum_j exp(scale * q . k_j))`` for merging with other attention kernels.
+        Query i sees every prefix slot ``[0, cache_lens[b])``; a query that sees no key
+        at all gets zeros and ``lse = -inf``.
+    """
+    return torch.ops.specdec.tree_attention(q, k_cache, v_cache, cache_lens, mask, scale)
+
+
+def tree_attention_paged(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_tables: torch.Tensor,
+    cache_lens: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tree_attention` over a paged cache.
+
+    ``k_pages``, ``v_pages``: ``[P, page_size, Hkv, D]``; slot s of sequence b lives in
+    page ``block_tables[b, s // page_size]`` (int32 ``[B, max_blocks]``) at offset
+    ``s % page_size``.  The blocks holding slots ``[0, cache_lens[b] + N)`` must be valid
+    pages; ``cache_lens[b] + N <= max_blocks * page_size``.
+    """
+    return torch.ops.specdec.tree_attention_paged(
+        q, k_pages, v_pages, block_tables, cache_lens, mask, scale
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -272,6 +325,16 @@ def _build_tree_fake(parents):
     words = (nodes + 31) // 32
     return (parents.new_empty((batch, nodes, words), dtype=torch.int32),
             parents.new_empty((batch, nodes), dtype=torch.int32))
+
+
+@torch.library.register_fake("specdec::tree_attention")
+def _tree_attention_fake(q, k_cache, v_cache, cache_lens, mask, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.register_fake("specdec::tree_attention_paged")
+def _tree_attention_paged_fake(q, k_pages, v_pages, block_tables, cache_lens, mask, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.register_fake("specdec::sampling_probs")

@@ -14,7 +14,8 @@ import math
 import torch
 
 __all__ = [
-    "kv_compact_", "kv_compact_paged_", "build_tree", "verify_greedy", "rejection_sample", "typical_accept",
+    "kv_compact_", "kv_compact_paged_", "build_tree", "tree_attention", "tree_attention_paged",
+    "unpack_tree_mask", "verify_greedy", "rejection_sample", "typical_accept",
     "sampling_probs", "verify_greedy_chain", "rejection_sample_chain", "sampling_probs_vectorized",
 ]
 
@@ -93,6 +94,55 @@ def build_tree(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Reinterpret each 32-bit word as int32 (bit 31 set means negative).
     mask = torch.where(mask >= 2**31, mask - 2**32, mask).to(torch.int32)
     return mask.to(parents.device), depth.to(parents.device)
+
+
+def unpack_tree_mask(mask: torch.Tensor, nodes: int) -> torch.Tensor:
+    """Packed int32 ``[B, N, W]`` tree mask -> bool ``[B, N, N]`` (row i, column j)."""
+    bits = (mask.long()[..., None] >> torch.arange(32, device=mask.device)) & 1
+    return bits.flatten(-2)[..., :nodes].bool()
+
+
+def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   cache_lens: torch.Tensor, mask: torch.Tensor, scale: float):
+    """Reference for :func:`specdec_cuda.ops.tree_attention`, in float64 with a dense mask.
+
+    Query i of sequence b attends to the prefix slots ``[0, cache_lens[b])`` and to the
+    tree slots ``cache_lens[b] + j`` whose bit j is set in ``mask[b, i]``; query head h
+    uses KV head ``h // (Hq // Hkv)``.  A row with no visible key gets zeros and
+    ``lse = -inf``.  Returns ``out`` in q's dtype and ``lse`` float32 ``[B, N, Hq]``.
+    """
+    batch, nodes, hq, dim = q.shape
+    hkv = k_cache.shape[1]
+    group = hq // hkv
+    out = torch.zeros(batch, nodes, hq, dim, dtype=torch.float64)
+    lse = torch.full((batch, nodes, hq), float("-inf"), dtype=torch.float64)
+    tree = unpack_tree_mask(mask.cpu(), nodes)
+    for b in range(batch):
+        length = int(cache_lens[b])
+        keys = k_cache[b, :, : length + nodes].double().cpu().repeat_interleave(group, 0)
+        vals = v_cache[b, :, : length + nodes].double().cpu().repeat_interleave(group, 0)
+        visible = torch.cat([torch.ones(nodes, length, dtype=torch.bool), tree[b]], dim=1)
+        s = torch.einsum("nhd,hsd->nhs", q[b].double().cpu(), keys) * scale
+        s = s.masked_fill(~visible[:, None, :], float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)  # [N, Hq]
+        p = torch.exp(s - row_lse[..., None])
+        p = torch.nan_to_num(p, nan=0.0)  # rows that see nothing
+        out[b] = torch.einsum("nhs,hsd->nhd", p, vals)
+        lse[b] = row_lse
+    return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)
+
+
+def tree_attention_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
+                         block_tables: torch.Tensor, cache_lens: torch.Tensor, mask: torch.Tensor,
+                         scale: float):
+    """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather pages, then attend."""
+    page_size = k_pages.shape[1]
+    slots = block_tables.shape[1] * page_size
+    s = torch.arange(slots, device=block_tables.device)
+    pages = block_tables.long()[:, s // page_size].clamp(min=0)  # [B, slots]
+    k = k_pages[pages, s % page_size].permute(0, 2, 1, 3)  # [B, Hkv, slots, D]
+    v = v_pages[pages, s % page_size].permute(0, 2, 1, 3)
+    return tree_attention(q, k, v, cache_lens, mask, scale)
 
 
 # ---------------------------------------------------------------------------

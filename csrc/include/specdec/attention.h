@@ -1,0 +1,49 @@
+// Tree attention: index logic shared by the CPU and CUDA kernels (torch-free).
+//
+// Query i of sequence b sees the prefix slots [0, L) (L = cache_lens[b]) and
+// the tree slots L + j whose bit j is set in its mask row; query head h reads
+// KV head h / (Hq / Hkv).
+#pragma once
+
+#include <cstdint>
+
+#include "specdec/macros.h"
+
+namespace specdec::attention {
+
+constexpr int64_t kMaxHeadDim = 256;
+
+enum ErrorCode : int32_t { kOk = 0, kCacheLen = 1, kBlock = 2 };
+
+// 0 <= L, L + nodes <= capacity, and (paged, table != nullptr) every block
+// holding a slot in [0, L + nodes) is a page in [0, num_pages).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_row(int64_t length, int64_t nodes, int64_t capacity,
+                                                     const int32_t* table, int64_t page_size,
+                                                     int64_t num_pages, int64_t* where,
+                                                     int64_t* value) {
+  if (length < 0 || length + nodes > capacity) {
+    *where = 0;
+    *value = length;
+    return kCacheLen;
+  }
+  if (table != nullptr) {
+    const int64_t blocks = (length + nodes + page_size - 1) / page_size;
+    for (int64_t k = 0; k < blocks; ++k) {
+      if (table[k] < 0 || table[k] >= num_pages) {
+        *where = k;
+        *value = table[k];
+        return kBlock;
+      }
+    }
+  }
+  return kOk;
+}
+
+// Whether query `node` sees slot `slot` (mask row: `words` int32 words).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE bool visible(int64_t slot, int64_t length, const int32_t* mask_row) {
+  if (slot < length) return true;
+  const int64_t j = slot - length;
+  return (static_cast<uint32_t>(mask_row[j >> 5]) >> (j & 31)) & 1u;
+}
+
+}  // namespace specdec::attention
