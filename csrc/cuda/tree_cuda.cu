@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
   int64_t splits = std::max<int64_t>(1, (2 * sms + base - 1) / base);
   splits = std::min({splits, max_by_work, max_by_memory, int64_t{64}});
   int64_t chunk = (s.capacity + splits - 1) / splits;
-  chunk = (chunk + keys - 1) / keys * keys;
+  chunk = std::max<int64_t>(keys, (chunk + keys - 1) / keys * keys);  // capacity 0: one empty split
   splits = std::max<int64_t>(1, (s.capacity + chunk - 1) / chunk);
   TORCH_CHECK_VALUE(s.batch * s.kv_heads <= 65535 && q_tiles <= 65535,
                     msg(op, "q", " is too large for one launch (B * Hkv and N * Hq / Hkv / 16 must be <= 65535)"));
