@@ -53,6 +53,31 @@ sampling_probs
     boundary differs are counted in ``rows_differ`` (and a note line) instead of
     failing, after checking ours against the float64 loop oracle
     ``reference.sampling_probs`` on up to 4 of them (that must match).
+tree_attention
+    ``tree_attention`` (caches ``[B, Hkv, S, D]``) against the path engines use
+    today, timed whole as an engine runs it per step (``sdpa_tree_attention``):
+    unpack the packed tree mask (``reference.unpack_tree_mask``), build a dense
+    bool mask ``[B, 1, N, Smax]``, expand K/V for GQA (``repeat_interleave`` over
+    heads) and call ``torch.nn.functional.scaled_dot_product_attention`` on q
+    transposed to ``[B, Hq, N, D]``.  Smax = max(cache_lens) + N (known on the
+    host) is one key length for the whole batch; the mask shows row b the prefix
+    ``[0, cache_lens[b])`` and its tree bits at ``cache_lens[b] + j`` and hides the
+    slots beyond ``cache_lens[b] + N``.  Hq=32, Hkv=8, D=128, scale D**-0.5; q, K,
+    V ``randn``; a different random tree per row (``parents[i]`` uniform in
+    ``[0, i)``, ``ops.build_tree``).  Each case first checks ``out`` against SDPA
+    and ``lse`` against a float32 logsumexp of the scores over the same dense mask
+    (allclose, atol = rtol = 2e-3 for fp32, 3e-2 for fp16/bf16).  CPU (fp32):
+    batch 1/4 x prefix 512/2048 x tree 16/64, every row's cache_lens = prefix
+    (the key case: B4 L2048 N64); a ragged case (B4 N64, cache_lens spread
+    evenly over 256..2048); and ``tree_attention_paged`` at the key case with
+    page size 16 and a shuffled block table (``P16``), against the same SDPA
+    baseline on the contiguous cache (the page gather is not in the baseline).
+    CUDA (fp16): batch 1/4/16 x prefix 512/4096/32768 x tree 16/64/128, skipping
+    (a note line) any case whose baseline would need more than 20 GB (expanded
+    K/V + the dense mask + one fp32 score matrix ``[B, Hq, N, Smax]``), and the
+    paged case at B4 L4096 N64 P16.  Median of 5 calls after 1 warm-up on CPU,
+    20 after 3 on CUDA; ``--quick``: 3 / 10 and the key case only (B4 L2048 N64
+    on CPU, B4 L4096 N64 on CUDA).
 
 Iterations for the acceptance and sampling ops: median of N eager calls after
 W warm-ups; CPU: W=1, N=10 (``--quick``: 3) for ours, N=3 for the baselines
@@ -60,7 +85,7 @@ W warm-ups; CPU: W=1, N=10 (``--quick``: 3) for ours, N=3 for the baselines
 CUDA: W=3, N=100 (``--quick``: 10), the loop oracles N=3 after 1 warm-up.
 ``--quick`` runs one case per op: the main kv shapes, the chain with ``q``, the
 chain for verify_greedy, the tree for typical_accept, top-k + top-p at
-``[64, 131072]``.
+``[64, 131072]``, the tree_attention key case.
 
 Columns: op, shape, device, dtype, ours_ms / ref_ms (median ms per eager call;
 on CUDA ours includes the eager error/status read-back, a stream
@@ -84,6 +109,15 @@ graph_ms) and pct_of_copy_bw (vs. a measured ~1 GiB device-to-device
   first call may JIT-compile, which the warm-ups absorb).
 * sampling_probs: baseline, rows_differ (see above); GBps counts reading the
   logits and writing the probabilities once.
+* tree_attention / tree_attention_paged: baseline (SDPA, see above); GBps counts
+  K and V of every row's prefix + tree read once per KV head (sum_b
+  (cache_lens[b] + N) * Hkv * D * 2 * elem).  On CUDA with flashinfer
+  installed, the contiguous rows add flashinfer_ms: eager
+  ``flashinfer.prefill.single_prefill_with_kv_cache`` with ``custom_mask`` (the
+  same dense mask, bool ``[N, L+N]``; kv_layout ``HND``; one call per sequence,
+  so B calls per step), checked against SDPA first; its signature is checked at
+  run time, and any mismatch or failure skips the column with a note line (its
+  first call may JIT-compile, outside the timed calls).
 """
 
 from __future__ import annotations
@@ -666,12 +700,254 @@ def bench_sampling_probs(device: torch.device, quick: bool) -> list[dict]:
     return [bench_sampling_case(case, device, quick) for case in sampling_cases(quick)]
 
 
+# ---------------------------------------------------------------------------
+# tree_attention (and tree_attention_paged) against the engines' SDPA path.
+# ---------------------------------------------------------------------------
+
+ATTN_HQ, ATTN_HKV, ATTN_DIM = 32, 8, 128
+ATTN_PAGE = 16
+ATTN_BASELINE_LIMIT = 20e9  # CUDA: skip cases whose SDPA baseline would need more (bytes)
+ATTN_SDPA = "F.sdpa (dense bool mask [B,1,N,Smax], repeat_interleave GQA)"
+ATTN_SDPA_PAGED = "F.sdpa on the contiguous cache (no gather; same mask + GQA expansion)"
+
+
+@dataclass(frozen=True)
+class AttnCase:
+    batch: int
+    prefix: int  # every row's cache_lens; ragged: the largest
+    nodes: int
+    dtype: torch.dtype
+    ragged_from: int = 0  # > 0: cache_lens spread evenly over [ragged_from, prefix]
+    page_size: int = 0  # 0: tree_attention, else tree_attention_paged
+
+    def lens(self) -> list[int]:
+        if not self.ragged_from or self.batch == 1:
+            return [self.prefix] * self.batch
+        step = (self.prefix - self.ragged_from) / (self.batch - 1)
+        return [round(self.ragged_from + b * step) for b in range(self.batch)]
+
+    def shape(self) -> str:
+        pre = f"L{self.ragged_from}..{self.prefix}" if self.ragged_from else f"L{self.prefix}"
+        s = f"B{self.batch} {pre} N{self.nodes} Hq{ATTN_HQ} Hkv{ATTN_HKV} D{ATTN_DIM}"
+        return s + (f" P{self.page_size}" if self.page_size else "")
+
+    def baseline_bytes(self) -> int:
+        """Expanded K/V + the dense mask + one fp32 score matrix [B, Hq, N, Smax] (the
+        math backend's; the fused ones need less)."""
+        keys, elem = self.prefix + self.nodes, torch.finfo(self.dtype).bits // 8
+        expanded = 2 * self.batch * ATTN_HQ * keys * ATTN_DIM * elem
+        return expanded + self.batch * self.nodes * keys * (1 + 4 * ATTN_HQ)
+
+
+def attn_cases(device: torch.device, quick: bool) -> list[AttnCase]:
+    if device.type == "cuda":
+        key = AttnCase(4, 4096, 64, torch.float16)
+        if quick:
+            return [key]
+        grid = [AttnCase(b, p, n, torch.float16) for b in (1, 4, 16) for p in (512, 4096, 32768)
+                for n in (16, 64, 128)]
+        return grid + [AttnCase(4, 4096, 64, torch.float16, page_size=ATTN_PAGE)]
+    key = AttnCase(4, 2048, 64, torch.float32)
+    if quick:
+        return [key]
+    grid = [AttnCase(b, p, n, torch.float32) for b in (1, 4) for p in (512, 2048) for n in (16, 64)]
+    return grid + [AttnCase(4, 2048, 64, torch.float32, ragged_from=256),
+                   AttnCase(4, 2048, 64, torch.float32, page_size=ATTN_PAGE)]
+
+
+def random_tree_parents(rng: random.Random, batch: int, nodes: int, device: torch.device
+                        ) -> torch.Tensor:
+    """int32 [B, N]: a different random tree per row, parents[i] uniform in [0, i)."""
+    rows = [[-1] + [rng.randrange(i) for i in range(1, nodes)] for _ in range(batch)]
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def sdpa_dense_mask(cache_lens: torch.Tensor, mask: torch.Tensor, nodes: int, keys: int) -> torch.Tensor:
+    """bool [B, N, keys]: query i sees slots [0, cache_lens[b]) and the tree slots
+    cache_lens[b] + j with bit j of mask[b, i]; slots past cache_lens[b] + N stay hidden."""
+    lens = cache_lens.long()[:, None, None]  # [B, 1, 1]
+    slot = torch.arange(keys, device=mask.device)
+    dense = (slot < lens).expand(-1, nodes, -1).clone()
+    cols = (lens + torch.arange(nodes, device=mask.device)).expand(-1, nodes, -1)
+    return dense.scatter_(2, cols, reference.unpack_tree_mask(mask, nodes))
+
+
+def sdpa_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        cache_lens: torch.Tensor, mask: torch.Tensor, scale: float, keys: int
+                        ) -> torch.Tensor:
+    """The path engines use today, whole: dense mask, GQA expansion, SDPA.
+
+    ``keys`` = max(cache_lens) + N, known on the host (no device read); returns out
+    ``[B, N, Hq, D]`` (a transposed view of SDPA's ``[B, Hq, N, D]``).
+    """
+    nodes, group = q.shape[1], q.shape[2] // k_cache.shape[1]
+    dense = sdpa_dense_mask(cache_lens, mask, nodes, keys)
+    k = k_cache[:, :, :keys].repeat_interleave(group, 1)
+    v = v_cache[:, :, :keys].repeat_interleave(group, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=dense[:, None], scale=scale)
+    return out.transpose(1, 2)
+
+
+def masked_lse(q: torch.Tensor, k_cache: torch.Tensor, dense: torch.Tensor, scale: float) -> torch.Tensor:
+    """float32 [B, N, Hq] logsumexp of the scores over the dense mask, one row at a time."""
+    group, keys = q.shape[2] // k_cache.shape[1], dense.shape[-1]
+    rows = []
+    for b in range(q.shape[0]):
+        k = k_cache[b, :, :keys].float().repeat_interleave(group, 0)  # [Hq, keys, D]
+        s = torch.matmul(q[b].float().transpose(0, 1), k.transpose(1, 2)) * scale  # [Hq, N, keys]
+        rows.append(s.masked_fill_(~dense[b], float("-inf")).logsumexp(-1).transpose(0, 1))
+        del k, s
+    return torch.stack(rows)
+
+
+def to_pages(cache: torch.Tensor, tables: torch.Tensor, page_size: int) -> torch.Tensor:
+    """[B, Hkv, S, D] cache -> [B * blocks, page_size, Hkv, D] pages laid out by ``tables``."""
+    batch, heads, slots, dim = cache.shape
+    blocks = tables.shape[1]
+    padded = cache.new_zeros(batch, blocks * page_size, heads, dim)
+    padded[:, :slots] = cache.transpose(1, 2)
+    pages = cache.new_empty(batch * blocks, page_size, heads, dim)
+    pages[tables.long()] = padded.view(batch, blocks, page_size, heads, dim)
+    return pages
+
+
+def attn_tolerance(dtype: torch.dtype) -> float:
+    return 2e-3 if dtype == torch.float32 else 3e-2
+
+
+def check_attention(case: AttnCase, got: tuple[torch.Tensor, torch.Tensor], want_out: torch.Tensor,
+                    want_lse: torch.Tensor) -> None:
+    tol = attn_tolerance(case.dtype)
+    for name, a, b in (("out", got[0], want_out), ("lse", got[1], want_lse)):
+        if not torch.allclose(a.float(), b.float(), atol=tol, rtol=tol):
+            err = float((a.float() - b.float()).abs().max())
+            raise SystemExit(f"MISMATCH vs SDPA baseline: tree_attention {case.shape()} "
+                             f"{DTYPE_NAMES[case.dtype]}: {name} max abs diff {err:.3g} (tol {tol})")
+
+
+def flashinfer_tree(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: list[int],
+                    dense: torch.Tensor, scale: float) -> Callable[[], object] | str:
+    """flashinfer's custom-mask prefill, one call per sequence, or why there is none.
+
+    ``single_prefill_with_kv_cache(q [N, Hq, D], k/v [Hkv, L+N, D] (kv_layout "HND"),
+    custom_mask=bool [N, L+N], sm_scale=...)``; the signature is checked first.
+    """
+    try:
+        from flashinfer import prefill as fi_prefill
+    except Exception as e:  # ImportError, or a broken install
+        return f"flashinfer not importable ({type(e).__name__}: {e}): no flashinfer_ms column"
+    fn = getattr(fi_prefill, "single_prefill_with_kv_cache", None)
+    if fn is None:
+        return "flashinfer.prefill has no single_prefill_with_kv_cache: no flashinfer_ms column"
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return "flashinfer single_prefill_with_kv_cache: no readable signature, no flashinfer_ms column"
+    params = list(signature.parameters)
+    if params[:3] != ["q", "k", "v"] or not {"custom_mask", "kv_layout", "sm_scale"} <= set(params):
+        return (f"flashinfer.prefill.single_prefill_with_kv_cache{signature}: unknown signature, "
+                "no flashinfer_ms column")
+    nodes, calls = q.shape[1], []
+    for b, length in enumerate(lens):
+        keys = length + nodes
+        args = (q[b], k_cache[b, :, :keys].contiguous(), v_cache[b, :, :keys].contiguous())
+        calls.append((args, dense[b, :, :keys].contiguous()))
+    return lambda: [fn(*args, custom_mask=m, kv_layout="HND", sm_scale=scale) for args, m in calls]
+
+
+def add_flashinfer_tree(row: dict, case: AttnCase, inputs: tuple, dense: torch.Tensor,
+                        want_out: torch.Tensor, iters: int, warmup: int) -> None:
+    q, k_cache, v_cache, lens, scale = inputs
+    try:
+        call = flashinfer_tree(q, k_cache, v_cache, lens, dense, scale)
+        if isinstance(call, str):
+            note(call)
+            return
+        got = torch.stack(call())  # [B, N, Hq, D]; the first call may JIT-compile
+        tol = attn_tolerance(case.dtype)
+        if not torch.allclose(got.float(), want_out.float(), atol=tol, rtol=tol):
+            err = float((got.float() - want_out.float()).abs().max())
+            note(f"flashinfer single_prefill_with_kv_cache {case.shape()}: differs from SDPA "
+                 f"(max abs diff {err:.3g}): no flashinfer_ms")
+            return
+        del got
+        row["flashinfer_ms"] = round(time_ms(call, no_reset, iters, True, warmup), 4)
+    except Exception as e:  # an optional comparison must not end the benchmark
+        note(f"flashinfer.prefill.single_prefill_with_kv_cache failed: {type(e).__name__}: {e}")
+
+
+def bench_attn_case(case: AttnCase, device: torch.device, quick: bool) -> dict | None:
+    """Build one case, check ours against SDPA (out) and a masked logsumexp (lse), time both."""
+    cuda = device.type == "cuda"
+    if cuda and case.baseline_bytes() > ATTN_BASELINE_LIMIT:
+        note(f"tree_attention {case.shape()}: skipped, the SDPA baseline would need "
+             f"~{case.baseline_bytes() / 1e9:.1f} GB (> {ATTN_BASELINE_LIMIT / 1e9:.0f} GB)")
+        return None
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    lens = case.lens()
+    keys = max(lens) + case.nodes  # Smax; also the cache's S
+    q = torch.randn(case.batch, case.nodes, ATTN_HQ, ATTN_DIM, device=device, dtype=case.dtype)
+    kv_shape = (case.batch, ATTN_HKV, keys, ATTN_DIM)
+    k_cache = torch.randn(kv_shape, device=device, dtype=case.dtype)
+    v_cache = torch.randn(kv_shape, device=device, dtype=case.dtype)
+    cache_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    mask, _ = ops.build_tree(random_tree_parents(rng, case.batch, case.nodes, device))
+    scale = ATTN_DIM**-0.5
+    if case.page_size:
+        blocks = -(-keys // case.page_size)
+        tables = torch.randperm(case.batch * blocks).view(case.batch, blocks).to(device, torch.int32)
+        paged = (to_pages(k_cache, tables, case.page_size), to_pages(v_cache, tables, case.page_size),
+                 tables)
+
+        def ours() -> tuple[torch.Tensor, torch.Tensor]:
+            return ops.tree_attention_paged(q, *paged, cache_lens, mask, scale)
+    else:
+        def ours() -> tuple[torch.Tensor, torch.Tensor]:
+            return ops.tree_attention(q, k_cache, v_cache, cache_lens, mask, scale)
+
+    def ref() -> torch.Tensor:
+        return sdpa_tree_attention(q, k_cache, v_cache, cache_lens, mask, scale, keys)
+
+    dense = sdpa_dense_mask(cache_lens, mask, case.nodes, keys)
+    want_out = ref()
+    check_attention(case, ours(), want_out, masked_lse(q, k_cache, dense, scale))
+    warmup, iters = (3, 10 if quick else 20) if cuda else (1, 3 if quick else 5)
+    ours_ms = time_ms(ours, no_reset, iters, cuda, warmup)
+    ref_ms = time_ms(ref, no_reset, iters, cuda, warmup)
+    row = {"op": "tree_attention_paged" if case.page_size else "tree_attention", "shape": case.shape(),
+           "device": device.type, "dtype": DTYPE_NAMES[case.dtype], "ours_ms": round(ours_ms, 4),
+           "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ours_ms, 2),
+           "baseline": ATTN_SDPA_PAGED if case.page_size else ATTN_SDPA}
+    if cuda:
+        row["graph_ms"] = round(time_ms(captured(ours), no_reset, iters, cuda, warmup), 4)
+        if not case.page_size:
+            add_flashinfer_tree(row, case, (q, k_cache, v_cache, lens, scale), dense, want_out,
+                                iters, warmup)
+        row["_moved_bytes"] = (sum(lens) + case.batch * case.nodes) * ATTN_HKV * ATTN_DIM * 2 \
+            * q.element_size()
+    return row
+
+
+def bench_tree_attention(device: torch.device, quick: bool) -> list[dict]:
+    rows = []
+    for case in attn_cases(device, quick):
+        row = bench_attn_case(case, device, quick)
+        if row is not None:
+            rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # cases range from MBs to ~17 GB of baseline temporaries
+    return rows
+
+
 OPS: dict[str, Callable[[torch.device, bool], list[dict]]] = {
     "kv_compact": bench_kv_compact,
     "rejection_sample": bench_rejection_sample,
     "verify_greedy": bench_verify_greedy,
     "typical_accept": bench_typical_accept,
     "sampling_probs": bench_sampling_probs,
+    "tree_attention": bench_tree_attention,
 }
 
 
