@@ -4,13 +4,20 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/maximum.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops/acceptance.h"
@@ -46,92 +53,106 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents) {
 }
 
 // Tree attention for one (sequence, KV head) per task: the whole GQA group's
-// N * G query rows at once against blocks of kBlock keys (at::mm for QK^T and
-// PV, float32), online softmax across blocks; the mask is consulted only in
-// blocks that reach the tree slots.  `kv(b, h, slot, which)` returns a
-// pointer to the D values of K (which = 0) or V (1) of that slot.
-constexpr int64_t kBlock = 256;
+// N * G query rows at once against blocks of kBlock keys, float32, with an
+// online softmax across blocks.  QK^T and PV are at::mm; the per-block row
+// max, exp, sums and rescaling are vectorised ATen ops; the tree mask is an
+// additive 0 / -inf bias applied only to the tree slots.  `kv(b, h, slot,
+// which)` returns a pointer to the D values of K (which = 0) or V (1).
+constexpr int64_t kBlock = 1024;
 
 template <typename scalar_t, class KvRow>
 void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask,
             float scale, KvRow kv, scalar_t* out, float* lse) {
   const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const auto run_tasks = [&](int64_t begin, int64_t end) {
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     at::Tensor Q = at::empty({rows, D}, f32);
     at::Tensor K = at::empty({kBlock, D}, f32), V = at::empty({kBlock, D}, f32);
+    at::Tensor bias = at::empty({rows, N}, f32);  // the tree part of the mask
     at::Tensor acc = at::empty({rows, D}, f32);
-    std::vector<float> m(rows), l(rows);
+    at::Tensor m = at::empty({rows}, f32), l = at::empty({rows}, f32);
     float* qp = Q.data_ptr<float>();
     float* kp = K.data_ptr<float>();
     float* vp = V.data_ptr<float>();
+    float* bp = bias.data_ptr<float>();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
       const int64_t length = lens[b], total = length + N;
       for (int64_t i = 0; i < N; ++i) {
+        const int32_t* mrow = mask + (b * N + i) * s.words;
         for (int64_t g = 0; g < G; ++g) {
           const scalar_t* src = q + ((b * N + i) * s.q_heads + h * G + g) * D;
           float* dst = qp + (i * G + g) * D;
           for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<float>(src[d]) * scale;
+          float* brow = bp + (i * G + g) * N;
+          for (int64_t j = 0; j < N; ++j) {
+            brow[j] = attention::visible(length + j, length, mrow) ? 0.0f : neg_inf;
+          }
         }
       }
       acc.zero_();
-      float* ap = acc.data_ptr<float>();
-      std::fill(m.begin(), m.end(), neg_inf);
-      std::fill(l.begin(), l.end(), 0.0f);
+      m.fill_(neg_inf);
+      l.zero_();
       for (int64_t s0 = 0; s0 < total; s0 += kBlock) {
         const int64_t bk = std::min(kBlock, total - s0);
-        for (int64_t c = 0; c < bk; ++c) {
-          const scalar_t* ks = kv(b, h, s0 + c, 0);
-          const scalar_t* vs = kv(b, h, s0 + c, 1);
-          for (int64_t d = 0; d < D; ++d) {
-            kp[c * D + d] = static_cast<float>(ks[d]);
-            vp[c * D + d] = static_cast<float>(vs[d]);
-          }
-        }
-        at::Tensor S = at::mm(Q, K.narrow(0, 0, bk).t());  // [rows, bk], scaled
-        float* sp = S.data_ptr<float>();
-        const bool has_tree = s0 + bk > length;
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = sp + r * bk;
-          if (has_tree) {
-            const int32_t* mrow = mask + (b * N + r / G) * s.words;
-            for (int64_t c = std::max<int64_t>(0, length - s0); c < bk; ++c) {
-              if (!attention::visible(s0 + c, length, mrow)) row[c] = neg_inf;
+        at::Tensor Kb, Vb;
+        const scalar_t* k0 = kv(b, h, s0, 0);
+        const scalar_t* v0 = kv(b, h, s0, 1);
+        if (std::is_same_v<scalar_t, float> && kv(b, h, s0 + bk - 1, 0) == k0 + (bk - 1) * D &&
+            kv(b, h, s0 + bk - 1, 1) == v0 + (bk - 1) * D) {
+          // float32 slots stored back to back: use the cache in place.
+          Kb = at::from_blob(const_cast<scalar_t*>(k0), {bk, D}, f32);
+          Vb = at::from_blob(const_cast<scalar_t*>(v0), {bk, D}, f32);
+        } else {
+          for (int64_t c = 0; c < bk; ++c) {
+            const scalar_t* ks = kv(b, h, s0 + c, 0);
+            const scalar_t* vs = kv(b, h, s0 + c, 1);
+            for (int64_t d = 0; d < D; ++d) {
+              kp[c * D + d] = static_cast<float>(ks[d]);
+              vp[c * D + d] = static_cast<float>(vs[d]);
             }
           }
-          float block_max = neg_inf;
-          for (int64_t c = 0; c < bk; ++c) block_max = std::max(block_max, row[c]);
-          const float m_new = std::max(m[r], block_max);
-          if (m_new == neg_inf) {  // nothing visible yet
-            std::fill(row, row + bk, 0.0f);
-            continue;
-          }
-          const float alpha = std::exp(m[r] - m_new);  // 0 when m[r] = -inf
-          float sum = 0.0f;
-          for (int64_t c = 0; c < bk; ++c) {
-            row[c] = std::exp(row[c] - m_new);
-            sum += row[c];
-          }
-          l[r] = l[r] * alpha + sum;
-          m[r] = m_new;
-          if (alpha != 1.0f) {
-            for (int64_t d = 0; d < D; ++d) ap[r * D + d] *= alpha;
-          }
+          Kb = K.narrow(0, 0, bk);
+          Vb = V.narrow(0, 0, bk);
         }
-        acc.addmm_(S, V.narrow(0, 0, bk));
+        at::Tensor S = at::mm(Q, Kb.t());  // [rows, bk], already scaled
+        if (s0 + bk > length) {  // this block reaches the tree slots
+          const int64_t first = std::max<int64_t>(0, length - s0);
+          const int64_t tree_first = s0 + first - length;
+          S.narrow(1, first, bk - first).add_(bias.narrow(1, tree_first, bk - first));
+        }
+        const at::Tensor m_new = at::maximum(m, std::get<0>(S.max(1)));
+        // Rows that have seen nothing yet keep m = -inf; subtract 0 there instead.
+        const at::Tensor shift = at::where(at::isinf(m_new), at::zeros_like(m_new), m_new);
+        const at::Tensor alpha = at::sub(m, shift).exp_();  // 0 where m was -inf
+        S.sub_(shift.unsqueeze(1)).exp_();
+        l.mul_(alpha).add_(S.sum(1));
+        acc.mul_(alpha.unsqueeze(1)).addmm_(S, Vb);
+        m.copy_(m_new);
       }
+      const float* ap = acc.data_ptr<float>();
+      const float* mp = m.data_ptr<float>();
+      const float* lp = l.data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = r / G, head = h * G + r % G;
         scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
-        const bool seen = l[r] > 0.0f;
-        const float inv = seen ? 1.0f / l[r] : 0.0f;
+        const bool seen = lp[r] > 0.0f;
+        const float inv = seen ? 1.0f / lp[r] : 0.0f;
         for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ap[r * D + d] * inv);
-        lse[(b * N + i) * s.q_heads + head] = seen ? m[r] + std::log(l[r]) : neg_inf;
+        lse[(b * N + i) * s.q_heads + head] = seen ? mp[r] + std::log(lp[r]) : neg_inf;
       }
     }
-  });
+  };
+  // Big GEMMs (many query rows or long prefixes) run one task at a time so
+  // that at::mm and the softmax ops use every thread; many small tasks run
+  // in parallel, one per thread.
+  const int64_t task_flops = 4 * rows * D * (s.capacity + N);
+  if (task_flops >= (int64_t{64} << 20)) {
+    run_tasks(0, s.batch * s.kv_heads);
+  } else {
+    at::parallel_for(0, s.batch * s.kv_heads, 1, run_tasks);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q,
