@@ -33,7 +33,6 @@ Run with -s to see every statistic.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import pytest
 import torch
@@ -54,7 +53,6 @@ CONFIGS = {
     "T0.7-k4-p0.9": dict(temperature=0.7, top_k=4, top_p=0.9),
 }
 
-SAMPLING_PROBS_SOURCE: dict[str, str] = {}  # which sampling_probs each config used
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,18 +149,11 @@ def test_chi2_sf_known_values():
 
 
 def transform(logits: torch.Tensor, cfg: dict, name: str) -> torch.Tensor:
-    """sampling_probs over the V x V table (the op; the reference if the op is missing)."""
+    """The sampling_probs op over the V x V table: both models go through it."""
     t = torch.full((V,), cfg["temperature"], dtype=torch.float32)
     k = torch.full((V,), cfg["top_k"], dtype=torch.int32)
     p = torch.full((V,), cfg["top_p"], dtype=torch.float32)
-    try:
-        out = ops.sampling_probs(logits, t, k, p)
-        SAMPLING_PROBS_SOURCE[name] = "op"
-    except (NotImplementedError, RuntimeError) as exc:
-        warnings.warn(f"sampling_probs op unavailable, using the reference: {exc}".splitlines()[0])
-        out = reference.sampling_probs(logits, t, k, p)
-        SAMPLING_PROBS_SOURCE[name] = "reference"
-    return out.float().contiguous()
+    return ops.sampling_probs(logits, t, k, p).float().contiguous()
 
 
 @dataclasses.dataclass
@@ -346,7 +337,7 @@ def test_rejection_sample_is_lossless(device, kind, config, seed):
     counts = collect(step, nodes, seed)
     stats = statistics(counts, model.P64)
     text = report(f"rejection_sample {kind} {config} on {device} "
-                  f"(sampling_probs: {SAMPLING_PROBS_SOURCE.get(config)})", stats)
+                  "(sampling_probs: the op)", stats)
     for name, s in stats.items():
         assert s.forbidden == 0, text
         assert s.p > ALPHA, f"{name}: {text}"

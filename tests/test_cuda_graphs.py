@@ -7,19 +7,9 @@ import torch
 
 from specdec_cuda import ops
 
+from conftest import cuda_graph_capture
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
-
-
-def _capture(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # warm-up outside the graph, as capture requires
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
 
 
 def test_sampling_and_rejection_in_one_graph():
@@ -40,7 +30,7 @@ def test_sampling_and_rejection_in_one_graph():
         tokens = torch.multinomial(q.view(-1, vocab), 1, generator=None).view(batch, nodes)
         return tokens, ops.rejection_sample(tokens, parents, q, p, seed, offset)
 
-    graph, (tokens, out) = _capture(step)
+    graph, (tokens, out) = cuda_graph_capture(step)
     for _ in range(3):
         offset.add_(nodes + 1)
         graph.replay()
@@ -54,7 +44,7 @@ def test_sampling_and_rejection_in_one_graph():
         assert bool(((out[2] >= 0) & (out[2] < vocab)).all())
 
 
-def test_greedy_and_typical_capture():
+def test_greedy_and_typicalcuda_graph_capture():
     gen = torch.Generator().manual_seed(22)
     batch, nodes, vocab = 4, 7, 300
     parents = torch.tensor([-1, 0, 0, 1, 1, 2, 2], dtype=torch.int32).repeat(batch, 1).cuda()
@@ -67,7 +57,7 @@ def test_greedy_and_typical_capture():
         return (ops.verify_greedy(tokens, parents, probs.argmax(-1)),
                 ops.typical_accept(tokens, parents, probs, 0.09, 0.3, seed, offset))
 
-    graph, (greedy, typical) = _capture(step)
+    graph, (greedy, typical) = cuda_graph_capture(step)
     graph.replay()
     torch.cuda.synchronize()
     want_g = ops.verify_greedy(tokens, parents, probs.argmax(-1))

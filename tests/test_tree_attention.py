@@ -18,7 +18,7 @@ import torch
 
 from specdec_cuda import ops, reference
 
-from conftest import ALL_DEVICES, random_parents
+from conftest import ALL_DEVICES, random_parents, cuda_graph_capture
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
@@ -660,18 +660,6 @@ def test_cpu_and_cuda_agree(dtype, nodes, hq, hkv, dim, gen):
     check_lse(gpu_p[1], cpu_p[1], LSE_TOL[dtype])
 
 
-def _capture(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # warm-up outside the graph, as capture requires
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES[1:], ids=DTYPE_IDS[1:])
 def test_cuda_graph_capture_and_replay(dtype):
@@ -692,7 +680,7 @@ def test_cuda_graph_capture_and_replay(dtype):
         return (ops.tree_attention(q, k, v, lens, mask, scale),
                 ops.tree_attention_paged(q, kp, vp, tables, lens, mask, scale))
 
-    graph, ((out, lse), (pout, plse)) = _capture(step)
+    graph, ((out, lse), (pout, plse)) = cuda_graph_capture(step)
     for it in range(3):
         if it:
             q.copy_(randn(gen, q.shape, dtype, "cuda"))

@@ -145,10 +145,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(
     const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
     const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::rejection_sample";
-  TreeShape s = check_tree_args(op, tokens, parents);
-  check_probs(op, "target_probs", target_probs, s, tokens.device());
-  if (draft_probs) check_probs(op, "draft_probs", *draft_probs, s, tokens.device());
-  check_seed_offset(op, seed, offset, s, tokens.device());
+  const TreeShape s =
+      check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
   const float* target = target_probs.data_ptr<float>();
   if (draft_probs) {
@@ -164,10 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(
     double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
     const at::Tensor& offset) {
   constexpr const char* op = "specdec::typical_accept";
-  TreeShape s = check_tree_args(op, tokens, parents);
-  check_probs(op, "target_probs", target_probs, s, tokens.device());
-  check_seed_offset(op, seed, offset, s, tokens.device());
-  check_typical_params(op, posterior_threshold, posterior_alpha);
+  const TreeShape s = check_typical_args(op, tokens, parents, target_probs, posterior_threshold,
+                                         posterior_alpha, seed, offset);
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
   const double threshold = posterior_threshold, alpha = posterior_alpha;
   return run_rows(op, s, tokens, parents, target_probs.data_ptr<float>(), nullptr, seed, offset,

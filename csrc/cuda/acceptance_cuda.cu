@@ -321,10 +321,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cuda(
     const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
     const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::rejection_sample";
-  TreeShape s = check_tree_args(op, tokens, parents);
-  check_probs(op, "target_probs", target_probs, s, tokens.device());
-  if (draft_probs) check_probs(op, "draft_probs", *draft_probs, s, tokens.device());
-  check_seed_offset(op, seed, offset, s, tokens.device());
+  const TreeShape s =
+      check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
   return run_walk(op, draft_probs ? Walk::kRejectionDraft : Walk::kRejection, s, tokens, parents,
                   target_probs, draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0, 0.0);
 }
@@ -334,10 +332,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cuda(
     double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
     const at::Tensor& offset) {
   constexpr const char* op = "specdec::typical_accept";
-  TreeShape s = check_tree_args(op, tokens, parents);
-  check_probs(op, "target_probs", target_probs, s, tokens.device());
-  check_seed_offset(op, seed, offset, s, tokens.device());
-  check_typical_params(op, posterior_threshold, posterior_alpha);
+  const TreeShape s = check_typical_args(op, tokens, parents, target_probs, posterior_threshold,
+                                         posterior_alpha, seed, offset);
   return run_walk(op, Walk::kTypical, s, tokens, parents, target_probs, nullptr, seed, offset,
                   posterior_threshold, posterior_alpha);
 }

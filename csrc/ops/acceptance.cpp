@@ -69,6 +69,27 @@ void check_typical_params(const char* op, double threshold, double alpha) {
                     msg(op, "posterior_alpha", " must be finite and >= 0, got ", alpha));
 }
 
+TreeShape check_rejection_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
+                               const std::optional<at::Tensor>& draft_probs,
+                               const at::Tensor& target_probs, const at::Tensor& seed,
+                               const at::Tensor& offset) {
+  TreeShape s = check_tree_args(op, tokens, parents);
+  check_probs(op, "target_probs", target_probs, s, tokens.device());
+  if (draft_probs) check_probs(op, "draft_probs", *draft_probs, s, tokens.device());
+  check_seed_offset(op, seed, offset, s, tokens.device());
+  return s;
+}
+
+TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
+                             const at::Tensor& target_probs, double threshold, double alpha,
+                             const at::Tensor& seed, const at::Tensor& offset) {
+  TreeShape s = check_tree_args(op, tokens, parents);
+  check_probs(op, "target_probs", target_probs, s, tokens.device());
+  check_seed_offset(op, seed, offset, s, tokens.device());
+  check_typical_params(op, threshold, alpha);
+  return s;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
                                                                const at::TensorOptions& opts) {
   return {at::empty({shape.batch, shape.nodes}, opts.dtype(at::kInt)),

@@ -33,6 +33,15 @@ void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Ten
 // posterior_threshold and posterior_alpha finite and >= 0.
 void check_typical_params(const char* op, double threshold, double alpha);
 
+// Every shape/dtype/device check of rejection_sample and typical_accept.
+TreeShape check_rejection_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
+                               const std::optional<at::Tensor>& draft_probs,
+                               const at::Tensor& target_probs, const at::Tensor& seed,
+                               const at::Tensor& offset);
+TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
+                             const at::Tensor& target_probs, double threshold, double alpha,
+                             const at::Tensor& seed, const at::Tensor& offset);
+
 // The three verifier outputs, allocated on `device`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
                                                                const at::TensorOptions& device);
