@@ -44,7 +44,7 @@ def test_sampling_and_rejection_in_one_graph():
         assert bool(((out[2] >= 0) & (out[2] < vocab)).all())
 
 
-def test_greedy_and_typicalcuda_graph_capture():
+def test_greedy_and_typical_capture():
     gen = torch.Generator().manual_seed(22)
     batch, nodes, vocab = 4, 7, 300
     parents = torch.tensor([-1, 0, 0, 1, 1, 2, 2], dtype=torch.int32).repeat(batch, 1).cuda()
