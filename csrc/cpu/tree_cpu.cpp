@@ -4,7 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/isinf.h>
@@ -17,7 +17,7 @@
 
 #include <cmath>
 #include <limits>
-#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ops/acceptance.h"
@@ -56,25 +56,23 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents) {
 // N * G query rows at once against blocks of kBlock keys, float32, with an
 // online softmax across blocks.  QK^T and PV are at::mm; the per-block row
 // max, exp, sums and rescaling are vectorised ATen ops; the tree mask is an
-// additive 0 / -inf bias applied only to the tree slots.  `kv(b, h, slot,
-// which)` returns a pointer to the D values of K (which = 0) or V (1).
+// additive 0 / -inf bias applied only to the tree slots.
+// `load(b, h, first, count)` returns the float32 K and V rows [count, D] of
+// those slots (views of the cache where possible, gathered otherwise).
 constexpr int64_t kBlock = 1024;
 
-template <typename scalar_t, class KvRow>
+template <typename scalar_t, class BlockLoader>
 void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask,
-            float scale, KvRow kv, scalar_t* out, float* lse) {
+            float scale, BlockLoader load, scalar_t* out, float* lse) {
   const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const auto run_tasks = [&](int64_t begin, int64_t end) {
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     at::Tensor Q = at::empty({rows, D}, f32);
-    at::Tensor K = at::empty({kBlock, D}, f32), V = at::empty({kBlock, D}, f32);
     at::Tensor bias = at::empty({rows, N}, f32);  // the tree part of the mask
     at::Tensor acc = at::empty({rows, D}, f32);
     at::Tensor m = at::empty({rows}, f32), l = at::empty({rows}, f32);
     float* qp = Q.data_ptr<float>();
-    float* kp = K.data_ptr<float>();
-    float* vp = V.data_ptr<float>();
     float* bp = bias.data_ptr<float>();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
@@ -96,26 +94,7 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
       l.zero_();
       for (int64_t s0 = 0; s0 < total; s0 += kBlock) {
         const int64_t bk = std::min(kBlock, total - s0);
-        at::Tensor Kb, Vb;
-        const scalar_t* k0 = kv(b, h, s0, 0);
-        const scalar_t* v0 = kv(b, h, s0, 1);
-        if (std::is_same_v<scalar_t, float> && kv(b, h, s0 + bk - 1, 0) == k0 + (bk - 1) * D &&
-            kv(b, h, s0 + bk - 1, 1) == v0 + (bk - 1) * D) {
-          // float32 slots stored back to back: use the cache in place.
-          Kb = at::from_blob(const_cast<scalar_t*>(k0), {bk, D}, f32);
-          Vb = at::from_blob(const_cast<scalar_t*>(v0), {bk, D}, f32);
-        } else {
-          for (int64_t c = 0; c < bk; ++c) {
-            const scalar_t* ks = kv(b, h, s0 + c, 0);
-            const scalar_t* vs = kv(b, h, s0 + c, 1);
-            for (int64_t d = 0; d < D; ++d) {
-              kp[c * D + d] = static_cast<float>(ks[d]);
-              vp[c * D + d] = static_cast<float>(vs[d]);
-            }
-          }
-          Kb = K.narrow(0, 0, bk);
-          Vb = V.narrow(0, 0, bk);
-        }
+        const auto [Kb, Vb] = load(b, h, s0, bk);
         at::Tensor S = at::mm(Q, Kb.t());  // [rows, bk], already scaled
         if (s0 + bk > length) {  // this block reaches the tree slots
           const int64_t first = std::max<int64_t>(0, length - s0);
@@ -171,24 +150,32 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
   SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
-    const scalar_t* kp = k.data_ptr<scalar_t>();
-    const scalar_t* vp = v.data_ptr<scalar_t>();
-    const int64_t D = s.dim, Hkv = s.kv_heads;
+    const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); };
     if (tables == nullptr) {
-      const int64_t S = s.capacity;
-      auto kv = [=](int64_t b, int64_t h, int64_t slot, int which) {
-        return (which ? vp : kp) + ((b * Hkv + h) * S + slot) * D;
+      // [B, Hkv, S, D]: a block of slots is a [count, D] slice of one (b, h).
+      auto load = [&](int64_t b, int64_t h, int64_t first, int64_t count) {
+        return std::pair{f32(k[b][h].narrow(0, first, count)), f32(v[b][h].narrow(0, first, count))};
       };
       attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), kv, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     } else {
+      // [P, page_size, Hkv, D] seen as token rows [P * page_size, D] of head h;
+      // a block is gathered through the block table.
       const int64_t ps = s.page_size, mb = s.max_blocks;
-      auto kv = [=](int64_t b, int64_t h, int64_t slot, int which) {
-        const int64_t page = tables[b * mb + slot / ps];
-        return (which ? vp : kp) + ((page * ps + slot % ps) * Hkv + h) * D;
+      const at::Tensor k_rows = k.view({s.num_pages * ps, s.kv_heads, s.dim});
+      const at::Tensor v_rows = v.view({s.num_pages * ps, s.kv_heads, s.dim});
+      auto load = [&, ps, mb](int64_t b, int64_t h, int64_t first, int64_t count) {
+        at::Tensor index = at::empty({count}, at::kLong);
+        int64_t* ip = index.data_ptr<int64_t>();
+        for (int64_t c = 0; c < count; ++c) {
+          const int64_t slot = first + c;
+          ip[c] = static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps;
+        }
+        return std::pair{f32(k_rows.select(1, h).index_select(0, index)),
+                         f32(v_rows.select(1, h).index_select(0, index))};
       };
       attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), kv, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     }
   });
   return {out, lse};
