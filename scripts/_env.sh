@@ -56,7 +56,7 @@ ensure_build() {
       -DSPECDEC_PYTHON_OUTPUT_DIR="$ROOT/specdec_cuda" -DSPECDEC_BUILD_TESTS=ON \
       ${SPECDEC_CMAKE_ARGS:-} >/dev/null
   fi
-  say "building (CUDA kernels included when nvcc is found; about 3 minutes the first time)"
+  say "building (CUDA kernels included when nvcc is found; several minutes the first time)"
   "$cmake" --build "$BUILD_DIR" | grep -vE '^\[[0-9]+/[0-9]+\] (Building|Linking)' || true
   test "${PIPESTATUS[0]}" = 0
   # The editable install lets `import specdec_cuda` work from any folder; its
