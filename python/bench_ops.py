@@ -139,6 +139,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # in-place build
 from specdec_cuda import ops, reference  # noqa: E402
+from specdec_cuda._graphs import capture as capture_graph  # noqa: E402
 
 TREE_NODES = 64
 MAX_ACCEPT = 8
@@ -298,14 +299,7 @@ def captured(fn: Callable[[], object]) -> Callable[[], None]:
     so that bad input raises; engines run them inside CUDA graphs, where that
     read is skipped, so graph replays time the kernels themselves.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = capture_graph(fn)
     return graph.replay
 
 

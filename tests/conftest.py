@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import specdec_cuda  # noqa: F401  (registers the ops)
+from specdec_cuda._graphs import capture as cuda_graph_capture  # noqa: F401  (used by tests)
 
 BASE_SEED = int(os.environ.get("SPECDEC_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 
@@ -56,16 +57,3 @@ def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
         return [-1] + [0] * (nodes - 1)
     return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]
 
-
-def cuda_graph_capture(fn):
-    """Capture ``fn()`` in a CUDA graph (after a warm-up on a side stream, as capture
-    requires); returns the graph and the captured call's outputs."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out

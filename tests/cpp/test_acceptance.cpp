@@ -143,11 +143,7 @@ TEST(SamplingProbs, GreedyTopKAndNormalisation) {
 
 // The same seeds give the same tokens on CPU and CUDA.
 TEST(AcceptanceCuda, MatchesCpu) {
-  if (!SPECDEC_WITH_CUDA) {
-    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)";
-  } else if (!at::hasCUDA()) {
-    GTEST_SKIP() << "no CUDA device here (the CUDA kernels are compiled and registered)";
-  }
+  SPECDEC_SKIP_WITHOUT_CUDA();
   at::manual_seed(14);
   const int64_t B = 16, N = 9, V = 3000;
   at::Tensor target = random_probs(B, N, V, 3.0), draft = random_probs(B, N, V, 3.0);

@@ -189,14 +189,6 @@ void check_empty_batch(const at::Device& device) {
   EXPECT_EQ(lens.numel(), 0);
 }
 
-// CUDA cases: skipped with the reason when there is nothing to run them on.
-#define SKIP_WITHOUT_CUDA()                                                           \
-  if (!SPECDEC_WITH_CUDA) {                                                           \
-    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)"; \
-  } else if (!at::hasCUDA()) {                                                        \
-    GTEST_SKIP() << "no CUDA device here (the CUDA kernel is compiled and registered)"; \
-  }
-
 TEST(KvCompactCpu, MatchesReferenceFp32) { check_contiguous(at::kCPU, at::kFloat, 64); }
 TEST(KvCompactCpu, MatchesReferenceFp16) { check_contiguous(at::kCPU, at::kHalf, 128); }
 TEST(KvCompactCpu, MatchesReferenceBf16HeadDim256) { check_contiguous(at::kCPU, at::kBFloat16, 256); }
@@ -220,35 +212,35 @@ TEST(KvCompactPagedCpu, BlockTableOutOfRangeRaises) {
 }
 
 TEST(KvCompactCuda, MatchesReferenceFp16) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_contiguous(at::kCUDA, at::kHalf, 128);
 }
 TEST(KvCompactCuda, MatchesReferenceFp32OddHeadDim) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_contiguous(at::kCUDA, at::kFloat, 5);
 }
 TEST(KvCompactCuda, MatchesReferenceBf16HeadDim256) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_contiguous(at::kCUDA, at::kBFloat16, 256);
 }
 TEST(KvCompactCuda, OverlappingSourcesAndDestinations) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_overlap(at::kCUDA);
 }
 TEST(KvCompactCuda, BadInputRaisesAndWritesNothing) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_bad_input(at::kCUDA);
 }
 TEST(KvCompactCuda, EmptyBatch) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_empty_batch(at::kCUDA);
 }
 TEST(KvCompactPagedCuda, MatchesReferencePageSize16) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_paged(at::kCUDA, 16);
 }
 TEST(KvCompactPagedCuda, MatchesReferencePageSize1) {
-  SKIP_WITHOUT_CUDA();
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_paged(at::kCUDA, 1);
 }
 

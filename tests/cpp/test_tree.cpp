@@ -29,11 +29,7 @@ TEST(BuildTreeCpu, BrokenParentRaises) {
 }
 
 TEST(BuildTreeCuda, SmallTreeAndCpuAgreement) {
-  if (!SPECDEC_WITH_CUDA) {
-    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)";
-  } else if (!at::hasCUDA()) {
-    GTEST_SKIP() << "no CUDA device here (the CUDA kernel is compiled and registered)";
-  }
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check_small_tree(at::kCUDA);
   // A 300-node random tree: CPU and CUDA agree word for word.
   at::manual_seed(5);

@@ -83,11 +83,7 @@ TEST(TreeAttentionCpu, PrefixBeyondCacheRaises) {
 }
 
 TEST(TreeAttentionCuda, MatchesDense) {
-  if (!SPECDEC_WITH_CUDA) {
-    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)";
-  } else if (!at::hasCUDA()) {
-    GTEST_SKIP() << "no CUDA device here (the CUDA kernels are compiled and registered)";
-  }
+  SPECDEC_SKIP_WITHOUT_CUDA();
   check(at::kCUDA, at::kFloat, 64, 1e-5);
   check(at::kCUDA, at::kHalf, 128, 2e-2);
   check(at::kCUDA, at::kBFloat16, 256, 2e-2);

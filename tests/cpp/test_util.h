@@ -1,7 +1,9 @@
 // Helpers shared by the C++ tests.
 #pragma once
 
+#include <ATen/Context.h>
 #include <c10/util/Exception.h>
+#include <gtest/gtest.h>
 
 #include <functional>
 #include <string>
@@ -19,3 +21,11 @@ inline std::string error_of(const std::function<void()>& f) {
 }
 
 }  // namespace specdec::testing
+
+// CUDA cases: skipped with the reason when there is nothing to run them on.
+#define SPECDEC_SKIP_WITHOUT_CUDA()                                                   \
+  if (!SPECDEC_WITH_CUDA) {                                                           \
+    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)"; \
+  } else if (!at::hasCUDA()) {                                                        \
+    GTEST_SKIP() << "no CUDA device here (the CUDA kernels are compiled and registered)"; \
+  }
