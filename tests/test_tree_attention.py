@@ -167,6 +167,9 @@ CASES = [
     pytest.param(3, 17, 4, 1, 64, 80, "random", 0.37, id="random-n17-scale0.37"),
     pytest.param(2, 256, 4, 1, 64, 300, "random", None, id="random-n256"),
     pytest.param(1, 33, 4, 1, 128, 2048, "deep", None, id="deep-s2048"),
+    # Small problems take the CPU kernel's direct loop instead of its GEMM path.
+    pytest.param(4, 4, 8, 2, 32, 40, "random", None, id="small-direct-gqa4-d32"),
+    pytest.param(2, 9, 4, 1, 64, 30, "deep", None, id="small-direct-deep-d64"),
 ]
 
 
@@ -281,8 +284,10 @@ def test_slots_past_the_tree_are_never_read(device, dtype, gen):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("page_size", [1, 16, 64])
-def test_paged_matches_reference(device, dtype, page_size, gen, record_property):
-    batch, nodes, hq, hkv, dim, slots = 3, 33, 8, 2, 64, 200
+@pytest.mark.parametrize("batch,nodes,hq,hkv,dim,slots", [(3, 33, 8, 2, 64, 200), (3, 6, 4, 2, 32, 40)],
+                         ids=["gemm-path", "direct-path"])
+def test_paged_matches_reference(device, dtype, page_size, batch, nodes, hq, hkv, dim, slots, gen,
+                                 record_property):
     max_blocks = -(-slots // page_size)
     parents = tree_batch(gen, batch, nodes, "random")
     mask, _ = ops.build_tree(parents.to(device))
@@ -306,10 +311,11 @@ def test_paged_matches_reference(device, dtype, page_size, gen, record_property)
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("page_size", [1, 16, 64])
-def test_paged_unused_pages_never_read(device, page_size, gen):
+@pytest.mark.parametrize("hq,dim,slots", [(8, 128, 130), (2, 32, 40)], ids=["gemm-path", "direct-path"])
+def test_paged_unused_pages_never_read(device, page_size, hq, dim, slots, gen):
     """Pages nobody's table points at, and slots past cache_lens[b] + N in a row's last page,
-    hold NaN; -1 fills the table past the needed blocks.  GQA 8, head dim 128, deep trees."""
-    batch, nodes, hq, hkv, dim, slots = 3, 5, 8, 1, 128, 130
+    hold NaN; -1 fills the table past the needed blocks.  Deep trees, MQA."""
+    batch, nodes, hkv = 3, 5, 1
     dtype = torch.bfloat16
     max_blocks = -(-slots // page_size)
     parents = tree_batch(gen, batch, nodes, "deep")

@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <limits>
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -134,6 +135,64 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
   }
 }
 
+// Small problems (decoding with small models: a few query rows, short
+// prefixes) are dominated by the per-call cost of the GEMM path's ATen ops, so
+// they take this direct loop: per query row, the visible scores, their max,
+// exp and the weighted sum of V rows, all float32, no allocation but one
+// scratch row per task.  `row(b, h, slot)` points at a slot's K (or V) row.
+template <typename scalar_t, class KRow, class VRow>
+void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens,
+                   const int32_t* mask, float scale, KRow k_row, VRow v_row, scalar_t* out,
+                   float* lse, int64_t grain) {
+  const int64_t G = s.group(), D = s.dim, N = s.nodes;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(D), acc(D), scores(s.capacity + N);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
+      const int64_t length = lens[b], total = length + N;
+      for (int64_t i = 0; i < N; ++i) {
+        const int32_t* mrow = mask + (b * N + i) * s.words;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t head = h * G + g;
+          const scalar_t* src = q + ((b * N + i) * s.q_heads + head) * D;
+          for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(src[d]) * scale;
+          float mx = neg_inf;
+          for (int64_t j = 0; j < total; ++j) {
+            if (!attention::visible(j, length, mrow)) {
+              scores[j] = neg_inf;
+              continue;
+            }
+            const scalar_t* kr = k_row(b, h, j);
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; ++d) dot += qf[d] * static_cast<float>(kr[d]);
+            scores[j] = dot;
+            mx = std::max(mx, dot);
+          }
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          float sum = 0.0f;
+          if (mx != neg_inf) {
+            for (int64_t j = 0; j < total; ++j) {
+              if (scores[j] == neg_inf) continue;
+              const float p = std::exp(scores[j] - mx);
+              sum += p;
+              const scalar_t* vr = v_row(b, h, j);
+              for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(vr[d]);
+            }
+          }
+          scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
+          const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv);
+          lse[(b * N + i) * s.q_heads + head] = sum > 0.0f ? mx + std::log(sum) : neg_inf;
+        }
+      }
+    }
+  });
+}
+
+// Per-task multiply-adds (QK^T and PV) below which the direct loop wins.
+constexpr int64_t kDirectFlops = int64_t{1} << 20;
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q,
                                                  const at::Tensor& k, const at::Tensor& v,
                                                  const at::Tensor* block_tables,
@@ -149,6 +208,37 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
   }
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
+  int64_t longest = 0;
+  for (int64_t b = 0; b < s.batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
+  const int64_t task_flops = 4 * s.nodes * s.group() * s.dim * (longest + s.nodes);
+  if (task_flops < kDirectFlops) {
+    // Thread only when the whole call is worth it (about 256k flops a thread).
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_flops, 1));
+    SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
+      const scalar_t* kp = k.data_ptr<scalar_t>();
+      const scalar_t* vp = v.data_ptr<scalar_t>();
+      const int64_t D = s.dim, H = s.kv_heads;
+      if (tables == nullptr) {
+        const int64_t S = s.capacity;
+        auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
+        auto v_row = [vp, D, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * D; };
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
+                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
+                                lse.data_ptr<float>(), grain);
+      } else {
+        const int64_t ps = s.page_size, mb = s.max_blocks;
+        auto where = [tables, ps, mb, H, D](int64_t b, int64_t h, int64_t slot) {
+          return ((static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps) * H + h) * D;
+        };
+        auto k_row = [kp, where](int64_t b, int64_t h, int64_t slot) { return kp + where(b, h, slot); };
+        auto v_row = [vp, where](int64_t b, int64_t h, int64_t slot) { return vp + where(b, h, slot); };
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
+                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
+                                lse.data_ptr<float>(), grain);
+      }
+    });
+    return {out, lse};
+  }
   SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
     const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); };
     if (tables == nullptr) {
