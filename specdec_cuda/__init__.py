@@ -18,7 +18,23 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 from . import ops, reference  # noqa: E402  (registers the fake kernels)
+from . import cache, drafters, models, tree  # noqa: E402
+from .cache import KVCache, PagedKVCache  # noqa: E402
+from .decoding import GenerationOutput, GenerationStats, SpeculativeDecoder  # noqa: E402
+from .drafters import (  # noqa: E402
+    ChainDrafter,
+    DynamicTreeDrafter,
+    NoDrafter,
+    PromptLookupDrafter,
+    TreeDrafter,
+)
+from .models import HFModel  # noqa: E402
 
 __version__: str = _C.__version__
 
-__all__ = ["ops", "reference", "__version__"]
+__all__ = [
+    "ops", "reference", "cache", "drafters", "models", "tree", "__version__",
+    "SpeculativeDecoder", "GenerationOutput", "GenerationStats", "KVCache", "PagedKVCache",
+    "ChainDrafter", "TreeDrafter", "DynamicTreeDrafter", "PromptLookupDrafter", "NoDrafter",
+    "HFModel",
+]

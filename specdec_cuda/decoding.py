@@ -1,0 +1,421 @@
+"""The speculative decoding loop: :class:`SpeculativeDecoder`.
+
+One step, for a batch of rows that each accept a different number of tokens:
+
+1. the drafter proposes a tree per row (node 0: the row's last committed token);
+2. the target runs once over all nodes: their K/V go into the target's cache at
+   ``lens .. lens + N - 1`` and each node attends to the prefix and its
+   ancestors (``tree_attention``);
+3. verification: ``verify_greedy`` (temperature 0) or ``sampling_probs`` +
+   ``rejection_sample`` (lossless; with the draft's probabilities for sampled
+   chains, the deterministic rule for trees and prompt lookup);
+4. ``kv_compact_`` keeps the accepted path's K/V (root included) in place;
+5. the accepted drafts and the corrected/bonus token are emitted; the bonus
+   token is the next root.
+
+The target's cache always holds every committed token but the root.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ops
+from ._forward import forward_tree, prefill
+from .cache import KVCache, PagedKVCache
+from .drafters import ChainDrafter, Drafter, NoDrafter
+from .models import as_model
+
+__all__ = ["SpeculativeDecoder", "GenerationOutput", "GenerationStats", "StepOutput"]
+
+_PHASES = ("prefill", "draft", "target", "verify", "commit", "other")
+
+
+@dataclass
+class GenerationStats:
+    """Statistics of one generation.
+
+    ``tau``: mean tokens emitted per target verification call and row (accepted
+    drafts + 1), over rows still generating.  ``acceptance_by_position[j]``: of the
+    row-steps that proposed a draft at depth j+1, the fraction whose accepted path
+    reached it.  ``phase_s``: wall time by phase (prefill, draft, target,
+    verify, commit, other).
+    """
+
+    drafter: str = ""
+    batch_size: int = 0
+    steps: int = 0
+    target_calls: int = 0
+    draft_calls: int = 0
+    new_tokens: list[int] = field(default_factory=list)
+    tau: float = 0.0
+    acceptance_by_position: list[float] = field(default_factory=list)
+    proposed_by_position: list[int] = field(default_factory=list)
+    accepted_by_position: list[int] = field(default_factory=list)
+    row_steps: int = 0
+    emitted_per_call_sum: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    wall_s: float = 0.0
+    phase_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_PHASES, 0.0))
+
+    @property
+    def total_new_tokens(self) -> int:
+        return int(sum(self.new_tokens))
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.total_new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode = self.wall_s - self.phase_s.get("prefill", 0.0)
+        return self.total_new_tokens / decode if decode > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(total_new_tokens=self.total_new_tokens, tokens_per_s=self.tokens_per_s,
+                 decode_tokens_per_s=self.decode_tokens_per_s)
+        return d
+
+    def summary(self) -> str:
+        acc = " ".join(f"{a:.2f}" for a in self.acceptance_by_position[:8])
+        return (f"{self.drafter}: {self.total_new_tokens} tokens in {self.wall_s:.3f} s "
+                f"({self.tokens_per_s:.1f} tok/s), {self.steps} target steps, tau {self.tau:.2f}, "
+                f"{self.draft_calls} draft calls, acceptance by position [{acc}]")
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences[b]``: prompt + generated ids (int64, 1-D, CPU); ``new_tokens[b]``:
+    just the generated ids; ``stats``: :class:`GenerationStats`."""
+
+    sequences: list[torch.Tensor]
+    new_tokens: list[torch.Tensor]
+    stats: GenerationStats
+
+
+@dataclass
+class StepOutput:
+    """What one step emitted: ``tokens[b]`` the new ids of row b (possibly none),
+    ``finished[b]`` whether row b is done."""
+
+    step: int
+    tokens: list[list[int]]
+    finished: list[bool]
+
+
+class _Context:
+    """The state drafters see: committed tokens and sampling parameters."""
+
+    def __init__(self, decoder, seq, seq_lens, temperature, top_k, top_p, seed, paged, page_size):
+        self.decoder = decoder
+        self.seq = seq  # int64 [B, capacity] on the model device
+        self.seq_lens = seq_lens  # int64 [B]: committed tokens, root included
+        self.batch_size = seq.shape[0]
+        self.device = seq.device
+        self.capacity = seq.shape[1]
+        self.vocab_size = decoder.vocab_size
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self.greedy = bool((temperature == 0).all())
+        self.paged, self.page_size = paged, page_size
+        self.step = 0
+        self.last_target_s = 0.0
+
+    def roots(self) -> torch.Tensor:
+        return torch.gather(self.seq, 1, (self.seq_lens - 1)[:, None])[:, 0]
+
+    def verify_offset(self) -> torch.Tensor:
+        return torch.full((self.batch_size,), 2 * self.step, dtype=torch.long, device=self.device)
+
+    def draft_offset(self) -> torch.Tensor:
+        return torch.full((self.batch_size,), 2 * self.step + 1, dtype=torch.long, device=self.device)
+
+    def new_cache(self, model) -> KVCache | PagedKVCache:
+        # capacity + room for the largest tree a step writes past the committed tokens
+        max_len = self.capacity + self.decoder.drafter.max_nodes() + 1
+        if self.paged:
+            return PagedKVCache(self.batch_size, max_len, page_size=self.page_size,
+                                dtype=model.dtype, device=model.device)
+        return KVCache(self.batch_size, max_len, dtype=model.dtype, device=model.device)
+
+
+def _row_param(name: str, value, batch: int, dtype, device) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=dtype)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"SpeculativeDecoder.generate: {name} must be a scalar or one value per "
+                         f"row ({batch}), got shape {tuple(t.shape)}")
+    return t.contiguous().to(device)
+
+
+class SpeculativeDecoder:
+    """Speculative decoding for a target causal LM and a drafter.
+
+    Args:
+        target: a transformers causal LM (wrapped in
+            :class:`~specdec_cuda.models.HFModel`) or a protocol model.
+        drafter: a :class:`~specdec_cuda.drafters.Drafter`; a model (HF or protocol)
+            means ``ChainDrafter(model)``; ``None`` means plain autoregressive decoding
+            through the same loop.
+        paged: use paged KV caches (``kv_compact_paged_`` / ``tree_attention_paged``).
+        page_size: tokens per page for paged caches.
+        tokenizer, draft_tokenizer: optional; when both are given their vocabularies
+            must be identical.
+
+    Raises ``TypeError`` for models that follow neither protocol and ``ValueError``
+    for mismatched vocabularies.
+    """
+
+    def __init__(self, target, drafter=None, *, paged: bool = False, page_size: int = 16,
+                 tokenizer=None, draft_tokenizer=None):
+        self.target = as_model(target, role="target")
+        if drafter is None:
+            drafter = NoDrafter()
+        elif not isinstance(drafter, Drafter):
+            drafter = ChainDrafter(drafter)
+        self.drafter = drafter
+        self.vocab_size = int(self.target.vocab_size)
+        dv = getattr(drafter, "vocab_size", None)
+        if dv is not None and dv != self.vocab_size:
+            raise ValueError(f"SpeculativeDecoder: the draft model's vocabulary ({dv}) differs from "
+                             f"the target's ({self.vocab_size}); both must share a tokenizer")
+        if tokenizer is not None and draft_tokenizer is not None:
+            if tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+                raise ValueError("SpeculativeDecoder: the target and draft tokenizers have different "
+                                 "vocabularies; speculative decoding needs one shared tokenizer")
+        if page_size < 1:
+            raise ValueError(f"SpeculativeDecoder: page_size must be >= 1, got {page_size}")
+        self.paged, self.page_size = bool(paged), int(page_size)
+        self.stats: GenerationStats | None = None
+        self.target_cache: KVCache | PagedKVCache | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    # -- inputs ---------------------------------------------------------------
+    def _prompts(self, input_ids, attention_mask) -> list[torch.Tensor]:
+        where = "SpeculativeDecoder.generate"
+        if isinstance(input_ids, torch.Tensor):
+            if input_ids.dim() == 1:
+                input_ids = input_ids[None]
+            if input_ids.dim() != 2:
+                raise ValueError(f"{where}: input_ids must be [B, L] or a list of 1-D prompts, got "
+                                 f"shape {tuple(input_ids.shape)}")
+            if input_ids.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"{where}: input_ids must hold integer token ids, got {input_ids.dtype}")
+            if attention_mask is not None:
+                if attention_mask.shape != input_ids.shape:
+                    raise ValueError(f"{where}: attention_mask shape {tuple(attention_mask.shape)} != "
+                                     f"input_ids shape {tuple(input_ids.shape)}")
+                prompts = [row[m.bool()] for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
+            else:
+                prompts = list(input_ids.cpu())
+        elif isinstance(input_ids, Sequence) and not isinstance(input_ids, (str, bytes)):
+            if attention_mask is not None:
+                raise ValueError(f"{where}: attention_mask is only for a padded [B, L] tensor")
+            prompts = []
+            for i, p in enumerate(input_ids):
+                t = torch.as_tensor(p)
+                if t.dim() != 1 or (t.numel() and t.is_floating_point()):
+                    raise ValueError(f"{where}: prompt {i} must be a 1-D sequence of token ids")
+                prompts.append(t)
+        else:
+            raise TypeError(f"{where}: input_ids must be a tensor or a list of prompts, got "
+                            f"{type(input_ids).__name__}")
+        for i, p in enumerate(prompts):
+            if p.numel() == 0:
+                raise ValueError(f"{where}: prompt {i} is empty; every row needs at least one token")
+            lo, hi = int(p.min()), int(p.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"{where}: prompt {i} has token id {lo if lo < 0 else hi} outside "
+                                 f"[0, {self.vocab_size})")
+        return [p.long() for p in prompts]
+
+    # -- the loop -------------------------------------------------------------
+    def generate(self, input_ids, *, max_new_tokens: int = 64, **kwargs) -> GenerationOutput:
+        """Generate up to ``max_new_tokens`` per row.
+
+        Args:
+            input_ids: int ``[B, L]`` (every row full, or padded with
+                ``attention_mask``), or a list of 1-D prompts of different lengths.
+            max_new_tokens: >= 1.
+            temperature: float or one per row; 0 (default) is greedy.  Rows with
+                temperature 0 are greedy inside a sampled batch too.
+            top_k: int or per row, 0 disables.  top_p: float or per row in (0, 1].
+            seed: int or one per row (default 0): the rows' Philox streams.
+            stop_tokens: ids that end a row (the stop token is kept).
+            attention_mask: 0/1 ``[B, L]`` marking the real tokens of a padded batch.
+
+        Returns a :class:`GenerationOutput`; the statistics are also in ``self.stats``.
+        """
+        new = [[] for _ in range(self._batch_of(input_ids))]
+        for out in self.stream(input_ids, max_new_tokens=max_new_tokens, **kwargs):
+            for b, toks in enumerate(out.tokens):
+                new[b].extend(toks)
+        prompts = self._last_prompts
+        new_t = [torch.tensor(n, dtype=torch.long) for n in new]
+        seqs = [torch.cat([p, n]) for p, n in zip(prompts, new_t)]
+        return GenerationOutput(seqs, new_t, self.stats)
+
+    @staticmethod
+    def _batch_of(input_ids) -> int:
+        if isinstance(input_ids, torch.Tensor):
+            return 1 if input_ids.dim() == 1 else input_ids.shape[0]
+        return len(input_ids)
+
+    def stream(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0,
+               top_p=1.0, seed=0, stop_tokens: Sequence[int] | None = None,
+               attention_mask: torch.Tensor | None = None) -> Iterator[StepOutput]:
+        """Like :meth:`generate`, but yields a :class:`StepOutput` after every step
+        with the tokens each row accepted (streaming); ``self.stats`` is complete when
+        the iterator ends."""
+        where = "SpeculativeDecoder.generate"
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"{where}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        prompts = self._prompts(input_ids, attention_mask)
+        self._last_prompts = prompts
+        batch, dev = len(prompts), self.device
+        temperature = _row_param("temperature", temperature, batch, torch.float32, dev)
+        top_k = _row_param("top_k", top_k, batch, torch.int32, dev)
+        top_p = _row_param("top_p", top_p, batch, torch.float32, dev)
+        seed = _row_param("seed", seed, batch, torch.int64, dev)
+        if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
+            raise ValueError(f"{where}: temperature must be >= 0")
+        if bool((top_k < 0).any()):
+            raise ValueError(f"{where}: top_k must be >= 0")
+        if bool(((top_p <= 0) | (top_p > 1) | torch.isnan(top_p)).any()):
+            raise ValueError(f"{where}: top_p must be in (0, 1]")
+        stops = set(int(s) for s in (stop_tokens or []))
+        if any(s < 0 or s >= self.vocab_size for s in stops):
+            raise ValueError(f"{where}: stop_tokens must be ids in [0, {self.vocab_size})")
+        return self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stops)
+
+    def _run(self, prompts, max_new, temperature, top_k, top_p, seed, stops):
+        t_start = time.perf_counter()
+        batch, dev = len(prompts), self.device
+        stats = GenerationStats(drafter=self.drafter.name, batch_size=batch, new_tokens=[0] * batch)
+        self.stats = stats
+        lens = torch.tensor([p.numel() for p in prompts], dtype=torch.long)
+        capacity = int(lens.max()) + max_new + 1 if batch else 1
+        seq = torch.zeros(batch, capacity, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            seq[b, : p.numel()] = p
+        seq, seq_lens = seq.to(dev), lens.to(dev)
+        ctx = _Context(self, seq, seq_lens, temperature, top_k, top_p, seed, self.paged, self.page_size)
+        phase = stats.phase_s
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+        def tick(name, t0):
+            sync()
+            t1 = time.perf_counter()
+            phase[name] += t1 - t0
+            return t1
+
+        with torch.inference_mode():
+            t = time.perf_counter()
+            self.drafter.start(ctx)
+            tcache = ctx.new_cache(self.target)
+            self.target_cache = tcache
+            stats.target_calls += prefill(self.target, tcache, seq, seq_lens - 1, role="target")
+            t = tick("prefill", t)
+            generated = [0] * batch
+            lens_host = lens.tolist()
+            finished = [batch == 0] * batch
+            while not all(finished):
+                active = torch.tensor([not f for f in finished], device=dev)
+                draft = self.drafter.propose(ctx)
+                stats.draft_calls += draft.draft_calls
+                t = tick("draft", t)
+                logits = forward_tree(self.target, tcache, draft.tokens, draft.parents, role="target")
+                stats.target_calls += 1
+                t1 = tick("target", t)
+                ctx.last_target_s, t = t1 - t, t1
+                if ctx.greedy:
+                    acc_nodes, n_acc, nxt = ops.verify_greedy(draft.tokens, draft.parents,
+                                                              logits.argmax(-1))
+                else:
+                    probs = ops.sampling_probs(logits, temperature, top_k, top_p)
+                    acc_nodes, n_acc, nxt = ops.rejection_sample(
+                        draft.tokens, draft.parents, draft.draft_probs, probs, seed, ctx.verify_offset())
+                # Emit: accepted drafts then the corrected/bonus token, cut at stops/budget.
+                path_tokens = torch.gather(draft.tokens, 1, acc_nodes.clamp(min=0).long())
+                path_tokens, n_list = path_tokens.cpu().tolist(), n_acc.cpu().tolist()
+                nxt_list, depth_n = nxt.cpu().tolist(), draft.tokens.shape[1]
+                t = tick("verify", t)
+                emitted, accepted = [], []
+                for b in range(batch):
+                    if finished[b]:
+                        emitted.append([])
+                        accepted.append(0)
+                        continue
+                    toks = path_tokens[b][1: n_list[b]] + [nxt_list[b]]
+                    accepted.append(n_list[b] - 1)
+                    toks = toks[: max_new - generated[b]]
+                    for j, tok in enumerate(toks):
+                        if tok in stops:
+                            toks = toks[: j + 1]
+                            break
+                    generated[b] += len(toks)
+                    if generated[b] >= max_new or (toks and toks[-1] in stops):
+                        finished[b] = True
+                    emitted.append(toks)
+                counts = torch.tensor([len(e) for e in emitted], dtype=torch.long)
+                # The cache keeps the root and the emitted drafts (all but the last
+                # emitted token, the next root): len(emitted) path nodes; none for
+                # finished rows.  So it always holds exactly seq[:-1].
+                tcache.commit(acc_nodes, counts.to(device=dev, dtype=torch.int32))
+                t = tick("commit", t)
+                self._record(stats, draft, accepted, active, depth_n)
+                rows = [b for b, e in enumerate(emitted) for _ in e]
+                cols = [lens_host[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
+                if rows:
+                    seq[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
+                        torch.tensor([x for e in emitted for x in e], device=dev)
+                lens_host = [n + len(e) for n, e in zip(lens_host, emitted)]
+                seq_lens += counts.to(dev)
+                self.drafter.update(ctx, torch.tensor(accepted, device=dev), active)
+                ctx.step += 1
+                stats.steps += 1
+                stats.draft_lengths.append(self.drafter.draft_length)
+                t = tick("other", t)
+                stats.new_tokens = list(generated)
+                stats.wall_s = time.perf_counter() - t_start
+                yield StepOutput(ctx.step, emitted, list(finished))
+        stats.wall_s = time.perf_counter() - t_start
+
+    @staticmethod
+    def _record(stats: GenerationStats, draft, accepted, active, nodes: int) -> None:
+        rows = [b for b, a in enumerate(active.tolist()) if a]
+        if not rows:
+            return
+        stats.row_steps += len(rows)
+        stats.emitted_per_call_sum += sum(accepted[b] + 1 for b in rows)
+        stats.tau = stats.emitted_per_call_sum / stats.row_steps
+        depth = _tree_depth(draft.parents)
+        grow = max(depth) - len(stats.proposed_by_position)
+        if grow > 0:
+            stats.proposed_by_position += [0] * grow
+            stats.accepted_by_position += [0] * grow
+        for b in rows:
+            for j in range(depth[b]):
+                stats.proposed_by_position[j] += 1
+                stats.accepted_by_position[j] += int(accepted[b] > j)
+        stats.acceptance_by_position = [a / p if p else 0.0 for a, p in
+                                        zip(stats.accepted_by_position, stats.proposed_by_position)]
+
+
+def _tree_depth(parents: torch.Tensor) -> list[int]:
+    """Max depth of each row's tree (host side, small trees)."""
+    out = []
+    for row in parents.cpu().tolist():
+        d = [0] * len(row)
+        for i in range(1, len(row)):
+            d[i] = d[row[i]] + 1
+        out.append(max(d))
+    return out

@@ -1,0 +1,540 @@
+"""Drafters: where the speculative tokens come from.
+
+Every drafter proposes, each step, one tree per row whose node 0 is the row's
+root (its last committed token), as a :class:`Draft`:
+
+- :class:`ChainDrafter` — a draft model decodes K tokens (greedy, or sampled from
+  the same ``sampling_probs`` transform as the target, with its probabilities
+  kept for lossless verification);
+- :class:`TreeDrafter` — a draft model fills a static tree (Medusa-style choice
+  list; a node's token is the draft's ``rank``-th most probable token);
+- :class:`DynamicTreeDrafter` — EAGLE-2 style: expand the ``topk`` nodes of best
+  cumulative draft log-probability level by level, keep the best ``num_nodes``;
+- :class:`PromptLookupDrafter` — n-gram matching in the row's own context, no model;
+- :class:`NoDrafter` — plain autoregressive decoding through the same loop.
+
+Tree and prompt-lookup drafts are deterministic given the context, so sampling
+verifies them with the deterministic-draft rule (no draft probabilities).
+
+The draft length (K for chains and prompt lookup, the depth for dynamic trees)
+adapts to the measured acceptance with :class:`AdaptiveLength` (the rule is in
+its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from ._forward import PREFILL_CHUNK, forward_tree, gather_rows, prefill
+from ._philox import uniforms
+from .cache import KVCache, PagedKVCache
+from .models import as_model
+from .tree import DEFAULT_TREE, StaticTree, chain_parents, static_tree
+
+__all__ = [
+    "Draft",
+    "Drafter",
+    "NoDrafter",
+    "ChainDrafter",
+    "TreeDrafter",
+    "DynamicTreeDrafter",
+    "PromptLookupDrafter",
+    "AdaptiveLength",
+    "sample_from_probs",
+]
+
+
+@dataclass
+class Draft:
+    """One step's proposal for a batch.
+
+    ``tokens`` int64 ``[B, N]`` (column 0: the roots), ``parents`` int32 ``[B, N]``,
+    ``draft_probs`` float32 ``[B, N, V]`` (row i: the distribution node i's children
+    were sampled from) or ``None`` for deterministic drafts, ``draft_calls`` the
+    draft-model forwards this proposal cost.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    draft_probs: torch.Tensor | None = None
+    draft_calls: int = 0
+
+
+def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: row b's token is the first index whose cumulative
+    mass exceeds ``u[b] * total``; tokens of zero mass are never picked.
+
+    ``probs`` float ``[B, V]``, ``u`` float64 ``[B]`` in ``[0, 1)`` -> int64 ``[B]``.
+    """
+    cdf = probs.double().cumsum(-1)
+    target = (u.double() * cdf[:, -1])[:, None]
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return idx.clamp(max=probs.shape[-1] - 1)
+
+
+class AdaptiveLength:
+    """Online draft length from the measured acceptance.
+
+    Each step contributes, per active row, ``a`` accepted drafts out of ``K``
+    proposed, and one rejection when ``a < K``.  The per-token acceptance rate is
+    estimated as ``alpha = A / (A + R)`` (the maximum-likelihood estimate for a
+    geometric number of accepted drafts truncated at K), with A and R
+    exponentially decayed sums (``decay`` per step).  The next K maximises the
+    expected speedup of Leviathan et al.,
+    ``(1 - alpha^(K+1)) / ((1 - alpha) (K c + 1))``, over ``[k_min, k_max]``,
+    where c is the cost of one draft forward relative to one target verification:
+    ``cost_ratio`` if given, else measured online (an exponential average of the
+    timed forwards).  So K rises while drafts are accepted and falls when they are
+    not.  With ``enabled=False`` K stays fixed.
+
+    With a measured cost the chosen K depends on timing; sampled outputs stay
+    lossless but are bit-reproducible for a seed only with ``cost_ratio`` set or
+    adaptation off.
+    """
+
+    def __init__(self, k: int, *, k_min: int = 1, k_max: int | None = None,
+                 cost_ratio: float | None = None, decay: float = 0.9, enabled: bool = True):
+        k_max = max(k, k_min) * 2 if k_max is None else k_max
+        if not 1 <= k_min <= k <= k_max:
+            raise ValueError(f"AdaptiveLength: need 1 <= k_min <= k <= k_max, got k_min={k_min}, "
+                             f"k={k}, k_max={k_max}")
+        if cost_ratio is not None and cost_ratio < 0:
+            raise ValueError(f"AdaptiveLength: cost_ratio must be >= 0, got {cost_ratio}")
+        self.k, self.k_min, self.k_max = int(k), int(k_min), int(k_max)
+        self.cost_ratio, self.decay, self.enabled = cost_ratio, float(decay), bool(enabled)
+        self.k_init = self.k
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the measurements and go back to the initial k (each generation)."""
+        self.k = self.k_init
+        self._acc = 0.0
+        self._rej = 0.0
+        self._cost: float | None = None
+
+    @property
+    def alpha(self) -> float | None:
+        total = self._acc + self._rej
+        return None if total == 0 else self._acc / total
+
+    @property
+    def cost(self) -> float | None:
+        return self.cost_ratio if self.cost_ratio is not None else self._cost
+
+    def observe_cost(self, draft_s_per_call: float, target_s_per_call: float) -> None:
+        if target_s_per_call <= 0:
+            return
+        c = draft_s_per_call / target_s_per_call
+        self._cost = c if self._cost is None else 0.8 * self._cost + 0.2 * c
+
+    def observe(self, accepted: torch.Tensor, proposed: int) -> None:
+        """``accepted``: int ``[rows]`` accepted drafts of the active rows this step."""
+        a = accepted.tolist()
+        self._acc = self.decay * self._acc + float(sum(a))
+        self._rej = self.decay * self._rej + float(sum(1 for x in a if x < proposed))
+        if self.enabled:
+            self.k = self.best_k()
+
+    def best_k(self) -> int:
+        alpha, c = self.alpha, self.cost
+        if alpha is None:
+            return self.k
+        c = 0.0 if c is None else c
+        alpha = min(max(alpha, 1e-3), 0.995)
+
+        def speedup(k: int) -> float:
+            return (1.0 - alpha ** (k + 1)) / ((1.0 - alpha) * (k * c + 1.0))
+
+        return max(range(self.k_min, self.k_max + 1), key=lambda k: (speedup(k), -k))
+
+
+class Drafter:
+    """Base class.  The loop calls :meth:`start` once per generation, then per step
+    :meth:`propose` and :meth:`update`."""
+
+    name = "drafter"
+    uses_model = False
+
+    def start(self, ctx) -> None:
+        """Called once with the decoding context before the first step; resets the
+        adaptive draft length so that every generation starts alike."""
+        length = getattr(self, "length", None)
+        if length is not None:
+            length.reset()
+
+    def max_nodes(self) -> int:
+        """The most tree nodes one proposal can have (root included)."""
+        raise NotImplementedError
+
+    def propose(self, ctx) -> Draft:
+        raise NotImplementedError
+
+    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
+        """After verification: ``accepted`` int ``[B]`` drafts accepted per row
+        (0 for inactive rows), ``active`` bool ``[B]`` rows that took part;
+        ``ctx.seq`` / ``ctx.seq_lens`` already hold the committed tokens."""
+
+    @property
+    def draft_length(self) -> int:
+        return 0
+
+
+class NoDrafter(Drafter):
+    """No drafts: each step verifies the root alone, i.e. plain decoding."""
+
+    name = "autoregressive"
+
+    def max_nodes(self) -> int:
+        return 1
+
+    def propose(self, ctx) -> Draft:
+        roots = ctx.roots()
+        return Draft(roots[:, None], chain_parents(roots.shape[0], 1, roots.device))
+
+
+# ---------------------------------------------------------------------------
+# Draft-model drafters.
+# ---------------------------------------------------------------------------
+
+class _ModelDrafter(Drafter):
+    uses_model = True
+
+    def __init__(self, model):
+        self.model = as_model(model, role="draft model")
+        self.vocab_size = int(self.model.vocab_size)
+        self.cache: KVCache | PagedKVCache | None = None
+        self._draft_s = 0.0
+        self._draft_calls = 0
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        if self.vocab_size != ctx.vocab_size:
+            raise ValueError(f"SpeculativeDecoder: the draft model's vocabulary ({self.vocab_size}) "
+                             f"differs from the target's ({ctx.vocab_size}); both must share a tokenizer")
+        self.cache = ctx.new_cache(self.model)
+
+    def _consume_pending(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bring the draft cache up to the roots: returns (tokens [B, M], m [B], calls)
+        for the pending chain ``seq[lens : seq_lens]`` (root last), prefilling long ones."""
+        cache = self.cache
+        m = ctx.seq_lens - cache.lens.long()
+        calls = 0
+        if m.numel() and int(m.max()) > PREFILL_CHUNK:
+            calls = prefill(self.model, cache, ctx.seq, ctx.seq_lens - 1, role="draft model")
+            m = ctx.seq_lens - cache.lens.long()
+        width = int(m.max()) if m.numel() else 1
+        tokens = gather_rows(ctx.seq, cache.lens, m, max(width, 1))
+        return tokens, m, calls
+
+    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
+        # The draft cache stays valid up to the committed prefix it agrees with;
+        # at most seq_lens - 1 so that the new root is pending.
+        self.cache.truncate(torch.minimum(self.cache.lens, (ctx.seq_lens - 1).int()))
+
+    def _timed_forward(self, tokens, parents) -> torch.Tensor:
+        t0 = time.perf_counter()
+        logits = forward_tree(self.model, self.cache, tokens, parents, role="draft model")
+        self._draft_s += time.perf_counter() - t0
+        self._draft_calls += 1
+        return logits
+
+
+class ChainDrafter(_ModelDrafter):
+    """A draft model proposes a chain of ``k`` tokens per step.
+
+    Greedy rows take the draft's argmax; sampled rows draw from the draft's
+    ``sampling_probs`` (the same temperature/top-k/top-p as the target) with the
+    row's Philox stream, and those probabilities go to ``rejection_sample``.  The
+    draft cache is reused across steps: after verification it is cut back to the
+    accepted prefix, so each step's first forward consumes just the tokens the
+    draft has not seen (1 or 2).
+
+    Args:
+        model: the draft model (HF causal LM or protocol model).
+        k: initial draft length.
+        adaptive: adapt k with :class:`AdaptiveLength` (``k_min``, ``k_max``,
+            ``cost_ratio`` passed to it).
+    """
+
+    name = "chain"
+
+    def __init__(self, model, k: int = 4, *, adaptive: bool = True, k_min: int = 1,
+                 k_max: int | None = None, cost_ratio: float | None = None):
+        super().__init__(model)
+        if k < 1:
+            raise ValueError(f"ChainDrafter: k must be >= 1, got {k}")
+        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
+                                     enabled=adaptive)
+
+    @property
+    def draft_length(self) -> int:
+        return self.length.k
+
+    def max_nodes(self) -> int:
+        return self.length.k_max + 1
+
+    def propose(self, ctx) -> Draft:
+        k = self.length.k
+        batch = ctx.batch_size
+        dev = ctx.device
+        self._draft_s, self._draft_calls = 0.0, 0
+        tokens, m, calls = self._consume_pending(ctx)
+        logits = self._timed_forward(tokens, chain_parents(batch, tokens.shape[1], dev))
+        self.cache.advance(m)
+        cur = logits[torch.arange(batch, device=dev), (m - 1).clamp(min=0)]  # [B, V]
+        drafts, probs = [], []
+        for j in range(k):
+            if ctx.greedy:
+                tok = cur.argmax(-1)
+            else:
+                q = ops.sampling_probs(cur.contiguous(), ctx.temperature, ctx.top_k, ctx.top_p)
+                u = uniforms(ctx.seed, ctx.draft_offset(), torch.tensor([j], device=dev))[:, 0]
+                tok = sample_from_probs(q, u)
+                probs.append(q)
+            drafts.append(tok)
+            if j + 1 < k:
+                cur = self._timed_forward(tok[:, None], chain_parents(batch, 1, dev))[:, 0]
+                self.cache.advance(1)
+        out_tokens = torch.stack([ctx.roots()] + drafts, dim=1)
+        draft_probs = None
+        if not ctx.greedy:
+            probs.append(torch.zeros_like(probs[0]))  # the leaf has no children
+            draft_probs = torch.stack(probs, dim=1).contiguous()
+        return Draft(out_tokens, chain_parents(batch, k + 1, dev), draft_probs,
+                     draft_calls=self._draft_calls + calls)
+
+    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
+        super().update(ctx, accepted, active)
+        if bool(active.any()):
+            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
+            self.length.observe(accepted[active], self.length.k)
+
+
+class _TreeDrafterBase(_ModelDrafter):
+    """Shared machinery: per level, one forward of the pending chain plus the tree
+    nodes expanded so far (each node attends to the prefix and its ancestors)."""
+
+    def _begin(self, ctx):
+        tokens, m, calls = self._consume_pending(ctx)
+        self._pend = tokens
+        self._m = m
+        self._root_idx = (m - 1).clamp(min=0)
+        self._pend_parents = chain_parents(ctx.batch_size, tokens.shape[1], ctx.device)
+        return calls
+
+    def _level(self, node_tokens: torch.Tensor, node_parents: torch.Tensor):
+        """Forward pending + nodes; ``node_parents`` are node-local (-1: the root).
+        Returns (root logits [B, V], node logits [B, T, V])."""
+        big_m = self._pend.shape[1]
+        par = torch.where(node_parents < 0, self._root_idx[:, None].to(node_parents.dtype),
+                          node_parents + big_m).int()
+        tokens = torch.cat([self._pend, node_tokens], dim=1)
+        parents = torch.cat([self._pend_parents, par], dim=1)
+        logits = self._timed_forward(tokens, parents)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        return logits[rows, self._root_idx], logits[:, big_m:]
+
+    def _finish(self):
+        self.cache.advance(self._m)
+
+
+class TreeDrafter(_TreeDrafterBase):
+    """A draft model fills a static tree given as a Medusa-style choice list
+    (:func:`specdec_cuda.tree.static_tree`); one draft forward per tree level."""
+
+    name = "tree"
+
+    def __init__(self, model, choices=None):
+        super().__init__(model)
+        self.tree: StaticTree = static_tree(DEFAULT_TREE if choices is None else choices)
+        if self.tree.num_nodes < 2:
+            raise ValueError("TreeDrafter: the tree needs at least one node besides the root")
+
+    @property
+    def draft_length(self) -> int:
+        return self.tree.max_depth
+
+    def max_nodes(self) -> int:
+        return self.tree.num_nodes
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        if self.tree.max_rank() > self.vocab_size:
+            raise ValueError(f"TreeDrafter: the tree asks for rank {self.tree.max_rank() - 1} but the "
+                             f"vocabulary has {self.vocab_size} tokens")
+
+    def propose(self, ctx) -> Draft:
+        tree, dev, batch = self.tree, ctx.device, ctx.batch_size
+        self._draft_s, self._draft_calls = 0.0, 0
+        calls = self._begin(ctx)
+        n = tree.num_nodes
+        parents = torch.tensor(tree.parents, dtype=torch.int32, device=dev)
+        local_par = (parents[1:] - 1)  # node i>0 -> local index i-1; the root -> -1
+        tokens = torch.zeros(batch, n, dtype=torch.long, device=dev)
+        tokens[:, 0] = ctx.roots()
+        ranks = torch.tensor(tree.ranks, dtype=torch.long, device=dev)
+        kmax = tree.max_rank()
+        for d in range(1, tree.max_depth + 1):
+            done = sum(1 for x in tree.depth if x < d)  # nodes 0..done-1 have tokens
+            root_l, node_l = self._level(tokens[:, 1:done], local_par[: done - 1].expand(batch, -1))
+            all_l = torch.cat([root_l[:, None], node_l], dim=1)  # [B, done, V] by node index
+            top = all_l.topk(kmax, dim=-1).indices  # [B, done, kmax]
+            idx = torch.tensor(tree.nodes_at(d), dtype=torch.long, device=dev)
+            tokens[:, idx] = top[:, parents[idx].long(), ranks[idx]]
+        self._finish()
+        return Draft(tokens, parents.expand(batch, -1).contiguous(), None,
+                     draft_calls=self._draft_calls + calls)
+
+
+class DynamicTreeDrafter(_TreeDrafterBase):
+    """EAGLE-2 style dynamic tree from a draft model.
+
+    Level 1 takes the root's ``topk`` most probable tokens.  Each further level
+    forwards the current frontier (``topk`` nodes), scores each frontier node's
+    ``topk`` children by cumulative draft log-probability (the sum along the
+    path), and keeps the ``topk`` best of those ``topk**2`` as the next frontier.
+    After ``depth`` levels the ``num_nodes - 1`` best-scoring candidates of all
+    levels (an ancestor-closed set, as scores only fall along a path) form the
+    tree.  The depth adapts like a chain's length (:class:`AdaptiveLength`).
+    """
+
+    name = "dynamic_tree"
+
+    def __init__(self, model, *, topk: int = 4, depth: int = 5, num_nodes: int = 24,
+                 adaptive: bool = True, depth_min: int = 1, depth_max: int | None = None,
+                 cost_ratio: float | None = None):
+        super().__init__(model)
+        if topk < 1 or depth < 1 or num_nodes < 2:
+            raise ValueError(f"DynamicTreeDrafter: need topk >= 1, depth >= 1, num_nodes >= 2; got "
+                             f"topk={topk}, depth={depth}, num_nodes={num_nodes}")
+        self.topk, self.num_nodes = int(topk), int(num_nodes)
+        self.length = AdaptiveLength(depth, k_min=depth_min, k_max=depth_max,
+                                     cost_ratio=cost_ratio, enabled=adaptive)
+        if self.num_nodes - 1 > self.topk:
+            need = 1 + math.ceil((self.num_nodes - 1 - self.topk) / (self.topk * self.topk))
+            self.length.k_min = max(self.length.k_min, need)
+            self.length.k = self.length.k_init = max(self.length.k, need)
+            self.length.k_max = max(self.length.k_max, need)
+
+    @property
+    def draft_length(self) -> int:
+        return self.length.k
+
+    def max_nodes(self) -> int:
+        return self.num_nodes
+
+    def propose(self, ctx) -> Draft:
+        dev, batch, k = ctx.device, ctx.batch_size, self.topk
+        depth = self.length.k
+        self._draft_s, self._draft_calls = 0.0, 0
+        calls = self._begin(ctx)
+        rows = torch.arange(batch, device=dev)[:, None]
+        empty_t = torch.zeros(batch, 0, dtype=torch.long, device=dev)
+        root_l, _ = self._level(empty_t, empty_t.int())
+        score, tok = torch.log_softmax(root_l, -1).topk(k, dim=-1)  # [B, k]
+        pool_tok, pool_score = tok, score
+        pool_par = torch.full((batch, k), -1, dtype=torch.long, device=dev)
+        frontier = torch.arange(k, device=dev).expand(batch, k)  # pool indices
+        expanded = torch.zeros(batch, 0, dtype=torch.long, device=dev)
+        for _ in range(1, depth):
+            expanded = torch.cat([expanded, frontier], dim=1)  # pool indices, parents first
+            # pool index -> local index among the expanded nodes
+            where = torch.full((batch, pool_tok.shape[1]), -1, dtype=torch.long, device=dev)
+            where.scatter_(1, expanded, torch.arange(expanded.shape[1], device=dev).expand(batch, -1))
+            e_par = torch.gather(pool_par, 1, expanded)
+            local_par = torch.where(e_par < 0, e_par, torch.gather(where, 1, e_par.clamp(min=0)))
+            _, node_l = self._level(torch.gather(pool_tok, 1, expanded), local_par.int())
+            f_logits = node_l[:, -k:]  # the frontier is the last k expanded nodes
+            c_score, c_tok = torch.log_softmax(f_logits, -1).topk(k, dim=-1)  # [B, k, k]
+            c_score = (torch.gather(pool_score, 1, frontier)[:, :, None] + c_score).reshape(batch, -1)
+            base = pool_tok.shape[1]
+            pool_tok = torch.cat([pool_tok, c_tok.reshape(batch, -1)], dim=1)
+            pool_score = torch.cat([pool_score, c_score], dim=1)
+            pool_par = torch.cat([pool_par, frontier.repeat_interleave(k, dim=1)], dim=1)
+            frontier = base + c_score.topk(k, dim=-1).indices
+        self._finish()
+        # The best num_nodes - 1 candidates; a stable sort keeps parents ahead of
+        # equally scored children, so the set is ancestor-closed.
+        keep = min(self.num_nodes - 1, pool_tok.shape[1])
+        order = torch.sort(-pool_score, dim=1, stable=True).indices[:, :keep]
+        chosen = torch.sort(order, dim=1).values  # pool order: parents before children
+        pos = torch.full((batch, pool_tok.shape[1]), -1, dtype=torch.long, device=dev)
+        pos.scatter_(1, chosen, torch.arange(1, keep + 1, device=dev).expand(batch, -1))
+        c_par = torch.gather(pool_par, 1, chosen)
+        tree_par = torch.where(c_par < 0, torch.zeros_like(c_par), pos[rows, c_par.clamp(min=0)])
+        tokens = torch.cat([ctx.roots()[:, None], torch.gather(pool_tok, 1, chosen)], dim=1)
+        parents = torch.cat([torch.full((batch, 1), -1, dtype=torch.long, device=dev), tree_par], dim=1)
+        return Draft(tokens, parents.int().contiguous(), None, draft_calls=self._draft_calls + calls)
+
+    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
+        super().update(ctx, accepted, active)
+        if bool(active.any()):
+            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
+            self.length.observe(accepted[active], self.length.k)
+
+
+# ---------------------------------------------------------------------------
+# Prompt lookup.
+# ---------------------------------------------------------------------------
+
+class PromptLookupDrafter(Drafter):
+    """n-gram drafting from the row's own context (no draft model).
+
+    For n from ``max_ngram`` down to ``min_ngram``: find the most recent earlier
+    occurrence of the last n committed tokens; the k tokens that followed it are
+    the draft.  Rows without a match (or with a short continuation) are padded by
+    repeating their last draft token — any token is a valid deterministic draft,
+    it is just less likely to be accepted.  ``k`` adapts like a chain's length.
+    """
+
+    name = "prompt_lookup"
+
+    def __init__(self, k: int = 6, *, max_ngram: int = 3, min_ngram: int = 1,
+                 adaptive: bool = True, k_min: int = 1, k_max: int | None = None,
+                 cost_ratio: float = 0.02):
+        if k < 1 or not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"PromptLookupDrafter: need k >= 1 and 1 <= min_ngram <= max_ngram; got "
+                             f"k={k}, min_ngram={min_ngram}, max_ngram={max_ngram}")
+        self.max_ngram, self.min_ngram = int(max_ngram), int(min_ngram)
+        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
+                                     enabled=adaptive)
+
+    @property
+    def draft_length(self) -> int:
+        return self.length.k
+
+    def max_nodes(self) -> int:
+        return self.length.k_max + 1
+
+    def _lookup(self, row: torch.Tensor, k: int) -> list[int]:
+        total = row.numel()
+        for n in range(min(self.max_ngram, total - 1), self.min_ngram - 1, -1):
+            pattern = row[total - n:]
+            windows = row[: total - 1].unfold(0, n, 1)  # windows starting before the suffix
+            hits = (windows == pattern).all(dim=1).nonzero().flatten()
+            if hits.numel():
+                start = int(hits[-1]) + n
+                return row[start: start + k].tolist()
+        return []
+
+    def propose(self, ctx) -> Draft:
+        k = self.length.k
+        seq = ctx.seq.cpu()
+        lens = ctx.seq_lens.tolist()
+        rows = []
+        for b in range(ctx.batch_size):
+            cont = self._lookup(seq[b, : lens[b]], k)
+            root = int(seq[b, lens[b] - 1])
+            cont = cont or [root]
+            rows.append([root] + cont + [cont[-1]] * (k - len(cont)))
+        tokens = torch.tensor(rows, dtype=torch.long).reshape(ctx.batch_size, k + 1).to(ctx.device)
+        return Draft(tokens, chain_parents(ctx.batch_size, k + 1, ctx.device), None)
+
+    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
+        if bool(active.any()):
+            self.length.observe(accepted[active], self.length.k)
