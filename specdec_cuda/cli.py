@@ -1,7 +1,9 @@
 """``python -m specdec_cuda``: the command line.
 
 Commands:
-  info    print one JSON object describing the build and every op's backends
+  info      print one JSON object describing the build and every op's backends
+  demo      the bundled tiny model pair: plain vs speculative decoding, a table and a plot
+  generate  speculative decoding on local Hugging Face checkpoints, streamed
 """
 
 from __future__ import annotations
@@ -35,11 +37,24 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build facts and op backends as JSON")
+    from . import demo
+
+    demo.add_demo_args(sub.add_parser("demo", help="run the bundled tiny models: table + plot"))
+    demo.add_generate_args(sub.add_parser("generate", help="speculative decoding on local checkpoints"))
     args = parser.parse_args(argv)
     if args.command == "info":
         json.dump(build_info(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    try:
+        if args.command == "demo":
+            return demo.run_demo(args)
+        if args.command == "generate":
+            return demo.run_generate(args)
+    except demo.CLIError as exc:
+        sys.stdout.flush()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 
