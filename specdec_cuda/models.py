@@ -153,6 +153,7 @@ class HFModel:
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
+        self._ones = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device)
 
     @property
     def config(self):
@@ -163,9 +164,13 @@ class HFModel:
         if _ACTIVE.cache is not None:
             raise RuntimeError("HFModel.forward: nested forwards on one thread are not supported")
         _ACTIVE.cache, _ACTIVE.mask = cache, tree_mask
+        # A 4-D attention_mask makes transformers skip building its own mask (and
+        # its packed-sequence scan of position_ids); our attention ignores it.
+        batch, nodes = tokens.shape
+        dummy = self._ones.expand(batch, 1, nodes, nodes)
         try:
-            out = self.model(input_ids=tokens, position_ids=positions, use_cache=False,
-                             return_dict=True)
+            out = self.model(input_ids=tokens, position_ids=positions, attention_mask=dummy,
+                             use_cache=False, return_dict=True)
         finally:
             _ACTIVE.cache, _ACTIVE.mask = None, None
         return out.logits
