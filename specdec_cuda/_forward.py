@@ -44,12 +44,13 @@ def gather_rows(seq: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
 
 
 def prefill(model, cache, seq: torch.Tensor, upto: torch.Tensor, *, role: str = "model",
-            chunk: int = PREFILL_CHUNK) -> int:
+            chunk: int | None = None) -> int:
     """Consume ``seq[b, cache.lens[b] : upto[b]]`` into the cache as chains, in chunks.
 
     Returns the number of forwards run.  Rows with nothing left ride along (their
     writes land past their length and are overwritten later).
     """
+    chunk = chunk or PREFILL_CHUNK
     calls = 0
     while True:
         remaining = (upto.to(cache.lens.device).int() - cache.lens).clamp(min=0)

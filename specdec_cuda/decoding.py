@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
+from . import _forward
 from ._forward import forward_tree, prefill
 from .cache import KVCache, PagedKVCache
 from .drafters import ChainDrafter, Drafter, NoDrafter
@@ -118,6 +119,7 @@ class _Context:
         self.batch_size = seq.shape[0]
         self.device = seq.device
         self.capacity = seq.shape[1]
+        self.max_prompt = int(seq_lens.max()) if seq_lens.numel() else 1
         self.vocab_size = decoder.vocab_size
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
         self.greedy = bool((temperature == 0).all())
@@ -135,8 +137,12 @@ class _Context:
         return torch.full((self.batch_size,), 2 * self.step + 1, dtype=torch.long, device=self.device)
 
     def new_cache(self, model) -> KVCache | PagedKVCache:
-        # capacity + room for the largest tree a step writes past the committed tokens
-        max_len = self.capacity + self.decoder.drafter.max_nodes() + 1
+        # Every row of a forward writes all N slots past its length (short rows
+        # write padding), so a row may write past its own end by the widest
+        # forward: a prompt chunk, or a draft tree plus the pending tokens before
+        # it (at most the tree's depth + 1).
+        widest = max(min(self.max_prompt, _forward.PREFILL_CHUNK), 2 * self.decoder.drafter.max_nodes() + 1)
+        max_len = self.capacity + widest
         if self.paged:
             return PagedKVCache(self.batch_size, max_len, page_size=self.page_size,
                                 dtype=model.dtype, device=model.device)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from ._forward import PREFILL_CHUNK, forward_tree, gather_rows, prefill
+from . import _forward
+from ._forward import forward_tree, gather_rows, prefill
 from ._philox import uniforms
 from .cache import KVCache, PagedKVCache
 from .models import as_model
@@ -224,7 +225,7 @@ class _ModelDrafter(Drafter):
         cache = self.cache
         m = ctx.seq_lens - cache.lens.long()
         calls = 0
-        if m.numel() and int(m.max()) > PREFILL_CHUNK:
+        if m.numel() and int(m.max()) > _forward.PREFILL_CHUNK:
             calls = prefill(self.model, cache, ctx.seq, ctx.seq_lens - 1, role="draft model")
             m = ctx.seq_lens - cache.lens.long()
         width = int(m.max()) if m.numel() else 1
