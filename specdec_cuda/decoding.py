@@ -40,8 +40,10 @@ _PHASES = ("prefill", "draft", "target", "verify", "commit", "other")
 class GenerationStats:
     """Statistics of one generation.
 
-    ``tau``: mean tokens emitted per target verification call and row (accepted
-    drafts + 1), over rows still generating.  ``acceptance_by_position[j]``: of the
+    ``tau``: mean tokens per target verification call and row (accepted drafts +
+    1, counted before a stop token or the budget cuts the step's output), over
+    rows still generating.  ``draft_lengths[s]``: the draft length (K, or the
+    dynamic tree's depth) step s used.  ``acceptance_by_position[j]``: of the
     row-steps that proposed a draft at depth j+1, the fraction whose accepted path
     reached it.  ``phase_s``: wall time by phase (prefill, draft, target,
     verify, commit, other).
@@ -141,7 +143,7 @@ class _Context:
         # write padding), so a row may write past its own end by the widest
         # forward: a prompt chunk, or a draft tree plus the pending tokens before
         # it (at most the tree's depth + 1).
-        widest = max(min(self.max_prompt, _forward.PREFILL_CHUNK), 2 * self.decoder.drafter.max_nodes() + 1)
+        widest = max(min(self.max_prompt, _forward.PREFILL_CHUNK), 2 * self.decoder.drafter.max_width() + 1)
         max_len = self.capacity + widest
         if self.paged:
             return PagedKVCache(self.batch_size, max_len, page_size=self.page_size,
@@ -335,6 +337,7 @@ class SpeculativeDecoder:
             finished = [batch == 0] * batch
             while not all(finished):
                 active = torch.tensor([not f for f in finished], device=dev)
+                stats.draft_lengths.append(self.drafter.draft_length)  # the length this step uses
                 draft = self.drafter.propose(ctx)
                 stats.draft_calls += draft.draft_calls
                 t = tick("draft", t)
@@ -388,7 +391,6 @@ class SpeculativeDecoder:
                 self.drafter.update(ctx, torch.tensor(accepted, device=dev), active)
                 ctx.step += 1
                 stats.steps += 1
-                stats.draft_lengths.append(self.drafter.draft_length)
                 t = tick("other", t)
                 stats.new_tokens = list(generated)
                 stats.wall_s = time.perf_counter() - t_start

@@ -172,6 +172,11 @@ class Drafter:
         """The most tree nodes one proposal can have (root included)."""
         raise NotImplementedError
 
+    def max_width(self) -> int:
+        """The most tokens one of this drafter's forwards (or the target's
+        verification) writes past a row's committed length, pending tokens aside."""
+        return self.max_nodes()
+
     def propose(self, ctx) -> Draft:
         raise NotImplementedError
 
@@ -428,6 +433,16 @@ class DynamicTreeDrafter(_TreeDrafterBase):
 
     def max_nodes(self) -> int:
         return self.num_nodes
+
+    def max_width(self) -> int:
+        # the last level forwards every expanded node: (depth - 1) * topk of them
+        return max(self.num_nodes, (self.length.k_max - 1) * self.topk + 1)
+
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        if self.topk > self.vocab_size:
+            raise ValueError(f"DynamicTreeDrafter: topk={self.topk} exceeds the vocabulary "
+                             f"({self.vocab_size} tokens)")
 
     def propose(self, ctx) -> Draft:
         dev, batch, k = ctx.device, ctx.batch_size, self.topk
