@@ -256,7 +256,9 @@ class SpeculativeDecoder:
             temperature: float or one per row; 0 (default) is greedy.  Rows with
                 temperature 0 are greedy inside a sampled batch too.
             top_k: int or per row, 0 disables.  top_p: float or per row in (0, 1].
-            seed: int or one per row (default 0): the rows' Philox streams.
+            seed: int (every row the same stream) or one per row: the rows' Philox
+                streams.  Default: drawn from torch's generator (so
+                ``torch.manual_seed`` makes it reproducible), a different one per row.
             stop_tokens: ids that end a row (the stop token is kept).
             attention_mask: 0/1 ``[B, L]`` marking the real tokens of a padded batch.
 
@@ -278,7 +280,7 @@ class SpeculativeDecoder:
         return len(input_ids)
 
     def stream(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0,
-               top_p=1.0, seed=0, stop_tokens: Sequence[int] | None = None,
+               top_p=1.0, seed=None, stop_tokens: Sequence[int] | None = None,
                attention_mask: torch.Tensor | None = None) -> Iterator[StepOutput]:
         """Like :meth:`generate`, but yields a :class:`StepOutput` after every step
         with the tokens each row accepted (streaming); ``self.stats`` is complete when
@@ -292,6 +294,8 @@ class SpeculativeDecoder:
         temperature = _row_param("temperature", temperature, batch, torch.float32, dev)
         top_k = _row_param("top_k", top_k, batch, torch.int32, dev)
         top_p = _row_param("top_p", top_p, batch, torch.float32, dev)
+        if seed is None:  # distinct rows, reproducible under torch.manual_seed
+            seed = int(torch.randint(0, 2**62, (1,))) + torch.arange(batch)
         seed = _row_param("seed", seed, batch, torch.int64, dev)
         if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
             raise ValueError(f"{where}: temperature must be >= 0")
