@@ -38,10 +38,16 @@ class _CacheBase:
         self.dtype = dtype
         self.device = torch.device(device)
         self.lens = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
+        self._room = 0  # slots past lens the last reserve() checked
 
     # -- length bookkeeping ------------------------------------------------
     def reserve(self, new_tokens: int) -> None:
-        """Check (and for paged caches, map pages) for ``new_tokens`` slots past ``lens``."""
+        """Check (and for paged caches, map pages) for ``new_tokens`` slots past ``lens``.
+
+        Every forward reserves its N before writing (``forward_tree`` does);
+        :meth:`write` then checks against that host-side number, so writes never
+        read ``lens`` back from the device."""
+        self._room = int(new_tokens)
         if self.batch_size == 0:
             return
         need = int(self.lens.max()) + int(new_tokens)
@@ -59,6 +65,7 @@ class _CacheBase:
     def advance(self, n: torch.Tensor | int) -> None:
         """Keep the first ``n[b]`` of the slots written since the last commit: ``lens += n``."""
         self.lens += torch.as_tensor(n, dtype=torch.int32, device=self.device)
+        self._room = 0  # lens grew: the next forward reserves again
 
     def truncate(self, new_lens: torch.Tensor) -> None:
         """Forget slots: ``lens = new_lens`` (must not grow ``lens``)."""
@@ -76,6 +83,9 @@ class _CacheBase:
             raise ValueError(f"{name}.write: batch {k.shape[0]} != cache batch {self.batch_size}")
         if layer < 0:
             raise ValueError(f"{name}.write: layer must be >= 0, got {layer}")
+        if k.shape[2] > self._room:
+            raise CacheFullError(f"{name}.write: {k.shape[2]} new tokens but only {self._room} "
+                                 "slots were reserved; call reserve(N) before a forward")
 
 
 class KVCache(_CacheBase):
@@ -124,8 +134,6 @@ class KVCache(_CacheBase):
         if self.batch_size == 0 or n == 0:
             return
         slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
-        if int(slots.max()) >= self.max_len:
-            raise CacheFullError(f"KVCache.write: slot {int(slots.max())} >= max_len {self.max_len}")
         idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         kc.scatter_(2, idx, k.to(kc.dtype))
         vc.scatter_(2, idx, v.to(vc.dtype))
@@ -139,6 +147,7 @@ class KVCache(_CacheBase):
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Keep the accepted path of the last tree (``kv_compact_`` over all layers)."""
         ops.kv_compact_(self.tensors(), self.lens, accept_nodes, num_accepted)
+        self._room = 0
 
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""
@@ -215,8 +224,6 @@ class PagedKVCache(_CacheBase):
         if self.batch_size == 0 or n == 0:
             return
         slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
-        if int(slots.max()) >= self.max_blocks * self.page_size:
-            raise CacheFullError(f"PagedKVCache.write: slot {int(slots.max())} beyond capacity")
         pages = torch.gather(self.block_tables.long(), 1, slots // self.page_size)
         flat = (pages * self.page_size + slots % self.page_size).reshape(-1)  # [B*N]
         hkv, d = k.shape[1], k.shape[3]
@@ -234,6 +241,7 @@ class PagedKVCache(_CacheBase):
         """Keep the accepted path of the last tree (``kv_compact_paged_`` over all layers)."""
         ops.kv_compact_paged_(self.k_pages, self.v_pages, self.block_tables, self.lens,
                               accept_nodes, num_accepted)
+        self._room = 0
 
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""

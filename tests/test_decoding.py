@@ -1168,12 +1168,15 @@ def test_cache_capacity_overflow(toy):
     target, _ = toy
     k = torch.zeros(2, 1, 5, 4)
     cache = KVCache(2, 4)
-    with pytest.raises(CacheFullError, match="max_len"):
-        cache.write(0, k, k)
+    with pytest.raises(CacheFullError, match="only 0 slots were reserved"):
+        cache.write(0, k, k)  # writes must be reserved first (a host-side check, no sync)
     with pytest.raises(CacheFullError, match="max_len=4"):
         cache.reserve(5)
     cache.reserve(4)  # exactly full is fine
     cache.write(0, k[:, :, :4], k[:, :, :4])
+    cache.advance(1)  # lens grew: the reservation is gone
+    with pytest.raises(CacheFullError, match="reserved"):
+        cache.write(0, k[:, :, :1], k[:, :, :1])
     assert issubclass(CacheFullError, RuntimeError)
     paged = PagedKVCache(2, 8, page_size=4)
     with pytest.raises(CacheFullError, match="max_len=8"):
