@@ -39,6 +39,7 @@ class _CacheBase:
         self.device = torch.device(device)
         self.lens = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
         self._room = 0  # slots past lens the last reserve() checked
+        self._slots: dict = {}  # write indices of the current forward (all layers share them)
 
     # -- length bookkeeping ------------------------------------------------
     def reserve(self, new_tokens: int) -> None:
@@ -48,6 +49,7 @@ class _CacheBase:
         :meth:`write` then checks against that host-side number, so writes never
         read ``lens`` back from the device."""
         self._room = int(new_tokens)
+        self._slots = {}
         if self.batch_size == 0:
             return
         need = int(self.lens.max()) + int(new_tokens)
@@ -66,6 +68,7 @@ class _CacheBase:
         """Keep the first ``n[b]`` of the slots written since the last commit: ``lens += n``."""
         self.lens += torch.as_tensor(n, dtype=torch.int32, device=self.device)
         self._room = 0  # lens grew: the next forward reserves again
+        self._slots = {}
 
     def truncate(self, new_lens: torch.Tensor) -> None:
         """Forget slots: ``lens = new_lens`` (must not grow ``lens``)."""
@@ -73,6 +76,7 @@ class _CacheBase:
         if bool((new_lens > self.lens).any()) or bool((new_lens < 0).any()):
             raise ValueError(f"{type(self).__name__}.truncate: new_lens must be in [0, lens]")
         self.lens.copy_(new_lens)
+        self._slots = {}
 
     def _check_write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         name = type(self).__name__
@@ -133,8 +137,11 @@ class KVCache(_CacheBase):
         n = k.shape[2]
         if self.batch_size == 0 or n == 0:
             return
-        slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
-        idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        key = (n, k.shape[1], k.shape[3])
+        idx = self._slots.get(key)
+        if idx is None:
+            slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
+            idx = self._slots[key] = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
         kc.scatter_(2, idx, k.to(kc.dtype))
         vc.scatter_(2, idx, v.to(vc.dtype))
 
@@ -148,6 +155,7 @@ class KVCache(_CacheBase):
         """Keep the accepted path of the last tree (``kv_compact_`` over all layers)."""
         ops.kv_compact_(self.tensors(), self.lens, accept_nodes, num_accepted)
         self._room = 0
+        self._slots = {}
 
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""
@@ -223,9 +231,11 @@ class PagedKVCache(_CacheBase):
         n = k.shape[2]
         if self.batch_size == 0 or n == 0:
             return
-        slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
-        pages = torch.gather(self.block_tables.long(), 1, slots // self.page_size)
-        flat = (pages * self.page_size + slots % self.page_size).reshape(-1)  # [B*N]
+        flat = self._slots.get(n)
+        if flat is None:
+            slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
+            pages = torch.gather(self.block_tables.long(), 1, slots // self.page_size)
+            flat = self._slots[n] = (pages * self.page_size + slots % self.page_size).reshape(-1)
         hkv, d = k.shape[1], k.shape[3]
         kp.view(-1, hkv, d).index_copy_(0, flat, k.transpose(1, 2).reshape(-1, hkv, d).to(kp.dtype))
         vp.view(-1, hkv, d).index_copy_(0, flat, v.transpose(1, 2).reshape(-1, hkv, d).to(vp.dtype))
@@ -242,6 +252,7 @@ class PagedKVCache(_CacheBase):
         ops.kv_compact_paged_(self.k_pages, self.v_pages, self.block_tables, self.lens,
                               accept_nodes, num_accepted)
         self._room = 0
+        self._slots = {}
 
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""

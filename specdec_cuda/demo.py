@@ -193,17 +193,23 @@ def add_demo_args(p) -> None:
     p.add_argument("--assets", default=str(ASSETS), help=argparse.SUPPRESS)
 
 
-def _timed(decoder, prompts, max_new):
-    """Generate for each prompt (batch 1); returns (outputs, total tokens, seconds, stats list)."""
-    outs, stats, tokens, secs = [], [], 0, 0.0
-    for p in prompts:
-        t0 = time.perf_counter()
-        o = decoder.generate([p], max_new_tokens=max_new)
-        secs += time.perf_counter() - t0
-        outs.append(o.new_tokens[0])
-        stats.append(o.stats)
-        tokens += o.stats.total_new_tokens
-    return outs, tokens, secs, stats
+def _timed(decoder, prompts, max_new, rounds: int = 2):
+    """Generate for each prompt (batch 1) after a warm-up call, ``rounds`` times;
+    returns (outputs, total tokens, seconds of the fastest round, stats list)."""
+    decoder.generate([prompts[0]], max_new_tokens=8)  # warm-up
+    best = None
+    for _ in range(rounds):
+        outs, stats, tokens, secs = [], [], 0, 0.0
+        for p in prompts:
+            t0 = time.perf_counter()
+            o = decoder.generate([p], max_new_tokens=max_new)
+            secs += time.perf_counter() - t0
+            outs.append(o.new_tokens[0])
+            stats.append(o.stats)
+            tokens += o.stats.total_new_tokens
+        if best is None or secs < best[2]:
+            best = (outs, tokens, secs, stats)
+    return best
 
 
 def _merge_acceptance(stats) -> list[float]:
@@ -257,18 +263,20 @@ def run_demo(args) -> int:
         with torch.inference_mode():
             target.generate(prompts[0][None].to(device), max_new_tokens=4, do_sample=False,
                             pad_token_id=eos)  # warm-up
-            for p in prompts:
-                t0 = time.perf_counter()
-                o = target.generate(p[None].to(device), max_new_tokens=n_new, do_sample=False,
-                                    pad_token_id=eos, eos_token_id=None)
-                secs_hf += time.perf_counter() - t0
-                ref.append(o[0, p.numel():].cpu())
-                tokens_hf += ref[-1].numel()
+            for _ in range(2):  # the faster of two rounds, like the other modes
+                ref, secs, tokens_hf = [], 0.0, 0
+                for p in prompts:
+                    t0 = time.perf_counter()
+                    o = target.generate(p[None].to(device), max_new_tokens=n_new, do_sample=False,
+                                        pad_token_id=eos, eos_token_id=None)
+                    secs += time.perf_counter() - t0
+                    ref.append(o[0, p.numel():].cpu())
+                    tokens_hf += ref[-1].numel()
+                secs_hf = secs if secs_hf == 0.0 else min(secs_hf, secs)
         bar.update(1)
         for name, make in modes:
             bar.set_postfix_str(name)
             decoder = SpeculativeDecoder(target, make())
-            decoder.generate([prompts[0]], max_new_tokens=8)  # warm-up
             outs, tokens, secs, stats = _timed(decoder, prompts, n_new)
             same = all(torch.equal(a, b) for a, b in zip(outs, ref))
             steps = sum(s.steps for s in stats)
@@ -299,7 +307,8 @@ def run_demo(args) -> int:
 
     machine = (f"{platform.machine()} {os.cpu_count()} CPU threads, torch {torch.__version__}, "
                f"{torch.get_num_threads()} intra-op threads, device {device}")
-    header = (f"{len(prompts)} held-out prompts x {n_new} new tokens, greedy, batch 1; "
+    header = (f"{len(prompts)} held-out prompts x {n_new} new tokens, greedy, batch 1, "
+              f"fastest of 2 rounds; "
               f"target {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params, "
               f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M; {machine}")
     lines = [header, "",
