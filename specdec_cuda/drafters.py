@@ -185,9 +185,22 @@ class Drafter:
         (0 for inactive rows), ``active`` bool ``[B]`` rows that took part;
         ``ctx.seq`` / ``ctx.seq_lens`` already hold the committed tokens."""
 
+    #: the adaptive draft length, for drafters that have one
+    length: AdaptiveLength | None = None
+
     @property
     def draft_length(self) -> int:
-        return 0
+        """The current draft length (K, or a dynamic tree's depth; 0 without drafts)."""
+        return self.length.k if self.length is not None else 0
+
+    def _observe(self, ctx, accepted: torch.Tensor, active: torch.Tensor, timed: bool) -> None:
+        """Feed this step's acceptance (and, for model drafters, the timed cost) to
+        the adaptive length."""
+        if self.length is None or not bool(active.any()):
+            return
+        if timed:
+            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
+        self.length.observe(accepted[active], self.length.k)
 
 
 class NoDrafter(Drafter):
@@ -277,10 +290,6 @@ class ChainDrafter(_ModelDrafter):
         self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
                                      enabled=adaptive)
 
-    @property
-    def draft_length(self) -> int:
-        return self.length.k
-
     def max_nodes(self) -> int:
         return self.length.k_max + 1
 
@@ -316,9 +325,7 @@ class ChainDrafter(_ModelDrafter):
 
     def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
         super().update(ctx, accepted, active)
-        if bool(active.any()):
-            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
-            self.length.observe(accepted[active], self.length.k)
+        self._observe(ctx, accepted, active, timed=True)
 
 
 class _TreeDrafterBase(_ModelDrafter):
@@ -427,10 +434,6 @@ class DynamicTreeDrafter(_TreeDrafterBase):
             self.length.k = self.length.k_init = max(self.length.k, need)
             self.length.k_max = max(self.length.k_max, need)
 
-    @property
-    def draft_length(self) -> int:
-        return self.length.k
-
     def max_nodes(self) -> int:
         return self.num_nodes
 
@@ -489,9 +492,7 @@ class DynamicTreeDrafter(_TreeDrafterBase):
 
     def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
         super().update(ctx, accepted, active)
-        if bool(active.any()):
-            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
-            self.length.observe(accepted[active], self.length.k)
+        self._observe(ctx, accepted, active, timed=True)
 
 
 # ---------------------------------------------------------------------------
@@ -519,10 +520,6 @@ class PromptLookupDrafter(Drafter):
         self.max_ngram, self.min_ngram = int(max_ngram), int(min_ngram)
         self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
                                      enabled=adaptive)
-
-    @property
-    def draft_length(self) -> int:
-        return self.length.k
 
     def max_nodes(self) -> int:
         return self.length.k_max + 1
@@ -552,5 +549,4 @@ class PromptLookupDrafter(Drafter):
         return Draft(tokens, chain_parents(ctx.batch_size, k + 1, ctx.device), None)
 
     def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        if bool(active.any()):
-            self.length.observe(accepted[active], self.length.k)
+        self._observe(ctx, accepted, active, timed=False)
