@@ -359,7 +359,7 @@ class SpeculativeDecoder:
                 # Emit: accepted drafts then the corrected/bonus token, cut at stops/budget.
                 path_tokens = torch.gather(draft.tokens, 1, acc_nodes.clamp(min=0).long())
                 path_tokens, n_list = path_tokens.cpu().tolist(), n_acc.cpu().tolist()
-                nxt_list, depth_n = nxt.cpu().tolist(), draft.tokens.shape[1]
+                nxt_list = nxt.cpu().tolist()
                 t = tick("verify", t)
                 emitted, accepted = [], []
                 for b in range(batch):
@@ -384,7 +384,7 @@ class SpeculativeDecoder:
                 # finished rows.  So it always holds exactly seq[:-1].
                 tcache.commit(acc_nodes, counts.to(device=dev, dtype=torch.int32))
                 t = tick("commit", t)
-                self._record(stats, draft, accepted, active, depth_n)
+                self._record(stats, draft, accepted, active)
                 rows = [b for b, e in enumerate(emitted) for _ in e]
                 cols = [lens_host[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
                 if rows:
@@ -402,7 +402,7 @@ class SpeculativeDecoder:
         stats.wall_s = time.perf_counter() - t_start
 
     @staticmethod
-    def _record(stats: GenerationStats, draft, accepted, active, nodes: int) -> None:
+    def _record(stats: GenerationStats, draft, accepted, active) -> None:
         rows = [b for b, a in enumerate(active.tolist()) if a]
         if not rows:
             return
