@@ -164,8 +164,16 @@ void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* le
               continue;
             }
             const scalar_t* kr = k_row(b, h, j);
-            float dot = 0.0f;
-            for (int64_t d = 0; d < D; ++d) dot += qf[d] * static_cast<float>(kr[d]);
+            // Eight independent partial sums: each adds D/8 terms (the error of a
+            // sequential float sum grows with its length) and the loop vectorises.
+            float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8) {
+              for (int64_t l = 0; l < 8; ++l) part[l] += qf[d + l] * static_cast<float>(kr[d + l]);
+            }
+            for (; d < D; ++d) part[d & 7] += qf[d] * static_cast<float>(kr[d]);
+            const float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
+                              ((part[4] + part[5]) + (part[6] + part[7]));
             scores[j] = dot;
             mx = std::max(mx, dot);
           }
