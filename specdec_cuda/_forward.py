@@ -12,12 +12,13 @@ PREFILL_CHUNK = 512
 
 
 def forward_tree(model, cache, tokens: torch.Tensor, parents: torch.Tensor, *,
-                 role: str = "model") -> torch.Tensor:
+                 role: str = "model", with_depth: bool = False):
     """Run ``model`` over a batch of trees (chains included) written at ``cache.lens``.
 
     ``tokens`` int64 ``[B, N]``, ``parents`` int32 ``[B, N]``.  Positions are
     ``cache.lens + depth``.  Returns float32 logits ``[B, N, V]``; ``cache.lens`` is
-    unchanged (the caller advances or commits).
+    unchanged (the caller advances or commits).  ``with_depth=True`` also returns
+    the nodes' depths (int32 ``[B, N]``, from ``build_tree``).
     """
     mask, depth = ops.build_tree(parents)
     positions = cache.lens.long()[:, None] + depth.long()
@@ -28,7 +29,7 @@ def forward_tree(model, cache, tokens: torch.Tensor, parents: torch.Tensor, *,
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise RuntimeError(f"SpeculativeDecoder: the {role}'s forward returned logits of shape "
                            f"{got}, expected [B, N, vocab_size] = {list(want)}")
-    return logits.float()
+    return (logits.float(), depth) if with_depth else logits.float()
 
 
 def gather_rows(seq: torch.Tensor, start: torch.Tensor, count: torch.Tensor,

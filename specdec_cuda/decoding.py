@@ -345,7 +345,8 @@ class SpeculativeDecoder:
                 draft = self.drafter.propose(ctx)
                 stats.draft_calls += draft.draft_calls
                 t = tick("draft", t)
-                logits = forward_tree(self.target, tcache, draft.tokens, draft.parents, role="target")
+                logits, depth = forward_tree(self.target, tcache, draft.tokens, draft.parents,
+                                             role="target", with_depth=True)
                 stats.target_calls += 1
                 t1 = tick("target", t)
                 ctx.last_target_s, t = t1 - t, t1
@@ -384,7 +385,7 @@ class SpeculativeDecoder:
                 # finished rows.  So it always holds exactly seq[:-1].
                 tcache.commit(acc_nodes, counts.to(device=dev, dtype=torch.int32))
                 t = tick("commit", t)
-                self._record(stats, draft, accepted, active)
+                self._record(stats, depth.max(1).values.tolist(), accepted, active)
                 rows = [b for b, e in enumerate(emitted) for _ in e]
                 cols = [lens_host[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
                 if rows:
@@ -402,14 +403,13 @@ class SpeculativeDecoder:
         stats.wall_s = time.perf_counter() - t_start
 
     @staticmethod
-    def _record(stats: GenerationStats, draft, accepted, active) -> None:
+    def _record(stats: GenerationStats, depth: list[int], accepted, active) -> None:
         rows = [b for b, a in enumerate(active.tolist()) if a]
         if not rows:
             return
         stats.row_steps += len(rows)
         stats.emitted_per_call_sum += sum(accepted[b] + 1 for b in rows)
         stats.tau = stats.emitted_per_call_sum / stats.row_steps
-        depth = _tree_depth(draft.parents)
         grow = max(depth) - len(stats.proposed_by_position)
         if grow > 0:
             stats.proposed_by_position += [0] * grow
@@ -420,14 +420,3 @@ class SpeculativeDecoder:
                 stats.accepted_by_position[j] += int(accepted[b] > j)
         stats.acceptance_by_position = [a / p if p else 0.0 for a, p in
                                         zip(stats.accepted_by_position, stats.proposed_by_position)]
-
-
-def _tree_depth(parents: torch.Tensor) -> list[int]:
-    """Max depth of each row's tree (host side, small trees)."""
-    out = []
-    for row in parents.cpu().tolist():
-        d = [0] * len(row)
-        for i in range(1, len(row)):
-            d[i] = d[row[i]] + 1
-        out.append(max(d))
-    return out

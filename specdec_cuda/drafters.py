@@ -231,10 +231,7 @@ class _ModelDrafter(Drafter):
         self._draft_calls = 0
 
     def start(self, ctx) -> None:
-        super().start(ctx)
-        if self.vocab_size != ctx.vocab_size:
-            raise ValueError(f"SpeculativeDecoder: the draft model's vocabulary ({self.vocab_size}) "
-                             f"differs from the target's ({ctx.vocab_size}); both must share a tokenizer")
+        super().start(ctx)  # (the vocabulary check is SpeculativeDecoder's)
         self.cache = ctx.new_cache(self.model)
 
     def _consume_pending(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -254,6 +251,7 @@ class _ModelDrafter(Drafter):
         # The draft cache stays valid up to the committed prefix it agrees with;
         # at most seq_lens - 1 so that the new root is pending.
         self.cache.truncate(torch.minimum(self.cache.lens, (ctx.seq_lens - 1).int()))
+        self._observe(ctx, accepted, active, timed=True)  # no-op without a length
 
     def _timed_forward(self, tokens, parents) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -322,10 +320,6 @@ class ChainDrafter(_ModelDrafter):
             draft_probs = torch.stack(probs, dim=1).contiguous()
         return Draft(out_tokens, chain_parents(batch, k + 1, dev), draft_probs,
                      draft_calls=self._draft_calls + calls)
-
-    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        super().update(ctx, accepted, active)
-        self._observe(ctx, accepted, active, timed=True)
 
 
 class _TreeDrafterBase(_ModelDrafter):
@@ -489,10 +483,6 @@ class DynamicTreeDrafter(_TreeDrafterBase):
         tokens = torch.cat([ctx.roots()[:, None], torch.gather(pool_tok, 1, chosen)], dim=1)
         parents = torch.cat([torch.full((batch, 1), -1, dtype=torch.long, device=dev), tree_par], dim=1)
         return Draft(tokens, parents.int().contiguous(), None, draft_calls=self._draft_calls + calls)
-
-    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        super().update(ctx, accepted, active)
-        self._observe(ctx, accepted, active, timed=True)
 
 
 # ---------------------------------------------------------------------------
