@@ -1,0 +1,475 @@
+// Tree attention on tensor cores (fp16 / bf16): the kernel body, torch-free.
+//
+// One block = one KV head h of one sequence b, one split of its key range
+// [0, L + N) and one tile of up to 16 * warps query rows of h's GQA group (row
+// r = node * G + g, all G query heads of a node side by side).  With N * G <=
+// 128 every query of the group is in one tile, so each K/V element of the
+// prefix is read from global memory once per KV head (once per split chunk).
+// K/V tiles are staged in shared memory and shared by all warps; warp w owns
+// rows [16 w, 16 w + 16) of the tile and computes, per key tile,
+//
+//   S = Q K^T   (mma.m16n8k16, fp32 accumulate)   -> mask, online softmax
+//   O += P V    (P rounded to the input type, fp32 accumulate)
+//
+// with the row statistics of rows g and g + 8 (g = lane / 4) kept in the
+// four lanes that hold them (the accumulator layout), reduced by shuffles.
+//
+// The body is a template over a context `Ctx` that supplies the thread and
+// block indices, shared memory, __syncthreads, __shfl_xor_sync and the mma
+// instruction.  tree_cuda.cu instantiates it with the device context below;
+// tests/cpp/mma_emulator.h runs the same code on the host, one std::thread per
+// CUDA thread, with an mma built from the PTX ISA's fragment tables.  Nothing
+// in this file may diverge inside a warp around ctx.shfl_xor / ctx.mma, or
+// inside the block around ctx.sync: the emulator deadlocks (and reports) if it
+// does, as the hardware would misbehave.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "specdec/attention.h"
+#include "specdec/macros.h"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#if defined(__CUDA_ARCH__)  // the device pass only: the host compiler does not know it
+#define SPECDEC_UNROLL _Pragma("unroll")
+#else
+#define SPECDEC_UNROLL
+#endif
+
+namespace specdec::attention::mma {
+
+// Everything a block needs; pointers are raw bit patterns of fp16 / bf16.
+struct Params {
+  const uint16_t* q;  // [B, N, Hq, D]
+  const uint16_t* k;  // [B, Hkv, S, D] or pages [P, page_size, Hkv, D]
+  const uint16_t* v;
+  const int32_t* lens;    // [B]
+  const int32_t* mask;    // [B, N, words]
+  const int32_t* tables;  // [B, max_blocks] (paged) or nullptr
+  uint16_t* out;          // [B, N, Hq, D]
+  float* lse;             // [B, N, Hq]
+  float* part_out;        // [splits, B * N * Hq, D] when splits > 1
+  float* part_lse;        // [splits, B * N * Hq]
+  int64_t* errors;        // [B, 3]
+  int64_t batch, nodes, q_heads, kv_heads, dim, words, capacity;
+  int64_t page_size, max_blocks, num_pages;
+  float scale;
+  int64_t splits, chunk, q_tiles;
+  int warps;  // blockDim.x / 32, 1..kMaxWarps
+};
+
+constexpr int kMaxWarps = 8;
+
+// Keys per shared tile and the padded shared row (in 16-bit elements: 8 extra
+// keep the fragment loads of 8 rows x 4 words on 32 distinct banks).
+template <int kD>
+struct Tile {
+  static_assert(kD == 64 || kD == 128 || kD == 256, "head dim bucket");
+  static constexpr int kKeys = kD <= 128 ? 64 : 32;
+  static constexpr int kStride = kD + 8;
+  static constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  static constexpr size_t kHeader = 16;   // the block's `ok` flag
+  // Q tile, then two stages of (K tile, V tile): the next tile's copies are
+  // in flight while the current one is used.
+  static constexpr size_t smem_bytes(int warps) {
+    return kHeader + sizeof(uint16_t) * static_cast<size_t>(16 * warps + 4 * kKeys) * kStride;
+  }
+};
+
+// The launch: warps per block, query tiles and the split of the key range.
+// Splits come from the cache capacity (the lengths stay on the device) so that
+// about `target_blocks` blocks run, each split at least two key tiles long,
+// the fp32 partials bounded to 256 MiB.
+struct Plan {
+  int warps = 1;
+  int64_t q_tiles = 1, splits = 1, chunk = 0;
+  size_t smem = 0;
+};
+
+template <int kD>
+inline Plan make_plan(int64_t batch, int64_t nodes, int64_t q_heads, int64_t kv_heads, int64_t dim,
+                      int64_t capacity, int64_t target_blocks) {
+  using T = Tile<kD>;
+  Plan pl;
+  const int64_t rows = nodes * (q_heads / kv_heads);
+  const int64_t warps = (rows + 15) / 16;
+  pl.warps = static_cast<int>(warps < 1 ? 1 : warps > kMaxWarps ? kMaxWarps : warps);
+  pl.q_tiles = (rows + 16 * pl.warps - 1) / (16 * pl.warps);
+  const int64_t base = batch * kv_heads * pl.q_tiles;
+  const int64_t rows_total = batch * nodes * q_heads;
+  int64_t splits = (target_blocks + base - 1) / base;
+  const int64_t by_work = (capacity + 2 * T::kKeys - 1) / (2 * T::kKeys);
+  const int64_t by_memory = (int64_t{256} << 20) / (rows_total * dim * 4 + 1);
+  for (const int64_t cap : {by_work, by_memory, int64_t{64}}) splits = splits < cap ? splits : cap;
+  splits = splits < 1 ? 1 : splits;
+  int64_t chunk = (capacity + splits - 1) / splits;
+  chunk = (chunk + T::kKeys - 1) / T::kKeys * T::kKeys;
+  chunk = chunk < T::kKeys ? T::kKeys : chunk;  // capacity 0: one empty split
+  pl.chunk = chunk;
+  pl.splits = capacity > 0 ? (capacity + chunk - 1) / chunk : 1;
+  pl.smem = T::smem_bytes(pl.warps);
+  return pl;
+}
+
+// ---------------------------------------------------------------------------
+// fp16 / bf16 bits <-> float, round to nearest even, the same on both sides.
+// ---------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__)
+template <bool kBf16>
+__device__ __forceinline__ float to_float(uint16_t h) {
+  if constexpr (kBf16) {
+    return __uint_as_float(static_cast<uint32_t>(h) << 16);
+  } else {
+    return __half2float(__ushort_as_half(h));
+  }
+}
+template <bool kBf16>
+__device__ __forceinline__ uint16_t from_float(float x) {
+  if constexpr (kBf16) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  } else {
+    return __half_as_ushort(__float2half_rn(x));
+  }
+}
+#else
+template <bool kBf16>
+inline float to_float(uint16_t h) {
+  uint32_t bits;
+  if constexpr (kBf16) {
+    bits = static_cast<uint32_t>(h) << 16;
+  } else {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0) {
+      const float f = std::ldexp(static_cast<float>(man), -24);  // zero or subnormal
+      return sign ? -f : f;
+    }
+    bits = sign | (exp == 31 ? 0x7f800000u | (man << 13) : ((exp + 112u) << 23) | (man << 13));
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+template <bool kBf16>
+inline uint16_t from_float(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  if constexpr (kBf16) {
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
+    return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  } else {
+    const uint32_t sign = (bits >> 16) & 0x8000u, mag = bits & 0x7fffffffu;
+    if (mag > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
+    if (mag >= 0x47800000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 2^16: inf
+    if (mag < 0x38800000u) {                                                 // below 2^-14: subnormal
+      float a;
+      std::memcpy(&a, &mag, 4);
+      return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
+    }
+    uint32_t h = ((mag >> 23) - 112u) << 10 | ((mag >> 13) & 0x3ffu);
+    const uint32_t rest = mag & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // a carry rounds into the exponent
+    return static_cast<uint16_t>(sign | h);
+  }
+}
+#endif
+
+template <bool kBf16>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE uint32_t pack2(float lo, float hi) {
+  return static_cast<uint32_t>(from_float<kBf16>(lo)) | (static_cast<uint32_t>(from_float<kBf16>(hi)) << 16);
+}
+
+struct alignas(16) Chunk16 {
+  uint32_t w[4];
+};
+
+#if defined(__CUDACC__)
+// The hardware context.  mma.m16n8k16 needs sm_80.
+struct DeviceCtx {
+  __device__ __forceinline__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ __forceinline__ int64_t block_x() const { return blockIdx.x; }
+  __device__ __forceinline__ int64_t block_y() const { return blockIdx.y; }
+  __device__ __forceinline__ unsigned char* shared() const {
+    extern __shared__ __align__(16) unsigned char specdec_mma_smem[];
+    return specdec_mma_smem;
+  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+  __device__ __forceinline__ float shfl_xor(float x, int lane_mask) const {
+    return __shfl_xor_sync(0xffffffffu, x, lane_mask);
+  }
+  // 16 bytes global -> shared, asynchronous; zeros when !valid (src is not read).
+  __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 16 : 0));
+#else
+    __trap();
+#endif
+  }
+  __device__ __forceinline__ void cp_async_commit() const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+  }
+  // Waits until at most `kPending` of this thread's committed groups are in flight.
+  template <int kPending>
+  __device__ __forceinline__ void cp_async_wait() const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+  }
+  template <bool kBf16>
+  __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (kBf16) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    __trap();  // the launcher only selects this kernel on sm_80 and newer
+#endif
+  }
+};
+#endif
+
+// Fetches 16 bytes of K or V: row `slot` of the block's sequence and KV head,
+// 8 elements from column 8 * ch.
+template <bool kPaged>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE const uint16_t* kv_row(const Params& p, const uint16_t* base,
+                                                          const int32_t* table, int64_t b, int64_t h,
+                                                          int64_t slot) {
+  if constexpr (kPaged) {  // 32-bit division: the launcher keeps the capacity below 2^31
+    const int32_t s32 = static_cast<int32_t>(slot), ps = static_cast<int32_t>(p.page_size);
+    const int64_t page = table[s32 / ps];
+    return base + ((page * p.page_size + s32 % ps) * p.kv_heads + h) * p.dim;
+  } else {
+    return base + ((b * p.kv_heads + h) * p.capacity + slot) * p.dim;
+  }
+}
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx, bool kBf16, bool kPaged, int kD>
+SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
+  using T = Tile<kD>;
+  constexpr int kKeys = T::kKeys, kStride = T::kStride, kW = kStride / 2;  // kW: 32-bit words per row
+  constexpr int kDTiles = kD / 8, kKTiles = kKeys / 8;
+  constexpr float kLog2e = 1.4426950408889634f;
+
+  unsigned char* smem = ctx.shared();
+  int* ok = reinterpret_cast<int*>(smem);
+  uint16_t* sQ = reinterpret_cast<uint16_t*>(smem + T::kHeader);
+  uint16_t* sKV = sQ + 16 * p.warps * kStride;  // stage s: K at sKV + 2s * kKeys * kStride, then V
+  const uint32_t* sQw = reinterpret_cast<const uint32_t*>(sQ);
+
+  const int tid = ctx.thread(), threads = 32 * p.warps;
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int64_t tile = ctx.block_x() % p.q_tiles, split = ctx.block_x() / p.q_tiles;
+  const int64_t b = ctx.block_y() / p.kv_heads, h = ctx.block_y() % p.kv_heads;
+  const int64_t G = p.q_heads / p.kv_heads, rows = p.nodes * G, D = p.dim;
+  const int64_t row0 = tile * 16 * p.warps;  // first query row of the tile
+  const int64_t length = p.lens[b];
+  const int32_t* table = kPaged ? p.tables + b * p.max_blocks : nullptr;
+
+  if (tid == 0) {
+    int64_t where = 0, value = 0;
+    const int32_t code =
+        check_row(length, p.nodes, p.capacity, table, p.page_size, p.num_pages, &where, &value);
+    *ok = code == kOk;
+    if (code != kOk && split == 0 && h == 0 && tile == 0) {
+      p.errors[3 * b] = code;
+      p.errors[3 * b + 1] = where;
+      p.errors[3 * b + 2] = value;
+    }
+  }
+  // Q tile: rows past N * G and columns past D are zero.
+  for (int idx = tid; idx < 16 * p.warps * T::kChunks; idx += threads) {
+    const int r = idx / T::kChunks, ch = idx % T::kChunks;
+    const int64_t rq = row0 + r;
+    Chunk16 val{{0u, 0u, 0u, 0u}};
+    if (rq < rows && 8 * ch < D) {
+      val = *reinterpret_cast<const Chunk16*>(p.q + ((b * p.nodes + rq / G) * p.q_heads + h * G + rq % G) * D + 8 * ch);
+    }
+    *reinterpret_cast<Chunk16*>(sQ + r * kStride + 8 * ch) = val;
+  }
+  ctx.sync();
+
+  const int64_t total = *ok ? length + p.nodes : 0;
+  const int64_t begin = split * p.chunk, end = total < begin + p.chunk ? total : begin + p.chunk;
+  // This thread's two rows (g and g + 8 of its warp's 16) and their mask rows.
+  int64_t row[2];
+  const int32_t* mrow[2];
+  SPECDEC_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    row[i] = row0 + 16 * warp + g + 8 * i;
+    mrow[i] = p.mask + (b * p.nodes + (row[i] < rows ? row[i] / G : 0)) * p.words;
+  }
+  const float scale2 = p.scale * kLog2e;  // scores in log2 units: exp2 below
+  float o[kDTiles][4];
+  SPECDEC_UNROLL
+  for (int t = 0; t < kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // l_run: this lane's part
+
+  // Copies the K and V tile of keys [t0, t0 + kKeys) into `stage`; keys past
+  // `end` and columns past D become zeros (finite: they meet P = 0).
+  auto issue = [&](int64_t t0, int stage) {
+    uint16_t* dK = sKV + 2 * stage * kKeys * kStride;
+    uint16_t* dV = dK + kKeys * kStride;
+    for (int idx = tid; idx < kKeys * T::kChunks; idx += threads) {
+      const int kk = idx / T::kChunks, ch = idx % T::kChunks;
+      const int64_t slot = t0 + kk;
+      const bool valid = slot < end && 8 * ch < D;
+      const uint16_t* srcK = valid ? kv_row<kPaged>(p, p.k, table, b, h, slot) + 8 * ch : p.k;
+      const uint16_t* srcV = valid ? kv_row<kPaged>(p, p.v, table, b, h, slot) + 8 * ch : p.v;
+      ctx.cp_async16(dK + kk * kStride + 8 * ch, srcK, valid);
+      ctx.cp_async16(dV + kk * kStride + 8 * ch, srcV, valid);
+    }
+    ctx.cp_async_commit();
+  };
+  if (begin < end) issue(begin, 0);
+  int stage = 0;
+  for (int64_t t0 = begin; t0 < end; t0 += kKeys, stage ^= 1) {
+    // Start the next tile (its stage was last read before the previous
+    // iteration's closing barrier), then wait for this one.
+    if (t0 + kKeys < end) {
+      issue(t0 + kKeys, stage ^ 1);
+    } else {
+      ctx.cp_async_commit();  // an empty group keeps the count uniform
+    }
+    ctx.template cp_async_wait<1>();
+    ctx.sync();
+    const uint32_t* sKw = reinterpret_cast<const uint32_t*>(sKV + 2 * stage * kKeys * kStride);
+    const uint16_t* sV = sKV + (2 * stage + 1) * kKeys * kStride;
+
+    // S = Q K^T for this warp's 16 rows x kKeys keys.
+    float s[kKTiles][4];
+    SPECDEC_UNROLL
+    for (int t = 0; t < kKTiles; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+    const int qr = 16 * warp + g;
+    SPECDEC_UNROLL
+    for (int kc = 0; kc < kD / 16; ++kc) {
+      // A (16 x 16, row major): {row g, cols 2c..2c+1}, {row g+8, same}, then cols + 8.
+      const uint32_t a[4] = {sQw[qr * kW + 8 * kc + c], sQw[(qr + 8) * kW + 8 * kc + c],
+                             sQw[qr * kW + 8 * kc + 4 + c], sQw[(qr + 8) * kW + 8 * kc + 4 + c]};
+      SPECDEC_UNROLL
+      for (int t = 0; t < kKTiles; ++t) {
+        // B (16 x 8, column n = key 8t + g): rows 2c..2c+1 and 2c+8..2c+9 = head-dim columns.
+        const uint32_t bf[2] = {sKw[(8 * t + g) * kW + 8 * kc + c], sKw[(8 * t + g) * kW + 8 * kc + 4 + c]};
+        ctx.template mma<kBf16>(s[t], a, bf);
+      }
+    }
+
+    // Mask, online softmax.  s[t][0..1]: row g, keys 8t + 2c + {0,1}; s[t][2..3]: row g + 8.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    SPECDEC_UNROLL
+    for (int t = 0; t < kKTiles; ++t) {
+      SPECDEC_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int i = e / 2;
+        const int64_t slot = t0 + 8 * t + 2 * c + (e & 1);
+        const bool seen = row[i] < rows && slot < end && visible(slot, length, mrow[i]);
+        s[t][e] = seen ? s[t][e] * scale2 : -INFINITY;
+        tile_max[i] = fmaxf(tile_max[i], s[t][e]);
+      }
+    }
+    float alpha[2];
+    SPECDEC_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      tile_max[i] = fmaxf(tile_max[i], ctx.shfl_xor(tile_max[i], 1));
+      tile_max[i] = fmaxf(tile_max[i], ctx.shfl_xor(tile_max[i], 2));
+      const float m_new = fmaxf(m_run[i], tile_max[i]);
+      // Nothing seen yet (m_new = -inf): keep the zeros, alpha 1.
+      alpha[i] = m_new == -INFINITY ? 1.0f : exp2f(m_run[i] - m_new);
+      m_run[i] = m_new;
+      l_run[i] *= alpha[i];
+    }
+    SPECDEC_UNROLL
+    for (int t = 0; t < kKTiles; ++t) {
+      SPECDEC_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int i = e / 2;
+        s[t][e] = s[t][e] == -INFINITY ? 0.0f : exp2f(s[t][e] - m_run[i]);
+        l_run[i] += s[t][e];
+      }
+    }
+    SPECDEC_UNROLL
+    for (int t = 0; t < kDTiles; ++t) {
+      o[t][0] *= alpha[0];
+      o[t][1] *= alpha[0];
+      o[t][2] *= alpha[1];
+      o[t][3] *= alpha[1];
+    }
+
+    // O += P V.  P's accumulator layout for key tiles 2kc and 2kc + 1 is
+    // exactly the A layout of a 16-key slice.
+    SPECDEC_UNROLL
+    for (int kc = 0; kc < kKeys / 16; ++kc) {
+      const uint32_t a[4] = {pack2<kBf16>(s[2 * kc][0], s[2 * kc][1]), pack2<kBf16>(s[2 * kc][2], s[2 * kc][3]),
+                             pack2<kBf16>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                             pack2<kBf16>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      const uint16_t* v0 = sV + (16 * kc + 2 * c) * kStride + g;  // B row 2c = key 16kc + 2c, column g
+      SPECDEC_UNROLL
+      for (int t = 0; t < kDTiles; ++t) {
+        const uint16_t* vt = v0 + 8 * t;
+        const uint32_t bf[2] = {static_cast<uint32_t>(vt[0]) | static_cast<uint32_t>(vt[kStride]) << 16,
+                                static_cast<uint32_t>(vt[8 * kStride]) | static_cast<uint32_t>(vt[9 * kStride]) << 16};
+        ctx.template mma<kBf16>(o[t], a, bf);
+      }
+    }
+    ctx.sync();  // the next iteration refills this stage
+  }
+
+  // Finish: the row sums are spread over the four lanes of a row.
+  SPECDEC_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += ctx.shfl_xor(l_run[i], 1);
+    l_run[i] += ctx.shfl_xor(l_run[i], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+  SPECDEC_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    if (row[i] >= rows) continue;
+    const int64_t out_row = (b * p.nodes + row[i] / G) * p.q_heads + h * G + row[i] % G;
+    const float inv = l_run[i] > 0.0f ? 1.0f / l_run[i] : 0.0f;
+    const float row_lse = l_run[i] > 0.0f ? (m_run[i] + log2f(l_run[i])) * kLn2 : -INFINITY;
+    if (p.splits == 1) {
+      SPECDEC_UNROLL
+      for (int t = 0; t < kDTiles; ++t) {
+        const int64_t d = 8 * t + 2 * c;
+        if (d < D) {
+          const uint32_t packed = pack2<kBf16>(o[t][2 * i] * inv, o[t][2 * i + 1] * inv);
+          *reinterpret_cast<uint32_t*>(p.out + out_row * D + d) = packed;
+        }
+      }
+      if (c == 0) p.lse[out_row] = row_lse;
+    } else {
+      const int64_t part_row = split * p.batch * p.nodes * p.q_heads + out_row;
+      SPECDEC_UNROLL
+      for (int t = 0; t < kDTiles; ++t) {
+        const int64_t d = 8 * t + 2 * c;
+        if (d < D) {
+          p.part_out[part_row * D + d] = o[t][2 * i] * inv;
+          p.part_out[part_row * D + d + 1] = o[t][2 * i + 1] * inv;
+        }
+      }
+      if (c == 0) p.part_lse[part_row] = row_lse;
+    }
+  }
+}
+
+}  // namespace specdec::attention::mma
