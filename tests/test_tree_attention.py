@@ -189,6 +189,44 @@ def test_matches_reference(device, dtype, batch, nodes, hq, hkv, dim, slots, sha
     check_against_reference(out, lse, q, k, v, lens, mask, scale, record_property)
 
 
+# On CUDA, fp16/bf16 with D a multiple of 8 from 16-byte aligned storage run the
+# tensor-core kernel (mma.m16n8k16, two-stage cp.async K/V pipeline, splits
+# merged by lse); anything else the SIMT kernel.  Both are checked here.
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("batch,nodes,hq,hkv,dim,slots,shape", [
+    pytest.param(2, 64, 32, 8, 128, 6000, "random", id="b2-n64-gqa4-d128-s6000"),
+    pytest.param(1, 16, 32, 8, 128, 40000, "chain", id="b1-n16-gqa4-d128-s40000"),
+    pytest.param(4, 128, 8, 1, 64, 3000, "wide", id="b4-n128-gqa8-d64-tiles"),
+    pytest.param(2, 24, 16, 2, 256, 5000, "deep", id="b2-n24-gqa8-d256"),
+])
+def test_cuda_tensor_core_long_prefix(dtype, batch, nodes, hq, hkv, dim, slots, shape, gen,
+                                      record_property):
+    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
+                                      slots=slots, shape=shape, dtype=dtype, device="cuda")
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dim,misaligned", [(36, False), (64, True)], ids=["d36", "misaligned-q"])
+def test_cuda_half_inputs_the_tensor_cores_cannot_take(dtype, dim, misaligned, gen,
+                                                       record_property):
+    """D not a multiple of 8, or q starting 2 bytes past a 16-byte boundary: the SIMT kernel."""
+    batch, nodes, hq, hkv, slots = 3, 20, 8, 2, 300
+    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
+                                      slots=slots, shape="random", dtype=dtype, device="cuda")
+    if misaligned:
+        storage = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")
+        shifted = storage[1:].view(q.shape)
+        shifted.copy_(q)
+        assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous()
+        q = shifted
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+
+
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_large_scores_are_stable(device, dtype, gen, record_property):

@@ -29,6 +29,7 @@
 #include "ops/tree.h"
 #include "specdec/acceptance.h"
 #include "specdec/attention.h"
+#include "specdec/attention_mma.h"
 
 namespace specdec {
 namespace {
@@ -83,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor& parents) {
 }
 
 // ---------------------------------------------------------------------------
-// Tree attention.
+// Tree attention, SIMT kernel: fp32, and the fp16 / bf16 calls the tensor-core
+// kernel below cannot take (see attention_mma).
 //
 // Block (split, b * Hkv + h, query tile): 16 query rows of KV head h's GQA
 // group (row r = node * G + g) against the split's key range, K/V tiles staged
@@ -296,6 +298,122 @@ void launch_attention(const AttnArgs& a, dim3 grid, const scalar_t* q, const sca
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The per-sequence index errors the kernels recorded, raised eagerly (one
+// synchronisation; skipped under CUDA graph capture).
+void raise_row_errors(const char* op, const AttentionShape& s, const at::Tensor& errors, cudaStream_t stream) {
+  if (const auto host = eager_errors(errors, stream)) {
+    const int64_t* e = host->data_ptr<int64_t>();
+    for (int64_t b = 0; b < s.batch; ++b) {
+      if (e[3 * b] != 0) throw_attention_row_error(op, s, b, static_cast<int32_t>(e[3 * b]), e[3 * b + 1], e[3 * b + 2]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tensor-core path (fp16 / bf16, sm_80+): the kernel body lives in
+// specdec/attention_mma.h, where the host emulator of tests/cpp runs it too.
+// ---------------------------------------------------------------------------
+namespace tc = attention::mma;
+
+template <bool kBf16, bool kPaged, int kD>
+__global__ void __launch_bounds__(32 * tc::kMaxWarps) tree_attention_mma_kernel(tc::Params p) {
+  tc::tree_attention_block<tc::DeviceCtx, kBf16, kPaged, kD>(tc::DeviceCtx{}, p);
+}
+
+template <bool kBf16, bool kPaged, int kD>
+void launch_mma(tc::Params p, const tc::Plan& pl, cudaStream_t stream) {
+  auto* kernel = &tree_attention_mma_kernel<kBf16, kPaged, kD>;
+  if (pl.smem > 48 * 1024) {  // opt in beyond the default (sm_80: 163 KiB, sm_90: 227 KiB)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(pl.smem)));
+  }
+  const dim3 grid(static_cast<unsigned>(pl.splits * pl.q_tiles), static_cast<unsigned>(p.batch * p.kv_heads));
+  kernel<<<grid, 32 * pl.warps, pl.smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The tensor-core kernel runs fp16 / bf16 with D a multiple of 8 (16-byte row
+// chunks) from 16-byte aligned storage, capacity below 2^31, on sm_80+ with
+// the shared memory its tile needs (sm_86/89 have less than sm_80/90); returns
+// false, launching nothing, otherwise: the SIMT kernel above takes the call.
+bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor* block_tables, const at::Tensor& cache_lens,
+                   const at::Tensor& mask, double scale, cudaStream_t stream, at::Tensor& out,
+                   at::Tensor& lse) {
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  if ((q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) || s.dim % 8 != 0 ||
+      s.capacity >= INT32_MAX || !aligned(q) || !aligned(k) || !aligned(v)) {
+    return false;
+  }
+  const int dev = q.device().index();
+  int major = 0, sms = 0, smem_optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (major < 8) return false;
+  const int64_t max_d = s.dim <= 64 ? 64 : s.dim <= 128 ? 128 : 256;
+  const int64_t target_blocks = 4 * static_cast<int64_t>(sms);
+  auto plan = [&](auto d_tag) {
+    return tc::make_plan<decltype(d_tag)::value>(s.batch, s.nodes, s.q_heads, s.kv_heads, s.dim, s.capacity,
+                                                 target_blocks);
+  };
+  const tc::Plan pl = max_d == 64    ? plan(std::integral_constant<int, 64>{})
+                      : max_d == 128 ? plan(std::integral_constant<int, 128>{})
+                                     : plan(std::integral_constant<int, 256>{});
+  if (pl.smem > static_cast<size_t>(smem_optin)) return false;
+  TORCH_CHECK_VALUE(s.batch * s.kv_heads <= 65535 && pl.splits * pl.q_tiles <= INT32_MAX,
+                    msg(op, "q", " is too large for one launch (B * Hkv must be <= 65535)"));
+  const int64_t rows_total = s.batch * s.nodes * s.q_heads;
+  at::Tensor part_out, part_lse;
+  if (pl.splits > 1) {
+    part_out = at::empty({pl.splits, rows_total, s.dim}, q.options().dtype(at::kFloat));
+    part_lse = at::empty({pl.splits, rows_total}, q.options().dtype(at::kFloat));
+  }
+  at::Tensor errors = at::zeros({s.batch, 3}, q.options().dtype(at::kLong));
+  auto bits = [](const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); };
+  tc::Params p{bits(q), bits(k), bits(v), cache_lens.data_ptr<int32_t>(), mask.data_ptr<int32_t>(),
+               block_tables ? block_tables->data_ptr<int32_t>() : nullptr,
+               static_cast<uint16_t*>(out.data_ptr()), lse.data_ptr<float>(),
+               pl.splits > 1 ? part_out.data_ptr<float>() : nullptr,
+               pl.splits > 1 ? part_lse.data_ptr<float>() : nullptr, errors.data_ptr<int64_t>(),
+               s.batch, s.nodes, s.q_heads, s.kv_heads, s.dim, s.words, s.capacity,
+               s.page_size, s.max_blocks, s.num_pages, static_cast<float>(scale),
+               pl.splits, pl.chunk, pl.q_tiles, pl.warps};
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  auto by_d = [&](auto bf16_tag, auto paged_tag) {
+    constexpr bool kB = decltype(bf16_tag)::value, kP = decltype(paged_tag)::value;
+    if (max_d == 64) {
+      launch_mma<kB, kP, 64>(p, pl, stream);
+    } else if (max_d == 128) {
+      launch_mma<kB, kP, 128>(p, pl, stream);
+    } else {
+      launch_mma<kB, kP, 256>(p, pl, stream);
+    }
+  };
+  auto by_paged = [&](auto bf16_tag) {
+    if (block_tables) {
+      by_d(bf16_tag, std::true_type{});
+    } else {
+      by_d(bf16_tag, std::false_type{});
+    }
+  };
+  if (bf16) {
+    by_paged(std::true_type{});
+  } else {
+    by_paged(std::false_type{});
+  }
+  if (pl.splits > 1) {
+    SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
+      merge_kernel<scalar_t><<<rows_total, 128, 0, stream>>>(p.part_out, p.part_lse, pl.splits, rows_total,
+                                                             s.dim, out.data_ptr<scalar_t>(),
+                                                             lse.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  raise_row_errors(op, s, errors, stream);
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tensor& q,
                                                   const at::Tensor& k, const at::Tensor& v,
                                                   const at::Tensor* block_tables,
@@ -307,6 +425,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
   if (s.batch == 0) return {out, lse};
   const c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (attention_mma(op, s, q, k, v, block_tables, cache_lens, mask, scale, stream, out, lse)) return {out, lse};
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index()));
   const int64_t max_d = s.dim <= 64 ? 64 : s.dim <= 128 ? 128 : 256;
@@ -369,12 +488,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  if (const auto host = eager_errors(errors, stream)) {
-    const int64_t* e = host->data_ptr<int64_t>();
-    for (int64_t b = 0; b < s.batch; ++b) {
-      if (e[3 * b] != 0) throw_attention_row_error(op, s, b, static_cast<int32_t>(e[3 * b]), e[3 * b + 1], e[3 * b + 2]);
-    }
-  }
+  raise_row_errors(op, s, errors, stream);
   return {out, lse};
 }
 
