@@ -1,5 +1,5 @@
-// A host emulator for the warp-synchronous CUDA code in
-// specdec/attention_mma.h, so that the tensor-core kernel's own source runs
+// A host emulator for the CUDA kernels written against specdec/kernel_ctx.h
+// (the tree-attention kernels), so that the tensor-core kernel's own source runs
 // (and is checked) on machines without a GPU.
 //
 // Each CUDA thread of a block is a std::thread running the kernel body; the
@@ -35,7 +35,7 @@
 #include <thread>
 #include <vector>
 
-#include "specdec/attention_mma.h"
+#include "specdec/kernel_ctx.h"
 
 namespace specdec::testing {
 
@@ -72,10 +72,11 @@ class EmulatedGrid;
 struct EmuCtx {
   EmulatedGrid* grid;
   int tid;
-  int64_t bx = 0, by = 0;
+  int64_t bx = 0, by = 0, bz = 0;
   int thread() const { return tid; }
   int64_t block_x() const { return bx; }
   int64_t block_y() const { return by; }
+  int64_t block_z() const { return bz; }
   unsigned char* shared() const;
   void sync() const;
   void cp_async16(void* dst, const void* src, bool valid) const;
@@ -96,21 +97,24 @@ class EmulatedGrid {
     async_.resize(static_cast<size_t>(threads));
   }
 
-  // Runs body(ctx) for every block of a grid_x x grid_y grid.
-  void launch(int64_t grid_x, int64_t grid_y, const std::function<void(const EmuCtx&)>& body) {
+  // Runs body(ctx) for every block of a grid_x x grid_y x grid_z grid.
+  void launch(int64_t grid_x, int64_t grid_y, int64_t grid_z, const std::function<void(const EmuCtx&)>& body) {
     std::vector<std::thread> pool;
     for (int t = 0; t < threads_; ++t) {
       pool.emplace_back([&, t] {
         EmuCtx ctx{this, t};
-        for (int64_t y = 0; y < grid_y; ++y) {
-          for (int64_t x = 0; x < grid_x; ++x) {
-            if (t == 0) poison_shared();
-            block_.wait();  // the poison is in place before anyone starts
-            ctx.bx = x;
-            ctx.by = y;
-            body(ctx);
-            async_[t] = AsyncQueue{};  // groups still in flight at exit are dropped
-            block_.wait();  // everyone is done before the next block's poison
+        for (int64_t z = 0; z < grid_z; ++z) {
+          for (int64_t y = 0; y < grid_y; ++y) {
+            for (int64_t x = 0; x < grid_x; ++x) {
+              if (t == 0) poison_shared();
+              block_.wait();  // the poison is in place before anyone starts
+              ctx.bx = x;
+              ctx.by = y;
+              ctx.bz = z;
+              body(ctx);
+              async_[t] = AsyncQueue{};  // groups still in flight at exit are dropped
+              block_.wait();  // everyone is done before the next block's poison
+            }
           }
         }
       });
@@ -195,7 +199,7 @@ inline float EmuCtx::shfl_xor(float x, int lane_mask) const {
 
 template <bool kBf16>
 void EmuCtx::mma(float d[4], const uint32_t a[4], const uint32_t b[2]) const {
-  using specdec::attention::mma::to_float;
+  using specdec::kernel::to_float;
   Barrier& warp = *grid->warps_[tid / 32];
   const int base = tid - tid % 32;
   std::memcpy(grid->exchange_[tid].a, a, sizeof(uint32_t) * 4);

@@ -1,0 +1,253 @@
+// Tree attention, SIMT kernel body (fp32, and the fp16 / bf16 calls the
+// tensor-core kernel cannot take), and the lse merge of split partials that
+// both kernels use.  Torch-free, a template over the context of
+// specdec/kernel_ctx.h: tree_cuda.cu runs it on the GPU, the C++ tests on the
+// host emulator (tests/cpp/cuda_emulator.h).
+//
+// Block (split, b * Hkv + h, query tile): 16 query rows of KV head h's GQA
+// group (row r = node * G + g) against the split's key range, K/V tiles staged
+// in shared memory once for all 16 rows; 8 threads per row share its scores,
+// softmax statistics and kMaxD / 8 output columns.  fp32 throughout.  With one
+// split the block writes the result; otherwise normalised partials and their
+// lse go to a workspace that merge_row combines.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+
+#include "specdec/attention.h"
+#include "specdec/kernel_ctx.h"
+
+namespace specdec::attention::simt {
+
+enum Kind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+template <int kKind>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE float load(const void* base, int64_t i) {
+  if constexpr (kKind == kF32) {
+    return static_cast<const float*>(base)[i];
+  } else {
+    return kernel::to_float<kKind == kBF16>(static_cast<const uint16_t*>(base)[i]);
+  }
+}
+
+template <int kKind>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void store(void* base, int64_t i, float x) {
+  if constexpr (kKind == kF32) {
+    static_cast<float*>(base)[i] = x;
+  } else {
+    static_cast<uint16_t*>(base)[i] = kernel::from_float<kKind == kBF16>(x);
+  }
+}
+
+constexpr int kThreads = 128;
+constexpr int kRowsPerTile = 16;
+constexpr int kThreadsPerRow = kThreads / kRowsPerTile;  // 8
+
+template <int kMaxD>
+struct Tile {
+  static constexpr int kKeys = kMaxD >= 256 ? 8 : 4096 / kMaxD;  // keys per shared tile
+  static constexpr int kStride = kMaxD + 1;                      // padded shared row
+  static constexpr int kCols = kMaxD / kThreadsPerRow;           // output columns per thread
+  static constexpr size_t kHeader = 16;                          // the block's `ok` flag
+  static constexpr size_t kSmem =
+      kHeader + sizeof(float) * ((kRowsPerTile + 2 * kKeys) * kStride + kRowsPerTile * kKeys);
+};
+
+struct Params {
+  const void *q, *k, *v;  // q's dtype; layouts as in attention_mma.h
+  const int32_t *lens, *mask, *tables;
+  void* out;
+  float *lse, *part_out, *part_lse;
+  int64_t* errors;
+  int64_t batch, nodes, q_heads, kv_heads, dim, words, capacity;
+  int64_t page_size, max_blocks, num_pages;
+  float scale;
+  int64_t splits, chunk;
+};
+
+// Keys split so that about `target_blocks` blocks run (at least 4 key tiles
+// per split, at most 64 splits, fp32 partials bounded to 256 MiB).
+template <int kMaxD>
+inline void plan_splits(Params& a, int64_t q_tiles, int64_t target_blocks) {
+  using T = Tile<kMaxD>;
+  const int64_t base = a.batch * a.kv_heads * q_tiles;
+  const int64_t rows_total = a.batch * a.nodes * a.q_heads;
+  const int64_t by_work = (a.capacity + 4 * T::kKeys - 1) / (4 * T::kKeys);
+  const int64_t by_memory = (int64_t{256} << 20) / (rows_total * a.dim * 4 + 1);
+  int64_t splits = (target_blocks + base - 1) / base;
+  for (const int64_t cap : {by_work, by_memory, int64_t{64}}) splits = splits < cap ? splits : cap;
+  splits = splits < 1 ? 1 : splits;
+  int64_t chunk = (a.capacity + splits - 1) / splits;
+  chunk = (chunk + T::kKeys - 1) / T::kKeys * T::kKeys;
+  a.chunk = chunk < T::kKeys ? T::kKeys : chunk;  // capacity 0: one empty split
+  a.splits = a.capacity > 0 ? (a.capacity + a.chunk - 1) / a.chunk : 1;
+}
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx, int kKind, int kMaxD, bool kPaged>
+SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& a) {
+  using T = Tile<kMaxD>;
+  unsigned char* smem = ctx.shared();
+  int* ok = reinterpret_cast<int*>(smem);
+  float* sQ = reinterpret_cast<float*>(smem + T::kHeader);
+  float* sK = sQ + kRowsPerTile * T::kStride;
+  float* sV = sK + T::kKeys * T::kStride;
+  float* sP = sV + T::kKeys * T::kStride;
+
+  const int tid = ctx.thread();
+  const int64_t split = ctx.block_x();
+  const int64_t b = ctx.block_y() / a.kv_heads, h = ctx.block_y() % a.kv_heads, tile = ctx.block_z();
+  const int64_t G = a.q_heads / a.kv_heads, rows = a.nodes * G, D = a.dim;
+  const int rr = tid / kThreadsPerRow, lane = tid % kThreadsPerRow;
+  const int64_t r = tile * kRowsPerTile + rr;
+  const bool row_valid = r < rows;
+  const int64_t node = row_valid ? r / G : 0, head = h * G + (row_valid ? r % G : 0);
+  const int64_t length = a.lens[b];
+  const int32_t* table = kPaged ? a.tables + b * a.max_blocks : nullptr;
+
+  if (tid == 0) {
+    int64_t where = 0, value = 0;
+    const int32_t code = check_row(length, a.nodes, a.capacity, table, a.page_size, a.num_pages, &where, &value);
+    *ok = code == kOk;
+    if (code != kOk && split == 0 && h == 0 && tile == 0) {
+      a.errors[3 * b] = code;
+      a.errors[3 * b + 1] = where;
+      a.errors[3 * b + 2] = value;
+    }
+  }
+  for (int64_t idx = tid; idx < kRowsPerTile * kMaxD; idx += kThreads) {
+    const int64_t qr = idx / kMaxD, d = idx % kMaxD, rq = tile * kRowsPerTile + qr;
+    float val = 0.0f;
+    if (rq < rows && d < D) val = load<kKind>(a.q, ((b * a.nodes + rq / G) * a.q_heads + h * G + rq % G) * D + d) * a.scale;
+    sQ[qr * T::kStride + d] = val;
+  }
+  ctx.sync();
+
+  const int64_t total = *ok ? length + a.nodes : 0;
+  const int64_t begin = split * a.chunk, end = total < begin + a.chunk ? total : begin + a.chunk;
+  const int32_t* mrow = a.mask + (b * a.nodes + node) * a.words;
+  float acc[T::kCols];
+  SPECDEC_UNROLL
+  for (int e = 0; e < T::kCols; ++e) acc[e] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;
+
+  for (int64_t t0 = begin; t0 < end; t0 += T::kKeys) {
+    for (int64_t idx = tid; idx < T::kKeys * kMaxD; idx += kThreads) {
+      const int64_t kk = idx / kMaxD, d = idx % kMaxD, slot = t0 + kk;
+      float kv = 0.0f, vv = 0.0f;
+      if (slot < end && d < D) {
+        int64_t off;
+        if constexpr (kPaged) {
+          const int64_t page = table[slot / a.page_size];
+          off = ((page * a.page_size + slot % a.page_size) * a.kv_heads + h) * D + d;
+        } else {
+          off = ((b * a.kv_heads + h) * a.capacity + slot) * D + d;
+        }
+        kv = load<kKind>(a.k, off);
+        vv = load<kKind>(a.v, off);
+      }
+      sK[kk * T::kStride + d] = kv;
+      sV[kk * T::kStride + d] = vv;
+    }
+    ctx.sync();
+    constexpr int kPer = (T::kKeys + kThreadsPerRow - 1) / kThreadsPerRow;
+    float sc[kPer];
+    float tile_max = -INFINITY;
+    SPECDEC_UNROLL
+    for (int j = 0; j < kPer; ++j) {
+      const int kk = lane + j * kThreadsPerRow;
+      const int64_t slot = t0 + kk;
+      float x = -INFINITY;
+      if (kk < T::kKeys && row_valid && slot < end && visible(slot, length, mrow)) {
+        x = 0.0f;
+        for (int64_t d = 0; d < D; ++d) x += sQ[rr * T::kStride + d] * sK[kk * T::kStride + d];
+      }
+      sc[j] = x;
+      tile_max = fmaxf(tile_max, x);
+    }
+    for (int o = kThreadsPerRow / 2; o > 0; o >>= 1) tile_max = fmaxf(tile_max, ctx.shfl_xor(tile_max, o));
+    const float m_new = fmaxf(m_run, tile_max);
+    float alpha = 1.0f, psum = 0.0f;
+    if (m_new != -INFINITY) {
+      alpha = m_run == -INFINITY ? 0.0f : expf(m_run - m_new);
+      SPECDEC_UNROLL
+      for (int j = 0; j < kPer; ++j) {
+        sc[j] = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - m_new);
+        psum += sc[j];
+      }
+    } else {
+      SPECDEC_UNROLL
+      for (int j = 0; j < kPer; ++j) sc[j] = 0.0f;
+    }
+    for (int o = kThreadsPerRow / 2; o > 0; o >>= 1) psum += ctx.shfl_xor(psum, o);
+    l_run = l_run * alpha + psum;
+    m_run = m_new;
+    SPECDEC_UNROLL
+    for (int j = 0; j < kPer; ++j) {
+      const int kk = lane + j * kThreadsPerRow;
+      if (kk < T::kKeys) sP[rr * T::kKeys + kk] = sc[j];
+    }
+    ctx.sync();
+    SPECDEC_UNROLL
+    for (int e = 0; e < T::kCols; ++e) {
+      const int d = lane * T::kCols + e;
+      float x = acc[e] * alpha;
+      for (int kk = 0; kk < T::kKeys; ++kk) x += sP[rr * T::kKeys + kk] * sV[kk * T::kStride + d];
+      acc[e] = x;
+    }
+    ctx.sync();
+  }
+
+  if (!row_valid) return;  // after the last barrier
+  const int64_t out_row = (b * a.nodes + node) * a.q_heads + head;
+  const float inv = l_run > 0.0f ? 1.0f / l_run : 0.0f;
+  const float row_lse = l_run > 0.0f ? m_run + logf(l_run) : -INFINITY;
+  if (a.splits == 1) {
+    SPECDEC_UNROLL
+    for (int e = 0; e < T::kCols; ++e) {
+      const int64_t d = lane * T::kCols + e;
+      if (d < D) store<kKind>(a.out, out_row * D + d, acc[e] * inv);
+    }
+    if (lane == 0) a.lse[out_row] = row_lse;
+  } else {
+    const int64_t part_row = split * a.batch * a.nodes * a.q_heads + out_row;
+    SPECDEC_UNROLL
+    for (int e = 0; e < T::kCols; ++e) {
+      const int64_t d = lane * T::kCols + e;
+      if (d < D) a.part_out[part_row * D + d] = acc[e] * inv;
+    }
+    if (lane == 0) a.part_lse[part_row] = row_lse;
+  }
+}
+
+// One row of the merge: out = sum_s exp(lse_s - lse) * out_s,
+// lse = log(sum_s exp(lse_s)); columns d0, d0 + step, ... of the row.
+template <int kKind>
+SPECDEC_HOST_DEVICE void merge_row(const float* part_out, const float* part_lse, int64_t splits, int64_t rows,
+                                   int64_t dim, int64_t row, int64_t d0, int64_t step, void* out, float* lse) {
+  float m = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, part_lse[s * rows + row]);
+  float weight_sum = 0.0f;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float ls = part_lse[s * rows + row];
+    weight_sum += ls == -INFINITY ? 0.0f : expf(ls - m);
+  }
+  for (int64_t d = d0; d < dim; d += step) {
+    float x = 0.0f;
+    if (m != -INFINITY) {
+      for (int64_t s = 0; s < splits; ++s) {
+        const float ls = part_lse[s * rows + row];
+        if (ls != -INFINITY) x += expf(ls - m) * part_out[(s * rows + row) * dim + d];
+      }
+      x /= weight_sum;
+    }
+    store<kKind>(out, row * dim + d, x);
+  }
+  if (d0 == 0) lse[row] = m == -INFINITY ? -INFINITY : m + logf(weight_sum);
+}
+
+}  // namespace specdec::attention::simt
