@@ -77,6 +77,9 @@ struct EmuCtx {
   int64_t block_x() const { return bx; }
   int64_t block_y() const { return by; }
   int64_t block_z() const { return bz; }
+  int block_dim() const;
+  int64_t grid_dim_x() const;
+  void atomic_min(long long* addr, long long v) const;
   unsigned char* shared() const;
   void sync() const;
   void cp_async16(void* dst, const void* src, bool valid) const;
@@ -99,6 +102,7 @@ class EmulatedGrid {
 
   // Runs body(ctx) for every block of a grid_x x grid_y x grid_z grid.
   void launch(int64_t grid_x, int64_t grid_y, int64_t grid_z, const std::function<void(const EmuCtx&)>& body) {
+    grid_x_ = grid_x;
     std::vector<std::thread> pool;
     for (int t = 0; t < threads_; ++t) {
       pool.emplace_back([&, t] {
@@ -153,10 +157,18 @@ class EmulatedGrid {
   std::vector<std::unique_ptr<Barrier>> warps_;
   std::vector<Lane> exchange_;
   std::vector<AsyncQueue> async_;
+  int64_t grid_x_ = 1;
+  std::mutex atomics_;
 };
 
 inline unsigned char* EmuCtx::shared() const { return grid->shared_base(); }
 inline void EmuCtx::sync() const { grid->block_.wait(); }
+inline int EmuCtx::block_dim() const { return grid->threads_; }
+inline int64_t EmuCtx::grid_dim_x() const { return grid->grid_x_; }
+inline void EmuCtx::atomic_min(long long* addr, long long v) const {
+  std::lock_guard<std::mutex> lock(grid->atomics_);
+  if (v < *addr) *addr = v;
+}
 
 // From issue to the wait that retires it, a cp.async destination is undefined:
 // the hardware may write it at any moment.  The emulator poisons it at issue

@@ -103,6 +103,9 @@ struct DeviceCtx {
   __device__ __forceinline__ int64_t block_x() const { return blockIdx.x; }
   __device__ __forceinline__ int64_t block_y() const { return blockIdx.y; }
   __device__ __forceinline__ int64_t block_z() const { return blockIdx.z; }
+  __device__ __forceinline__ int block_dim() const { return static_cast<int>(blockDim.x); }
+  __device__ __forceinline__ int64_t grid_dim_x() const { return gridDim.x; }
+  __device__ __forceinline__ void atomic_min(long long* addr, long long v) const { atomicMin(addr, v); }
   __device__ __forceinline__ unsigned char* shared() const {
     extern __shared__ __align__(16) unsigned char specdec_dynamic_smem[];
     return specdec_dynamic_smem;
