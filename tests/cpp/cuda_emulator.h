@@ -86,7 +86,12 @@ struct EmuCtx {
   void cp_async_commit() const;
   template <int kPending>
   void cp_async_wait() const;
-  float shfl_xor(float x, int lane_mask) const;
+  template <typename T>
+  T shfl_xor(T x, int lane_mask) const;
+  template <typename T>
+  T shfl_up(T x, unsigned delta) const;
+  unsigned long long atomic_cas(unsigned long long* addr, unsigned long long expected,
+                                unsigned long long desired) const;
   template <bool kBf16>
   void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) const;
 };
@@ -129,7 +134,7 @@ class EmulatedGrid {
  private:
   friend struct EmuCtx;
   struct Lane {
-    float value = 0.0f;
+    unsigned char value[8] = {};  // a shuffled float, double or int64
     uint32_t a[4] = {}, b[2] = {};
   };
   struct Copy {
@@ -199,14 +204,39 @@ void EmuCtx::cp_async_wait() const {
   }
 }
 
-inline float EmuCtx::shfl_xor(float x, int lane_mask) const {
+template <typename T>
+T EmuCtx::shfl_xor(T x, int lane_mask) const {
+  static_assert(sizeof(T) <= 8, "shuffles move 4 or 8 bytes");
   Barrier& warp = *grid->warps_[tid / 32];
   const int base = tid - tid % 32;
-  grid->exchange_[tid].value = x;
+  std::memcpy(grid->exchange_[tid].value, &x, sizeof(T));
   warp.wait();
-  const float r = grid->exchange_[base + ((tid % 32) ^ lane_mask)].value;
+  T r;
+  std::memcpy(&r, grid->exchange_[base + ((tid % 32) ^ lane_mask)].value, sizeof(T));
   warp.wait();
   return r;
+}
+
+// Lanes below `delta` keep their own value, as __shfl_up_sync does.
+template <typename T>
+T EmuCtx::shfl_up(T x, unsigned delta) const {
+  static_assert(sizeof(T) <= 8, "shuffles move 4 or 8 bytes");
+  Barrier& warp = *grid->warps_[tid / 32];
+  const int base = tid - tid % 32, lane = tid % 32;
+  std::memcpy(grid->exchange_[tid].value, &x, sizeof(T));
+  warp.wait();
+  T r = x;
+  if (lane >= static_cast<int>(delta)) std::memcpy(&r, grid->exchange_[base + lane - delta].value, sizeof(T));
+  warp.wait();
+  return r;
+}
+
+inline unsigned long long EmuCtx::atomic_cas(unsigned long long* addr, unsigned long long expected,
+                                             unsigned long long desired) const {
+  std::lock_guard<std::mutex> lock(grid->atomics_);
+  const unsigned long long old = *addr;
+  if (old == expected) *addr = desired;
+  return old;
 }
 
 template <bool kBf16>

@@ -21,25 +21,11 @@
 
 namespace specdec::attention::simt {
 
-enum Kind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-
-template <int kKind>
-SPECDEC_HOST_DEVICE SPECDEC_INLINE float load(const void* base, int64_t i) {
-  if constexpr (kKind == kF32) {
-    return static_cast<const float*>(base)[i];
-  } else {
-    return kernel::to_float<kKind == kBF16>(static_cast<const uint16_t*>(base)[i]);
-  }
-}
-
-template <int kKind>
-SPECDEC_HOST_DEVICE SPECDEC_INLINE void store(void* base, int64_t i, float x) {
-  if constexpr (kKind == kF32) {
-    static_cast<float*>(base)[i] = x;
-  } else {
-    static_cast<uint16_t*>(base)[i] = kernel::from_float<kKind == kBF16>(x);
-  }
-}
+using kernel::kBF16;
+using kernel::kF16;
+using kernel::kF32;
+using kernel::load;
+using kernel::store;
 
 constexpr int kThreads = 128;
 constexpr int kRowsPerTile = 16;

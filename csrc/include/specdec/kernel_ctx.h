@@ -92,6 +92,27 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE uint32_t pack2(float lo, float hi) {
   return static_cast<uint32_t>(from_float<kBf16>(lo)) | (static_cast<uint32_t>(from_float<kBf16>(hi)) << 16);
 }
 
+// Element kinds of the kernels' float inputs, and loads / stores by kind.
+enum Kind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+template <int kKind>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE float load(const void* base, int64_t i) {
+  if constexpr (kKind == kF32) {
+    return static_cast<const float*>(base)[i];
+  } else {
+    return to_float<kKind == kBF16>(static_cast<const uint16_t*>(base)[i]);
+  }
+}
+
+template <int kKind>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void store(void* base, int64_t i, float x) {
+  if constexpr (kKind == kF32) {
+    static_cast<float*>(base)[i] = x;
+  } else {
+    static_cast<uint16_t*>(base)[i] = from_float<kKind == kBF16>(x);
+  }
+}
+
 struct alignas(16) Chunk16 {
   uint32_t w[4];
 };
@@ -111,8 +132,18 @@ struct DeviceCtx {
     return specdec_dynamic_smem;
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
-  __device__ __forceinline__ float shfl_xor(float x, int lane_mask) const {
+  // Whole-warp shuffles of 4- or 8-byte values (float, double, int64_t).
+  template <typename T>
+  __device__ __forceinline__ T shfl_xor(T x, int lane_mask) const {
     return __shfl_xor_sync(0xffffffffu, x, lane_mask);
+  }
+  template <typename T>
+  __device__ __forceinline__ T shfl_up(T x, unsigned delta) const {
+    return __shfl_up_sync(0xffffffffu, x, delta);
+  }
+  __device__ __forceinline__ unsigned long long atomic_cas(unsigned long long* addr, unsigned long long expected,
+                                                           unsigned long long desired) const {
+    return atomicCAS(addr, expected, desired);
   }
   // 16 bytes global -> shared, asynchronous; zeros when !valid (src is not read).
   __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) const {
