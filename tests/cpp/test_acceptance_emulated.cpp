@@ -1,4 +1,4 @@
-// The CUDA acceptance and sampling_probs kernel bodies
+// The CUDA acceptance, build_tree and sampling_probs kernel bodies
 // (specdec/acceptance_device.h), run on the host through the CUDA emulator
 // (cuda_emulator.h).  The walks are shared code, so what is under test is the
 // block policy: its float64 block sum, tiled block scan + min search, the
@@ -203,6 +203,39 @@ TEST(AcceptanceEmulated, InvalidRowsReportTheSameErrors) {
     EXPECT_GE(got.next[b], 0);
     EXPECT_LT(got.next[b], 700);
   }
+}
+
+// ---- build_tree ------------------------------------------------------------------
+
+TEST(BuildTreeEmulated, MasksAndDepthsOfRandomTreesAndABrokenOne) {
+  std::mt19937 rng(7);
+  const int64_t B = 3, N = 70, W = (N + 31) / 32;  // three mask words
+  std::vector<int32_t> parents(B * N);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < N; ++i) parents[b * N + i] = i == 0 ? -1 : static_cast<int32_t>(rng() % i);
+  parents[2 * N + 40] = 40;  // row 2: a node that is its own parent
+  std::vector<int32_t> mask(B * N * W, 0x5a5a5a5a), depth(B * N, -9);
+  std::vector<int64_t> errors(B * 3, 0);
+  const int threads = static_cast<int>(std::min<int64_t>(128, (W + 31) / 32 * 32));  // as the launcher
+  EmulatedGrid grid(threads, dev::kSharedBytes);
+  grid.launch(B, 1, 1, [&](const EmuCtx& ctx) {
+    dev::build_tree_block(ctx, parents.data(), N, W, mask.data(), depth.data(), errors.data());
+  });
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t i = 0; i < N; ++i) {
+      std::vector<int32_t> want(W, 0);
+      int32_t d = -1;
+      for (int64_t a = i; a >= 0; a = parents[b * N + a], ++d) want[a / 32] |= int32_t(1u << (a % 32));
+      for (int64_t w = 0; w < W; ++w) EXPECT_EQ(mask[(b * N + i) * W + w], want[w]) << b << " " << i;
+      EXPECT_EQ(depth[b * N + i], d);
+    }
+    EXPECT_EQ(errors[3 * b], 0);
+  }
+  EXPECT_EQ(errors[6], accept::kParentRange);
+  EXPECT_EQ(errors[7], 40);
+  EXPECT_EQ(errors[8], 40);
+  for (int64_t i = 0; i < N * W; ++i) EXPECT_EQ(mask[2 * N * W + i], 0);
+  for (int64_t i = 0; i < N; ++i) EXPECT_EQ(depth[2 * N + i], 0);
 }
 
 // ---- sampling_probs ------------------------------------------------------------

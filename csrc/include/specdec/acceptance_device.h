@@ -1,6 +1,7 @@
-// Acceptance sampling and sampling_probs, the CUDA kernel bodies, torch-free:
+// Acceptance sampling, build_tree and sampling_probs, the CUDA kernel bodies, torch-free:
 // templates over the context of specdec/kernel_ctx.h, so acceptance_cuda.cu
-// runs them on the GPU and the C++ tests on the host CUDA emulator
+// (and tree_cuda.cu, build_tree) run them on the GPU and the C++ tests on the
+// host CUDA emulator
 // (tests/cpp/cuda_emulator.h).
 //
 // One thread block per row.  Every thread runs the shared walk of
@@ -265,6 +266,45 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE void greedy_row(const int32_t* parents, const
     return;
   }
   num[b] = static_cast<int32_t>(greedy_walk(parents + o, tokens + o, argmax + o, nodes, accept + o, next + b));
+}
+
+// ---------------------------------------------------------------------------
+// build_tree: one block per tree.  Thread 0 validates the parent array; then
+// each thread owns word columns of the mask: row i's word w reads only the
+// parent's word w, written earlier by the same thread, so no barrier is
+// needed between rows.  An invalid tree gets zero masks and depths and an
+// error record {code, where, value}.
+// ---------------------------------------------------------------------------
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx>
+SPECDEC_HOST_DEVICE void build_tree_block(const Ctx& ctx, const int32_t* parents, int64_t nodes, int64_t words,
+                                          int32_t* mask, int32_t* depth, int64_t* errors) {
+  Shared* shm = shared_scalars(ctx);
+  const int64_t b = ctx.block_x();
+  const int tid = ctx.thread(), threads = ctx.block_dim();
+  const int32_t* row = parents + b * nodes;
+  int32_t* m = mask + b * nodes * words;
+  if (tid == 0) {
+    int64_t where = 0, value = 0;
+    const int32_t code = check_parents(row, nodes, &where, &value);
+    shm->flag = code == kOk;
+    if (code != kOk) {
+      errors[3 * b] = code;
+      errors[3 * b + 1] = where;
+      errors[3 * b + 2] = value;
+    }
+  }
+  ctx.sync();
+  if (!shm->flag) {
+    for (int64_t i = tid; i < nodes * words; i += threads) m[i] = 0;
+    for (int64_t i = tid; i < nodes; i += threads) depth[b * nodes + i] = 0;
+    return;
+  }
+  for (int64_t w = tid; w < words; w += threads) tree_mask_column(row, nodes, words, w, m);
+  if (tid == 0) tree_depths(row, nodes, depth + b * nodes);
 }
 
 // ---------------------------------------------------------------------------
