@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "specdec/macros.h"
 
@@ -44,6 +45,28 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE bool visible(int64_t slot, int64_t length, co
   if (slot < length) return true;
   const int64_t j = slot - length;
   return (static_cast<uint32_t>(mask_row[j >> 5]) >> (j & 31)) & 1u;
+}
+
+// How the CUDA kernels split a sequence's key range [0, capacity) across
+// blocks: enough splits for about `target_blocks` blocks given `base` blocks
+// per split, each split at least `min_tiles` tiles of `keys` keys, at most 64
+// splits, and the fp32 partials ([splits, rows_total, dim]) within 256 MiB.
+// Chunks are whole tiles; capacity 0 gives one empty split.
+struct KeySplit {
+  int64_t splits, chunk;
+};
+
+inline KeySplit split_keys(int64_t capacity, int64_t keys, int64_t min_tiles, int64_t base, int64_t target_blocks,
+                           int64_t rows_total, int64_t dim) {
+  const int64_t by_work = (capacity + min_tiles * keys - 1) / (min_tiles * keys);
+  const int64_t by_memory = (int64_t{256} << 20) / (rows_total * dim * 4 + 1);
+  int64_t splits = (target_blocks + base - 1) / base;
+  for (const int64_t cap : {by_work, by_memory, int64_t{64}}) splits = splits < cap ? splits : cap;
+  splits = splits < 1 ? 1 : splits;
+  int64_t chunk = (capacity + splits - 1) / splits;
+  chunk = (chunk + keys - 1) / keys * keys;
+  chunk = chunk < keys ? keys : chunk;
+  return {capacity > 0 ? (capacity + chunk - 1) / chunk : 1, chunk};
 }
 
 }  // namespace specdec::attention

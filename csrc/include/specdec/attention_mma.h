@@ -95,22 +95,13 @@ inline Plan make_plan(int64_t batch, int64_t nodes, int64_t q_heads, int64_t kv_
   const int64_t warps = (rows + 15) / 16;
   pl.warps = static_cast<int>(warps < 1 ? 1 : warps > kMaxWarps ? kMaxWarps : warps);
   pl.q_tiles = (rows + 16 * pl.warps - 1) / (16 * pl.warps);
-  const int64_t base = batch * kv_heads * pl.q_tiles;
-  const int64_t rows_total = batch * nodes * q_heads;
-  int64_t splits = (target_blocks + base - 1) / base;
-  const int64_t by_work = (capacity + 2 * T::kKeys - 1) / (2 * T::kKeys);
-  const int64_t by_memory = (int64_t{256} << 20) / (rows_total * dim * 4 + 1);
-  for (const int64_t cap : {by_work, by_memory, int64_t{64}}) splits = splits < cap ? splits : cap;
-  splits = splits < 1 ? 1 : splits;
-  int64_t chunk = (capacity + splits - 1) / splits;
-  chunk = (chunk + T::kKeys - 1) / T::kKeys * T::kKeys;
-  chunk = chunk < T::kKeys ? T::kKeys : chunk;  // capacity 0: one empty split
-  pl.chunk = chunk;
-  pl.splits = capacity > 0 ? (capacity + chunk - 1) / chunk : 1;
+  const KeySplit ks = split_keys(capacity, T::kKeys, 2, batch * kv_heads * pl.q_tiles, target_blocks,
+                                 batch * nodes * q_heads, dim);
+  pl.splits = ks.splits;
+  pl.chunk = ks.chunk;
   pl.smem = T::smem_bytes(pl.warps);
   return pl;
 }
-
 
 // Fetches 16 bytes of K or V: row `slot` of the block's sequence and KV head,
 // 8 elements from column 8 * ch.

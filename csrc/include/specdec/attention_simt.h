@@ -57,18 +57,10 @@ struct Params {
 // per split, at most 64 splits, fp32 partials bounded to 256 MiB).
 template <int kMaxD>
 inline void plan_splits(Params& a, int64_t q_tiles, int64_t target_blocks) {
-  using T = Tile<kMaxD>;
-  const int64_t base = a.batch * a.kv_heads * q_tiles;
-  const int64_t rows_total = a.batch * a.nodes * a.q_heads;
-  const int64_t by_work = (a.capacity + 4 * T::kKeys - 1) / (4 * T::kKeys);
-  const int64_t by_memory = (int64_t{256} << 20) / (rows_total * a.dim * 4 + 1);
-  int64_t splits = (target_blocks + base - 1) / base;
-  for (const int64_t cap : {by_work, by_memory, int64_t{64}}) splits = splits < cap ? splits : cap;
-  splits = splits < 1 ? 1 : splits;
-  int64_t chunk = (a.capacity + splits - 1) / splits;
-  chunk = (chunk + T::kKeys - 1) / T::kKeys * T::kKeys;
-  a.chunk = chunk < T::kKeys ? T::kKeys : chunk;  // capacity 0: one empty split
-  a.splits = a.capacity > 0 ? (a.capacity + a.chunk - 1) / a.chunk : 1;
+  const KeySplit ks = split_keys(a.capacity, Tile<kMaxD>::kKeys, 4, a.batch * a.kv_heads * q_tiles, target_blocks,
+                                 a.batch * a.nodes * a.q_heads, a.dim);
+  a.splits = ks.splits;
+  a.chunk = ks.chunk;
 }
 
 #if defined(__CUDACC__)
