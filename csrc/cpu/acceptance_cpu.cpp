@@ -15,57 +15,6 @@
 namespace specdec {
 namespace {
 
-struct RowError {
-  int32_t code = accept::kOk;
-  int64_t where = 0, value = 0;
-};
-
-// The CPU row policy: collectives are plain loops.
-class CpuRow : public accept::RowView {
- public:
-  CpuRow(const accept::RowView& view, int64_t* scratch, RowError* error)
-      : accept::RowView(view), scratch_(scratch), error_(error) {}
-
-  int64_t get(int64_t i) const { return scratch_[i]; }
-  void set(int64_t i, int64_t v) { scratch_[i] = v; }
-  void bad(int32_t code, int64_t node, int64_t x) {
-    if (error_->code == accept::kOk) *error_ = RowError{code, node, x};
-  }
-  void out(int64_t j, int64_t node) { accept_[j] = static_cast<int32_t>(node); }
-  void finish(int64_t length, int64_t next) {
-    for (int64_t j = length; j < nodes; ++j) accept_[j] = -1;
-    *num_ = static_cast<int32_t>(length);
-    *next_ = next;
-  }
-  template <class F>
-  double sum(F f) {
-    // Four independent accumulators: the adds no longer wait on each other.
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    int64_t x = 0;
-    for (; x + 4 <= vocab; x += 4) {
-      s0 += f(x);
-      s1 += f(x + 1);
-      s2 += f(x + 2);
-      s3 += f(x + 3);
-    }
-    for (; x < vocab; ++x) s0 += f(x);
-    return (s0 + s1) + (s2 + s3);
-  }
-  template <class F>
-  int64_t search(F f, double target) {
-    double c = 0.0;
-    for (int64_t x = 0; x < vocab; ++x) {
-      c += f(x);
-      if (c > target) return x;
-    }
-    return -1;
-  }
-
- private:
-  int64_t* scratch_;
-  RowError* error_;
-};
-
 void validate_trees(const char* op, const TreeShape& s, const int32_t* parents,
                     const int64_t* tokens, int64_t vocab) {
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -86,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
                                                         const at::Tensor& seed,
                                                         const at::Tensor& offset, Walk walk) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
-  std::vector<RowError> errors(s.batch);
+  std::vector<accept::RowError> errors(s.batch);
   const int32_t* par = parents.data_ptr<int32_t>();
   const int64_t* tok = tokens.data_ptr<int64_t>();
   const int64_t* sd = seed.data_ptr<int64_t>();
@@ -102,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
                                  target + b * row_probs, draft ? draft + b * row_probs : nullptr,
                                  static_cast<uint64_t>(sd[b]), static_cast<uint64_t>(of[b]),
                                  acc + b * s.nodes, nu + b, nx + b);
-      CpuRow row(view, scratch.data(), &errors[b]);
+      accept::SequentialRow row(view, scratch.data(), &errors[b]);
       walk(row);
     }
   });
@@ -151,10 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(
   const float* target = target_probs.data_ptr<float>();
   if (draft_probs) {
     return run_rows(op, s, tokens, parents, target, draft_probs->data_ptr<float>(), seed, offset,
-                    [](CpuRow& row) { accept::rejection_walk<true>(row); });
+                    [](accept::SequentialRow& row) { accept::rejection_walk<true>(row); });
   }
   return run_rows(op, s, tokens, parents, target, nullptr, seed, offset,
-                  [](CpuRow& row) { accept::rejection_walk<false>(row); });
+                  [](accept::SequentialRow& row) { accept::rejection_walk<false>(row); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(
@@ -167,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
   const double threshold = posterior_threshold, alpha = posterior_alpha;
   return run_rows(op, s, tokens, parents, target_probs.data_ptr<float>(), nullptr, seed, offset,
-                  [=](CpuRow& row) { accept::typical_walk(row, threshold, alpha); });
+                  [=](accept::SequentialRow& row) { accept::typical_walk(row, threshold, alpha); });
 }
 
 }  // namespace

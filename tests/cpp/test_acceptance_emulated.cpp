@@ -3,7 +3,8 @@
 // (cuda_emulator.h).  The walks are shared code, so what is under test is the
 // block policy: its float64 block sum, tiled block scan + min search, the
 // leader-write scratch and the first-reporter error; it must give exactly the
-// verdicts of a sequential host policy on the same rows and Philox streams.
+// verdicts of the CPU kernel's sequential policy (accept::SequentialRow) on the
+// same rows and Philox streams.
 // sampling_probs is checked against a sort-based float64 reference.
 #include <gtest/gtest.h>
 
@@ -25,47 +26,6 @@ namespace kernel = specdec::kernel;
 namespace sampling = specdec::sampling;
 using specdec::testing::EmuCtx;
 using specdec::testing::EmulatedGrid;
-
-// The sequential row policy: plain loops (what the CPU kernel does).
-class HostRow : public accept::RowView {
- public:
-  HostRow(const accept::RowView& view, int64_t* scratch, unsigned long long* error)
-      : accept::RowView(view), scratch_(scratch), error_(error) {}
-  int64_t get(int64_t i) const { return scratch_[i]; }
-  void set(int64_t i, int64_t v) { scratch_[i] = v; }
-  void bad(int32_t code, int64_t node, int64_t x) {
-    if (error_[0] == 0) {
-      error_[0] = static_cast<unsigned long long>(code);
-      error_[1] = static_cast<unsigned long long>(node);
-      error_[2] = static_cast<unsigned long long>(x);
-    }
-  }
-  void out(int64_t j, int64_t node) { accept_[j] = static_cast<int32_t>(node); }
-  void finish(int64_t length, int64_t next) {
-    for (int64_t j = length; j < nodes; ++j) accept_[j] = -1;
-    *num_ = static_cast<int32_t>(length);
-    *next_ = next < 0 || next >= vocab ? 0 : next;
-  }
-  template <class F>
-  double sum(F f) {
-    double s = 0.0;
-    for (int64_t x = 0; x < vocab; ++x) s += f(x);
-    return s;
-  }
-  template <class F>
-  int64_t search(F f, double target) {
-    double c = 0.0;
-    for (int64_t x = 0; x < vocab; ++x) {
-      c += f(x);
-      if (c > target) return x;
-    }
-    return -1;
-  }
-
- private:
-  int64_t* scratch_;
-  unsigned long long* error_;
-};
 
 struct Batch {
   int64_t B, N, V;
@@ -152,11 +112,12 @@ Verdicts run_host(const Batch& bt, double threshold = 0, double alpha = 0) {
       continue;
     }
     std::vector<int64_t> scratch(bt.N);
+    accept::RowError error;
     const accept::RowView view(bt.N, bt.V, &bt.parents[o], &bt.tokens[o], &bt.target[o * bt.V],
                                kWalk == dev::Walk::kRejectionDraft ? &bt.draft[o * bt.V] : nullptr,
                                static_cast<uint64_t>(bt.seed[b]), static_cast<uint64_t>(bt.offset[b]),
                                &v.accept[o], &v.num[b], &v.next[b]);
-    HostRow row(view, scratch.data(), &v.errors[3 * b]);
+    accept::SequentialRow row(view, scratch.data(), &error);
     if constexpr (kWalk == dev::Walk::kRejectionDraft) {
       accept::rejection_walk<true>(row);
     } else if constexpr (kWalk == dev::Walk::kRejection) {
@@ -164,6 +125,11 @@ Verdicts run_host(const Batch& bt, double threshold = 0, double alpha = 0) {
     } else {
       accept::typical_walk(row, threshold, alpha);
     }
+    v.errors[3 * b] = static_cast<unsigned long long>(error.code);
+    v.errors[3 * b + 1] = static_cast<unsigned long long>(error.where);
+    v.errors[3 * b + 2] = static_cast<unsigned long long>(error.value);
+    // The CUDA policy keeps next in [0, V) on a failed row (the CPU op raises instead).
+    if (v.next[b] < 0 || v.next[b] >= bt.V) v.next[b] = 0;
   }
   return v;
 }

@@ -44,18 +44,25 @@ struct Inputs {
   std::vector<int32_t> mask, tables;
 
   size_t elem() const { return kind == simt::kF32 ? 4 : 2; }
+  // kernel::store / kernel::load with the kind chosen at run time.
   void put(std::vector<unsigned char>& dst, int64_t i, float x) const {
     if (kind == simt::kF32) {
-      std::memcpy(&dst[4 * i], &x, 4);
+      kernel::store<simt::kF32>(dst.data(), i, x);
+    } else if (kind == simt::kF16) {
+      kernel::store<simt::kF16>(dst.data(), i, x);
     } else {
-      const uint16_t bits = kind == simt::kBF16 ? kernel::from_float<true>(x) : kernel::from_float<false>(x);
-      std::memcpy(&dst[2 * i], &bits, 2);
+      kernel::store<simt::kBF16>(dst.data(), i, x);
     }
   }
+  float get(const std::vector<unsigned char>& src, int64_t i) const {
+    return kind == simt::kF32   ? kernel::load<simt::kF32>(src.data(), i)
+           : kind == simt::kF16 ? kernel::load<simt::kF16>(src.data(), i)
+                                : kernel::load<simt::kBF16>(src.data(), i);
+  }
   float round(float x) const {
-    if (kind == simt::kF32) return x;
-    return kind == simt::kBF16 ? kernel::to_float<true>(kernel::from_float<true>(x))
-                               : kernel::to_float<false>(kernel::from_float<false>(x));
+    std::vector<unsigned char> cell(4);
+    put(cell, 0, x);
+    return get(cell, 0);
   }
 };
 
@@ -230,16 +237,7 @@ Result compare(const Case& cs, const Inputs& in, const Outputs& o) {
         for (int64_t d = 0; d < D; ++d) {
           double ref = 0;
           for (int64_t s = 0; s < L + N; ++s) ref += std::exp(sc[s] - m) / l * in.v[((b * Hkv + h) * S + s) * D + d];
-          double x;
-          if (in.kind == simt::kF32) {
-            float f;
-            std::memcpy(&f, &o.out[4 * (r * D + d)], 4);
-            x = f;
-          } else {
-            uint16_t bits;
-            std::memcpy(&bits, &o.out[2 * (r * D + d)], 2);
-            x = in.kind == simt::kBF16 ? kernel::to_float<true>(bits) : kernel::to_float<false>(bits);
-          }
+          const double x = in.get(o.out, r * D + d);
           if (!std::isfinite(x)) ++unwritten;
           err2 += (x - ref) * (x - ref);
           ref2 += ref * ref;

@@ -67,6 +67,60 @@ class RowView {
   int64_t* next_;
 };
 
+// A row's first reported error (bad()): code, node, value.
+struct RowError {
+  int32_t code = kOk;
+  int64_t where = 0, value = 0;
+};
+
+// The sequential row policy (host only): collectives are plain loops.  The
+// CPU kernel runs every walk with it; the emulated CUDA tests use it as the
+// policy the CUDA block policy must agree with.
+class SequentialRow : public RowView {
+ public:
+  SequentialRow(const RowView& view, int64_t* scratch, RowError* error)
+      : RowView(view), scratch_(scratch), error_(error) {}
+
+  int64_t get(int64_t i) const { return scratch_[i]; }
+  void set(int64_t i, int64_t v) { scratch_[i] = v; }
+  void bad(int32_t code, int64_t node, int64_t x) {
+    if (error_->code == kOk) *error_ = RowError{code, node, x};
+  }
+  void out(int64_t j, int64_t node) { accept_[j] = static_cast<int32_t>(node); }
+  void finish(int64_t length, int64_t next) {
+    for (int64_t j = length; j < nodes; ++j) accept_[j] = -1;
+    *num_ = static_cast<int32_t>(length);
+    *next_ = next;
+  }
+  template <class F>
+  double sum(F f) {
+    // Four independent accumulators: the adds no longer wait on each other.
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t x = 0;
+    for (; x + 4 <= vocab; x += 4) {
+      s0 += f(x);
+      s1 += f(x + 1);
+      s2 += f(x + 2);
+      s3 += f(x + 3);
+    }
+    for (; x < vocab; ++x) s0 += f(x);
+    return (s0 + s1) + (s2 + s3);
+  }
+  template <class F>
+  int64_t search(F f, double target) {
+    double c = 0.0;
+    for (int64_t x = 0; x < vocab; ++x) {
+      c += f(x);
+      if (c > target) return x;
+    }
+    return -1;
+  }
+
+ private:
+  int64_t* scratch_;
+  RowError* error_;
+};
+
 // Validate one row's parent array: parents[0] = -1, 0 <= parents[i] < i.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_parents(const int32_t* parents, int64_t nodes,
                                                          int64_t* where, int64_t* value) {

@@ -40,6 +40,22 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_row(int64_t length, int64_t nod
   return kOk;
 }
 
+// check_row for sequence b; a failure is recorded as errors[3b .. 3b+2] =
+// {code, where, value} when `report` (one block per sequence reports).
+// Returns whether the row is valid.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE bool check_and_record(int64_t b, int64_t length, int64_t nodes, int64_t capacity,
+                                                         const int32_t* table, int64_t page_size, int64_t num_pages,
+                                                         bool report, int64_t* errors) {
+  int64_t where = 0, value = 0;
+  const int32_t code = check_row(length, nodes, capacity, table, page_size, num_pages, &where, &value);
+  if (code != kOk && report) {
+    errors[3 * b] = code;
+    errors[3 * b + 1] = where;
+    errors[3 * b + 2] = value;
+  }
+  return code == kOk;
+}
+
 // Whether query `node` sees slot `slot` (mask row: `words` int32 words).
 SPECDEC_HOST_DEVICE SPECDEC_INLINE bool visible(int64_t slot, int64_t length, const int32_t* mask_row) {
   if (slot < length) return true;

@@ -144,15 +144,8 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
   const int32_t* table = kPaged ? p.tables + b * p.max_blocks : nullptr;
 
   if (tid == 0) {
-    int64_t where = 0, value = 0;
-    const int32_t code =
-        check_row(length, p.nodes, p.capacity, table, p.page_size, p.num_pages, &where, &value);
-    *ok = code == kOk;
-    if (code != kOk && split == 0 && h == 0 && tile == 0) {
-      p.errors[3 * b] = code;
-      p.errors[3 * b + 1] = where;
-      p.errors[3 * b + 2] = value;
-    }
+    *ok = check_and_record(b, length, p.nodes, p.capacity, table, p.page_size, p.num_pages,
+                           split == 0 && h == 0 && tile == 0, p.errors);
   }
   // Q tile: rows past N * G and columns past D are zero.
   for (int idx = tid; idx < 16 * p.warps * T::kChunks; idx += threads) {

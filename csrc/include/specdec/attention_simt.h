@@ -88,14 +88,8 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& a) {
   const int32_t* table = kPaged ? a.tables + b * a.max_blocks : nullptr;
 
   if (tid == 0) {
-    int64_t where = 0, value = 0;
-    const int32_t code = check_row(length, a.nodes, a.capacity, table, a.page_size, a.num_pages, &where, &value);
-    *ok = code == kOk;
-    if (code != kOk && split == 0 && h == 0 && tile == 0) {
-      a.errors[3 * b] = code;
-      a.errors[3 * b + 1] = where;
-      a.errors[3 * b + 2] = value;
-    }
+    *ok = check_and_record(b, length, a.nodes, a.capacity, table, a.page_size, a.num_pages,
+                           split == 0 && h == 0 && tile == 0, a.errors);
   }
   for (int64_t idx = tid; idx < kRowsPerTile * kMaxD; idx += kThreads) {
     const int64_t qr = idx / kMaxD, d = idx % kMaxD, rq = tile * kRowsPerTile + qr;
