@@ -1,4 +1,4 @@
-// Acceptance sampling, CPU kernels: the shared walks of specdec/acceptance.h
+// Acceptance sampling, CPU kernels: the shared walks of specdec/acceptance_rules.h
 // over a row policy whose vocabulary collectives are plain loops, parallel
 // over rows.
 #include <ATen/Parallel.h>
@@ -10,6 +10,7 @@
 
 #include "ops/acceptance.h"
 #include "ops/checks.h"
+#include "specdec/acceptance_rules.h"
 #include "specdec/philox.h"
 
 namespace specdec {
@@ -17,12 +18,11 @@ namespace {
 
 void validate_trees(const char* op, const TreeShape& s, const int32_t* parents,
                     const int64_t* tokens, int64_t vocab) {
+  std::vector<ErrorRecord> errors(s.batch);
   for (int64_t b = 0; b < s.batch; ++b) {
-    int64_t where = 0, value = 0;
-    const int32_t code =
-        accept::check_tree(parents + b * s.nodes, tokens + b * s.nodes, s.nodes, vocab, &where, &value);
-    if (code != accept::kOk) throw_accept_error(op, b, code, where, value);
+    errors[b] = accept::check_tree(parents + b * s.nodes, tokens + b * s.nodes, s.nodes, vocab, b);
   }
+  raise_first_error(errors, [op](const ErrorRecord& e) { raise_acceptance_error(op, e); });
 }
 
 // Runs the walk for every row in parallel (row policy with the row's scratch),
@@ -35,7 +35,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
                                                         const at::Tensor& seed,
                                                         const at::Tensor& offset, Walk walk) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
-  std::vector<accept::RowError> errors(s.batch);
+  std::vector<ErrorRecord> errors(s.batch);
+  for (int64_t b = 0; b < s.batch; ++b) errors[b] = no_error(b);
   const int32_t* par = parents.data_ptr<int32_t>();
   const int64_t* tok = tokens.data_ptr<int64_t>();
   const int64_t* sd = seed.data_ptr<int64_t>();
@@ -55,11 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
       walk(row);
     }
   });
-  for (int64_t b = 0; b < s.batch; ++b) {
-    if (errors[b].code != accept::kOk) {
-      throw_accept_error(op, b, errors[b].code, errors[b].where, errors[b].value);
-    }
-  }
+  raise_first_error(errors, [op](const ErrorRecord& e) { raise_acceptance_error(op, e); });
   return {accept, num, next};
 }
 
@@ -72,7 +69,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tenso
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), 0);
   const int64_t* arg = target_argmax.data_ptr<int64_t>();
   for (int64_t i = 0; i < s.batch * s.nodes; ++i) {
-    if (arg[i] < 0) throw_accept_error(op, i / s.nodes, accept::kArgmaxRange, i % s.nodes, arg[i]);
+    if (arg[i] < 0) {
+      raise_acceptance_error(op, make_error(accept::kArgmaxRange, i / s.nodes, i % s.nodes, arg[i]));
+    }
   }
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
   const int32_t* par = parents.data_ptr<int32_t>();

@@ -4,24 +4,26 @@
 // raises and leaves caches and cache_lens untouched.  The copy is parallel
 // over (tensor, sequence, row); within one row the accepted slots are copied in
 // ascending order, which equals the sequential definition (see
-// specdec/kv_compact.h for why).
+// specdec/kv_compact_rules.h for why).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <cstring>
+#include <vector>
 
+#include "ops/checks.h"
 #include "ops/kv_compact.h"
+#include "specdec/kv_compact_rules.h"
 
 namespace specdec {
 namespace {
 
 void validate_all_rows(const char* op, const KvCompactPlan& plan, const int32_t* lens,
                        const int32_t* accept, const int32_t* num, const int32_t* tables) {
-  for (int64_t b = 0; b < plan.batch; ++b) {
-    const kv::RowCheck c = check_row_values(plan, b, lens, accept, num, tables);
-    if (c.code != kv::kOk) throw_row_error(op, plan, b, c);
-  }
+  std::vector<ErrorRecord> errors(plan.batch);
+  for (int64_t b = 0; b < plan.batch; ++b) errors[b] = check_row_values(plan, b, lens, accept, num, tables);
+  raise_first_error(errors, [&](const ErrorRecord& e) { raise_kv_compact_error(op, plan, e); });
 }
 
 // Moves the accepted slots of every tensor.  `slot_offset(b, row, slot)` gives

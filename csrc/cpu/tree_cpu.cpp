@@ -1,31 +1,14 @@
-// Tree ops, CPU kernels.
-#include <ATen/Dispatch.h>
+// build_tree, CPU kernel: validate every parent array, then fill the masks and
+// depths with the rules of specdec/tree_rules.h, parallel over trees.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/isinf.h>
-#include <ATen/ops/maximum.h>
-#include <ATen/ops/sub.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
-#include <algorithm>
-#include <utility>
 #include <vector>
 
-#include "ops/acceptance.h"
-#include "ops/dispatch.h"
+#include "ops/checks.h"
 #include "ops/tree.h"
-#include "specdec/acceptance.h"
-#include "specdec/attention.h"
+#include "specdec/tree_rules.h"
 
 namespace specdec {
 namespace {
@@ -35,272 +18,24 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents) {
   const int64_t words = check_build_tree_args(op, parents);
   const int64_t batch = parents.size(0), nodes = parents.size(1);
   const int32_t* par = parents.data_ptr<int32_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    int64_t where = 0, value = 0;
-    const int32_t code = accept::check_parents(par + b * nodes, nodes, &where, &value);
-    if (code != accept::kOk) throw_accept_error(op, b, code, where, value);
-  }
+  std::vector<ErrorRecord> errors(batch);
+  for (int64_t b = 0; b < batch; ++b) errors[b] = tree::check_parents(par + b * nodes, nodes, b);
+  raise_first_error(errors, [op](const ErrorRecord& e) { raise_tree_error(op, e); });
   auto [mask, depth] = build_tree_outputs(parents, words);
   int32_t* m = mask.data_ptr<int32_t>();
   int32_t* d = depth.data_ptr<int32_t>();
   at::parallel_for(0, batch, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int32_t* row = par + b * nodes;
-      for (int64_t w = 0; w < words; ++w) accept::tree_mask_column(row, nodes, words, w, m + b * nodes * words);
-      accept::tree_depths(row, nodes, d + b * nodes);
+      for (int64_t w = 0; w < words; ++w) tree::mask_column(row, nodes, words, w, m + b * nodes * words);
+      tree::depths(row, nodes, d + b * nodes);
     }
   });
   return {mask, depth};
 }
 
-// Tree attention for one (sequence, KV head) per task: the whole GQA group's
-// N * G query rows at once against blocks of kBlock keys, float32, with an
-// online softmax across blocks.  QK^T and PV are at::mm; the per-block row
-// max, exp, sums and rescaling are vectorised ATen ops; the tree mask is an
-// additive 0 / -inf bias applied only to the tree slots.
-// `load(b, h, first, count)` returns the float32 K and V rows [count, D] of
-// those slots (views of the cache where possible, gathered otherwise).
-constexpr int64_t kBlock = 1024;
-
-template <typename scalar_t, class BlockLoader>
-void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask,
-            float scale, BlockLoader load, scalar_t* out, float* lse) {
-  const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const auto run_tasks = [&](int64_t begin, int64_t end) {
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor Q = at::empty({rows, D}, f32);
-    at::Tensor bias = at::empty({rows, N}, f32);  // the tree part of the mask
-    at::Tensor acc = at::empty({rows, D}, f32);
-    at::Tensor m = at::empty({rows}, f32), l = at::empty({rows}, f32);
-    float* qp = Q.data_ptr<float>();
-    float* bp = bias.data_ptr<float>();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
-      const int64_t length = lens[b], total = length + N;
-      for (int64_t i = 0; i < N; ++i) {
-        const int32_t* mrow = mask + (b * N + i) * s.words;
-        for (int64_t g = 0; g < G; ++g) {
-          const scalar_t* src = q + ((b * N + i) * s.q_heads + h * G + g) * D;
-          float* dst = qp + (i * G + g) * D;
-          for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<float>(src[d]) * scale;
-          float* brow = bp + (i * G + g) * N;
-          for (int64_t j = 0; j < N; ++j) {
-            brow[j] = attention::visible(length + j, length, mrow) ? 0.0f : neg_inf;
-          }
-        }
-      }
-      acc.zero_();
-      m.fill_(neg_inf);
-      l.zero_();
-      for (int64_t s0 = 0; s0 < total; s0 += kBlock) {
-        const int64_t bk = std::min(kBlock, total - s0);
-        const auto [Kb, Vb] = load(b, h, s0, bk);
-        at::Tensor S = at::mm(Q, Kb.t());  // [rows, bk], already scaled
-        if (s0 + bk > length) {  // this block reaches the tree slots
-          const int64_t first = std::max<int64_t>(0, length - s0);
-          const int64_t tree_first = s0 + first - length;
-          S.narrow(1, first, bk - first).add_(bias.narrow(1, tree_first, bk - first));
-        }
-        const at::Tensor m_new = at::maximum(m, std::get<0>(S.max(1)));
-        // Rows that have seen nothing yet keep m = -inf; subtract 0 there instead.
-        const at::Tensor shift = at::where(at::isinf(m_new), at::zeros_like(m_new), m_new);
-        const at::Tensor alpha = at::sub(m, shift).exp_();  // 0 where m was -inf
-        S.sub_(shift.unsqueeze(1)).exp_();
-        l.mul_(alpha).add_(S.sum(1));
-        acc.mul_(alpha.unsqueeze(1)).addmm_(S, Vb);
-        m.copy_(m_new);
-      }
-      const float* ap = acc.data_ptr<float>();
-      const float* mp = m.data_ptr<float>();
-      const float* lp = l.data_ptr<float>();
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = r / G, head = h * G + r % G;
-        scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
-        const bool seen = lp[r] > 0.0f;
-        const float inv = seen ? 1.0f / lp[r] : 0.0f;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ap[r * D + d] * inv);
-        lse[(b * N + i) * s.q_heads + head] = seen ? mp[r] + std::log(lp[r]) : neg_inf;
-      }
-    }
-  };
-  // Big GEMMs (many query rows or long prefixes) run one task at a time so
-  // that at::mm and the softmax ops use every thread; many small tasks run
-  // in parallel, one per thread.
-  const int64_t task_flops = 4 * rows * D * (s.capacity + N);
-  if (task_flops >= (int64_t{64} << 20)) {
-    run_tasks(0, s.batch * s.kv_heads);
-  } else {
-    at::parallel_for(0, s.batch * s.kv_heads, 1, run_tasks);
-  }
-}
-
-// Small problems (decoding with small models: a few query rows, short
-// prefixes) are dominated by the per-call cost of the GEMM path's ATen ops, so
-// they take this direct loop: per query row, the visible scores, their max,
-// exp and the weighted sum of V rows, all float32, no allocation but one
-// scratch row per task.  `row(b, h, slot)` points at a slot's K (or V) row.
-template <typename scalar_t, class KRow, class VRow>
-void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens,
-                   const int32_t* mask, float scale, KRow k_row, VRow v_row, scalar_t* out,
-                   float* lse, int64_t grain) {
-  const int64_t G = s.group(), D = s.dim, N = s.nodes;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), acc(D), scores(s.capacity + N);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
-      const int64_t length = lens[b], total = length + N;
-      for (int64_t i = 0; i < N; ++i) {
-        const int32_t* mrow = mask + (b * N + i) * s.words;
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t head = h * G + g;
-          const scalar_t* src = q + ((b * N + i) * s.q_heads + head) * D;
-          for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(src[d]) * scale;
-          float mx = neg_inf;
-          for (int64_t j = 0; j < total; ++j) {
-            if (!attention::visible(j, length, mrow)) {
-              scores[j] = neg_inf;
-              continue;
-            }
-            const scalar_t* kr = k_row(b, h, j);
-            // Eight independent partial sums: each adds D/8 terms (the error of a
-            // sequential float sum grows with its length) and the loop vectorises.
-            float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-            int64_t d = 0;
-            for (; d + 8 <= D; d += 8) {
-              for (int64_t l = 0; l < 8; ++l) part[l] += qf[d + l] * static_cast<float>(kr[d + l]);
-            }
-            for (; d < D; ++d) part[d & 7] += qf[d] * static_cast<float>(kr[d]);
-            const float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
-                              ((part[4] + part[5]) + (part[6] + part[7]));
-            scores[j] = dot;
-            mx = std::max(mx, dot);
-          }
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          float sum = 0.0f;
-          if (mx != neg_inf) {
-            for (int64_t j = 0; j < total; ++j) {
-              if (scores[j] == neg_inf) continue;
-              const float p = std::exp(scores[j] - mx);
-              sum += p;
-              const scalar_t* vr = v_row(b, h, j);
-              for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(vr[d]);
-            }
-          }
-          scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
-          const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv);
-          lse[(b * N + i) * s.q_heads + head] = sum > 0.0f ? mx + std::log(sum) : neg_inf;
-        }
-      }
-    }
-  });
-}
-
-// Per-task multiply-adds (QK^T and PV) below which the direct loop wins.
-constexpr int64_t kDirectFlops = int64_t{1} << 20;
-
-std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q,
-                                                 const at::Tensor& k, const at::Tensor& v,
-                                                 const at::Tensor* block_tables,
-                                                 const at::Tensor& cache_lens,
-                                                 const at::Tensor& mask, double scale) {
-  const AttentionShape s = check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale);
-  const int32_t* lens = cache_lens.data_ptr<int32_t>();
-  const int32_t* tables = block_tables ? block_tables->data_ptr<int32_t>() : nullptr;
-  for (int64_t b = 0; b < s.batch; ++b) {
-    int64_t where = 0, value = 0;
-    const int32_t code = check_attention_row(s, b, lens, tables, &where, &value);
-    if (code != attention::kOk) throw_attention_row_error(op, s, b, code, where, value);
-  }
-  at::Tensor out = at::empty_like(q);
-  at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
-  int64_t longest = 0;
-  for (int64_t b = 0; b < s.batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
-  const int64_t task_flops = 4 * s.nodes * s.group() * s.dim * (longest + s.nodes);
-  if (task_flops < kDirectFlops) {
-    // Thread only when the whole call is worth it (about 256k flops a thread).
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_flops, 1));
-    SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
-      const scalar_t* kp = k.data_ptr<scalar_t>();
-      const scalar_t* vp = v.data_ptr<scalar_t>();
-      const int64_t D = s.dim, H = s.kv_heads;
-      if (tables == nullptr) {
-        const int64_t S = s.capacity;
-        auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
-        auto v_row = [vp, D, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * D; };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
-                                lse.data_ptr<float>(), grain);
-      } else {
-        const int64_t ps = s.page_size, mb = s.max_blocks;
-        auto where = [tables, ps, mb, H, D](int64_t b, int64_t h, int64_t slot) {
-          return ((static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps) * H + h) * D;
-        };
-        auto k_row = [kp, where](int64_t b, int64_t h, int64_t slot) { return kp + where(b, h, slot); };
-        auto v_row = [vp, where](int64_t b, int64_t h, int64_t slot) { return vp + where(b, h, slot); };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
-                                lse.data_ptr<float>(), grain);
-      }
-    });
-    return {out, lse};
-  }
-  SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
-    const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); };
-    if (tables == nullptr) {
-      // [B, Hkv, S, D]: a block of slots is a [count, D] slice of one (b, h).
-      auto load = [&](int64_t b, int64_t h, int64_t first, int64_t count) {
-        return std::pair{f32(k[b][h].narrow(0, first, count)), f32(v[b][h].narrow(0, first, count))};
-      };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
-    } else {
-      // [P, page_size, Hkv, D] seen as token rows [P * page_size, D] of head h;
-      // a block is gathered through the block table.
-      const int64_t ps = s.page_size, mb = s.max_blocks;
-      const at::Tensor k_rows = k.view({s.num_pages * ps, s.kv_heads, s.dim});
-      const at::Tensor v_rows = v.view({s.num_pages * ps, s.kv_heads, s.dim});
-      auto load = [&, ps, mb](int64_t b, int64_t h, int64_t first, int64_t count) {
-        at::Tensor index = at::empty({count}, at::kLong);
-        int64_t* ip = index.data_ptr<int64_t>();
-        for (int64_t c = 0; c < count; ++c) {
-          const int64_t slot = first + c;
-          ip[c] = static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps;
-        }
-        return std::pair{f32(k_rows.select(1, h).index_select(0, index)),
-                         f32(v_rows.select(1, h).index_select(0, index))};
-      };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
-    }
-  });
-  return {out, lse};
-}
-
-std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
-                                                      const at::Tensor& v_cache,
-                                                      const at::Tensor& cache_lens,
-                                                      const at::Tensor& mask, double scale) {
-  return attention_cpu("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask,
-                       scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cpu(
-    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-    const at::Tensor& block_tables, const at::Tensor& cache_lens, const at::Tensor& mask,
-    double scale) {
-  return attention_cpu("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables,
-                       cache_lens, mask, scale);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(specdec, CPU, m) {
-  m.impl("build_tree", &build_tree_cpu);
-  m.impl("tree_attention", &tree_attention_cpu);
-  m.impl("tree_attention_paged", &tree_attention_paged_cpu);
-}
+TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("build_tree", &build_tree_cpu); }
 
 }  // namespace specdec

@@ -1,9 +1,9 @@
 // KV rollback, CUDA launches.  The kernel bodies (validate_and_advance, then
 // copy_accepted, on the current stream with no host synchronisation between
-// them) live in specdec/kv_compact_device.h, where the C++ tests also run them
-// on the host CUDA emulator.  In eager mode the host then reads `status`
-// (cuda/eager_check.cuh) to raise the same exception the CPU kernel raises;
-// under CUDA graph capture bad rows still write nothing.
+// them) live in specdec/kv_compact_kernels.h, where the C++ tests also run them
+// on the host CUDA emulator.  In eager mode the host then reads the status
+// record (cuda/device_errors.h) to raise the same exception the CPU kernel
+// raises; under CUDA graph capture bad rows still write nothing.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -16,9 +16,10 @@
 #include <algorithm>
 #include <limits>
 
-#include "cuda/eager_check.cuh"
+#include "cuda/device_errors.h"
+#include "cuda/static_switch.h"
 #include "ops/kv_compact.h"
-#include "specdec/kv_compact_device.h"
+#include "specdec/kv_compact_kernels.h"
 
 namespace specdec {
 namespace {
@@ -34,6 +35,24 @@ template <typename Vec, bool kPaged>
 __global__ void copy_accepted(dev::TensorPtrs ptrs, int64_t num_tensors, dev::RowArgs args) {
   dev::copy_accepted<DeviceCtx, Vec, kPaged>(DeviceCtx{}, ptrs, num_tensors, args);
 }
+
+// The type one thread copies per access, by width in bytes.
+template <int kBytes>
+struct VectorOf {
+  using type = uint16_t;
+};
+template <>
+struct VectorOf<16> {
+  using type = uint4;
+};
+template <>
+struct VectorOf<8> {
+  using type = uint2;
+};
+template <>
+struct VectorOf<4> {
+  using type = uint32_t;
+};
 
 // The widest vector (16, 8, 4 or 2 bytes) that divides the row and every base.
 int vector_bytes(const KvCompactPlan& plan) {
@@ -60,12 +79,9 @@ void launch_copies(const KvCompactPlan& plan, const dev::RowArgs& args, cudaStre
     const int64_t items = count * plan.batch * plan.rows_per_seq * (plan.row_bytes / vec);
     if (items == 0) continue;
     const int64_t blocks = std::min<int64_t>((items + kThreads - 1) / kThreads, 65535LL * 16);
-    switch (vec) {
-      case 16: copy_accepted<uint4, kPaged><<<blocks, kThreads, 0, stream>>>(ptrs, count, args); break;
-      case 8: copy_accepted<uint2, kPaged><<<blocks, kThreads, 0, stream>>>(ptrs, count, args); break;
-      case 4: copy_accepted<uint32_t, kPaged><<<blocks, kThreads, 0, stream>>>(ptrs, count, args); break;
-      default: copy_accepted<uint16_t, kPaged><<<blocks, kThreads, 0, stream>>>(ptrs, count, args); break;
-    }
+    SPECDEC_SWITCH4(vec, kBytes, 16, 8, 4, 2, [&] {
+      copy_accepted<typename VectorOf<kBytes>::type, kPaged><<<blocks, kThreads, 0, stream>>>(ptrs, count, args);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -78,7 +94,7 @@ void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens
   const c10::cuda::CUDAGuard guard(cache_lens.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = cache_lens.options();
-  at::Tensor status = at::empty({4}, opts.dtype(at::kLong));
+  at::Tensor status = device_error_records(1, opts);
   at::Tensor base_lens = at::empty({plan.batch}, opts);
   const bool has_tensors = !plan.tensors.empty();
   const int64_t capacity = has_tensors ? plan.capacity : std::numeric_limits<int32_t>::max();
@@ -86,23 +102,17 @@ void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens
   const dev::ValidateArgs va{cache_lens.data_ptr<int32_t>(), accept_nodes.data_ptr<int32_t>(),
                              num_accepted.data_ptr<int32_t>(), tables, plan.batch, plan.width, capacity,
                              kPaged, has_tensors, plan.page_size, plan.num_pages, plan.max_blocks,
-                             base_lens.data_ptr<int32_t>(), status.data_ptr<int64_t>()};
+                             base_lens.data_ptr<int32_t>(), record_ptr(status)};
   validate_and_advance<<<1, kThreads, dev::kValidateSmem, stream>>>(va);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (has_tensors && plan.row_bytes > 0) {
     const dev::RowArgs args{accept_nodes.data_ptr<int32_t>(), num_accepted.data_ptr<int32_t>(),
-                 base_lens.data_ptr<int32_t>(), status.data_ptr<int64_t>(),
+                 base_lens.data_ptr<int32_t>(), record_ptr(status),
                  plan.batch, plan.width, plan.rows_per_seq, plan.row_bytes, plan.slots,
                  tables, plan.max_blocks, plan.page_size};
     launch_copies<kPaged>(plan, args, stream);
   }
-  if (const auto host = eager_errors(status, stream)) {
-    const int64_t* e = host->data_ptr<int64_t>();
-    if (e[0] != kv::kOk) {
-      throw_row_error(op, plan, e[1],
-                      kv::RowCheck{static_cast<int32_t>(e[0]), static_cast<int32_t>(e[2]), e[3]});
-    }
-  }
+  raise_device_errors(status, stream, [&](const ErrorRecord& e) { raise_kv_compact_error(op, plan, e); });
 }
 
 void kv_compact_cuda(at::TensorList caches, const at::Tensor& cache_lens,

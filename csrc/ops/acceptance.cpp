@@ -6,7 +6,8 @@
 #include <cmath>
 
 #include "ops/checks.h"
-#include "specdec/sampling.h"
+#include "ops/tree.h"
+#include "specdec/acceptance_rules.h"
 
 namespace specdec {
 
@@ -97,22 +98,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape&
           at::empty({shape.batch}, opts.dtype(at::kLong))};
 }
 
-void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where, int64_t value,
-                        const char* prob_arg) {
-  switch (code) {
-    case accept::kParentRoot:
-      TORCH_CHECK_VALUE(false, msg(op, "parents", "[", b, ", ", where, "] = ", value,
-                                   ": node 0 is the root and its parent must be -1"));
-    case accept::kParentRange:
-      TORCH_CHECK_VALUE(false, msg(op, "parents", "[", b, ", ", where, "] = ", value, " is outside [0, ", where,
-                                   "): every node's parent must come before it"));
+void raise_acceptance_error(const char* op, const ErrorRecord& e) {
+  const int64_t b = e.row, where = e.where, value = e.value;
+  switch (e.code) {
+    case tree::kParentRoot:
+    case tree::kParentRange:
+      raise_tree_error(op, e);
     case accept::kTokenRange:
       TORCH_CHECK_INDEX(false, msg(op, "tokens", "[", b, ", ", where, "] = ", value,
                                    " is outside the vocabulary [0, V)"));
     case accept::kArgmaxRange:
       TORCH_CHECK_INDEX(false, msg(op, "target_argmax", "[", b, ", ", where, "] = ", value, " is negative"));
     case accept::kProbInvalid:
-      TORCH_CHECK_VALUE(false, msg(op, prob_arg, "[", b, ", ", where, ", ", value,
+      TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where, ", ", value,
                                    "] is NaN, infinite or negative"));
     case accept::kDraftProbInvalid:
       TORCH_CHECK_VALUE(false, msg(op, "draft_probs", "[", b, ", ", where, ", ", value,
@@ -121,41 +119,11 @@ void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where, 
       TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where,
                                    "] has no probability mass to sample from"));
     default:
-      TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", code));
-  }
-}
-
-void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
-                         const at::Tensor& top_k, const at::Tensor& top_p) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 || logits.dim() == 3,
-                    msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ",
-                        shape_str(logits.sizes())));
-  check_float_kv(op, "logits", logits);
-  check_contiguous(op, "logits", logits);
-  TORCH_CHECK_VALUE(logits.size(-1) >= 1, msg(op, "logits", " must have a vocabulary of at least 1"));
-  const int64_t batch = logits.size(0);
-  for (auto [name, t, dtype] :
-       {std::tuple<const char*, const at::Tensor*, at::ScalarType>{"temperature", &temperature, at::kFloat},
-        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_k", &top_k, at::kInt},
-        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_p", &top_p, at::kFloat}}) {
-    check_dim(op, name, *t, 1, "[B]");
-    check_size(op, name, *t, 0, batch, "B (logits.size(0))");
-    check_dtype(op, name, *t, dtype);
-    check_device(op, name, *t, logits.device());
-    check_contiguous(op, name, *t);
+      TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
   }
 }
 
 using Verdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
-                          const at::Tensor& top_k, const at::Tensor& top_p) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("specdec::sampling_probs", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&)>();
-  return op.call(logits, temperature, top_k, top_p);
-}
 
 Verdict verify_greedy(const at::Tensor& tokens, const at::Tensor& parents,
                       const at::Tensor& target_argmax) {
@@ -184,25 +152,6 @@ Verdict typical_accept(const at::Tensor& tokens, const at::Tensor& parents,
                        .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
                                       double, const at::Tensor&, const at::Tensor&)>();
   return op.call(tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset);
-}
-
-void throw_sampling_error(const char* kOp, int32_t code, int64_t b, int64_t row, double value) {
-  switch (code) {
-    case sampling::kTemperature:
-      TORCH_CHECK_VALUE(false, msg(kOp, "temperature", "[", b, "] = ", value, " must be finite and >= 0"));
-    case sampling::kTopK:
-      TORCH_CHECK_VALUE(false, msg(kOp, "top_k", "[", b, "] = ", value, " must be >= 0 (0 disables it)"));
-    case sampling::kTopP:
-      TORCH_CHECK_VALUE(false, msg(kOp, "top_p", "[", b, "] = ", value, " must be in (0, 1]"));
-    case sampling::kLogitInvalid:
-      TORCH_CHECK_VALUE(false, msg(kOp, "logits", " row ", row, " of sequence ", b,
-                                   " holds a NaN or +inf logit"));
-    case sampling::kAllMasked:
-      TORCH_CHECK_VALUE(false, msg(kOp, "logits", " row ", row, " of sequence ", b,
-                                   " is -inf everywhere: nothing can be sampled"));
-    default:
-      TORCH_CHECK(false, msg(kOp, "internal", ": unknown validation code ", code));
-  }
 }
 
 }  // namespace specdec

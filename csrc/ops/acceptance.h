@@ -1,4 +1,6 @@
-// Acceptance sampling ops: argument checks shared by the CPU and CUDA kernels.
+// Family `acceptance` (verify_greedy, rejection_sample, typical_accept):
+// argument checks shared by the CPU and CUDA kernels, the raiser of its error
+// records, and the public C++ API.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,7 +8,7 @@
 #include <optional>
 #include <tuple>
 
-#include "specdec/acceptance.h"
+#include "specdec/errors.h"
 
 namespace specdec {
 
@@ -46,18 +48,11 @@ TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
                                                                const at::TensorOptions& device);
 
-// Raise the exception for a row that failed (accept::ErrorCode).
-[[noreturn]] void throw_accept_error(const char* op, int64_t b, int32_t code, int64_t where,
-                                     int64_t value, const char* prob_arg = "target_probs");
-
-// sampling_probs: logits [B, V] or [B, N, V] float32/float16/bfloat16, and
-// per-row temperature float32 [B], top_k int32 [B], top_p float32 [B].
-void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
-                         const at::Tensor& top_k, const at::Tensor& top_p);
+// Raise the exception for an acceptance record (accept::ErrorCode, and the
+// parent-array codes of tree::ErrorCode).
+[[noreturn]] void raise_acceptance_error(const char* op, const ErrorRecord& e);
 
 // Public C++ API, through the dispatcher.
-at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
-                          const at::Tensor& top_k, const at::Tensor& top_p);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy(const at::Tensor& tokens,
                                                              const at::Tensor& parents,
                                                              const at::Tensor& target_argmax);
@@ -68,10 +63,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept(
     const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
     double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
     const at::Tensor& offset);
-
-// Raise the exception for a sampling_probs row that failed (sampling::ErrorCode);
-// `value` is the offending parameter (temperature, top_k or top_p).
-[[noreturn]] void throw_sampling_error(const char* op, int32_t code, int64_t b, int64_t row,
-                                       double value);
 
 }  // namespace specdec

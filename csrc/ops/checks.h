@@ -10,6 +10,9 @@
 
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "specdec/errors.h"
 
 namespace specdec {
 
@@ -81,6 +84,18 @@ inline void check_float_kv(const char* op, const char* arg, const at::Tensor& t)
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16,
                    msg(op, arg, " must have dtype float32, float16 or bfloat16, got ",
                        dtype_name(s)));
+}
+
+// The one host decoder of error records (CPU kernels and, after the eager
+// read-back, CUDA kernels): raise the first record whose code is not kOk with
+// `raise`, the family's raise_<family>_error bound to its context.
+template <class Raise>
+void raise_first_error(const ErrorRecord* records, int64_t count, Raise raise) {
+  if (const ErrorRecord* e = first_error(records, count)) raise(*e);
+}
+template <class Raise>
+void raise_first_error(const std::vector<ErrorRecord>& records, Raise raise) {
+  raise_first_error(records.data(), static_cast<int64_t>(records.size()), raise);
 }
 
 }  // namespace specdec

@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "ops/checks.h"
+#include "specdec/kv_compact_rules.h"
 
 namespace specdec {
 namespace {
@@ -115,26 +116,24 @@ KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at:
   return plan;
 }
 
-kv::RowCheck check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t* cache_lens,
-                              const int32_t* accept_nodes, const int32_t* num_accepted,
-                              const int32_t* block_tables) {
+ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t* cache_lens,
+                             const int32_t* accept_nodes, const int32_t* num_accepted, const int32_t* block_tables) {
   const int32_t* accept = accept_nodes + b * plan.width;
   // Without cache tensors there is no capacity to check slots against; only
   // the index arrays themselves are validated then.
   const int64_t capacity =
       plan.tensors.empty() ? std::numeric_limits<int32_t>::max() : plan.capacity;
-  kv::RowCheck r = kv::check_row(cache_lens[b], num_accepted[b], accept, plan.width, capacity);
-  if (r.code == kv::kOk && plan.paged && !plan.tensors.empty() && num_accepted[b] > 0) {
-    r = kv::check_blocks(block_tables + b * plan.max_blocks, cache_lens[b],
+  ErrorRecord r = kv::check_row(b, cache_lens[b], num_accepted[b], accept, plan.width, capacity);
+  if (r.code == kOk && plan.paged && !plan.tensors.empty() && num_accepted[b] > 0) {
+    r = kv::check_blocks(b, block_tables + b * plan.max_blocks, cache_lens[b],
                          accept[num_accepted[b] - 1], plan.page_size, plan.num_pages);
   }
   return r;
 }
 
-void throw_row_error(const char* op, const KvCompactPlan& plan, int64_t b,
-                     const kv::RowCheck& c) {
-  const std::string at_b = "[" + std::to_string(b) + "]";
-  const std::string at_bj = "[" + std::to_string(b) + ", " + std::to_string(c.j) + "]";
+void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const ErrorRecord& c) {
+  const std::string at_b = "[" + std::to_string(c.row) + "]";
+  const std::string at_bj = "[" + std::to_string(c.row) + ", " + std::to_string(c.where) + "]";
   switch (c.code) {
     case kv::kCacheLenOutOfRange:
       TORCH_CHECK_INDEX(false, msg(op, "cache_lens", at_b, " = ", c.value, " is outside [0, ",

@@ -1,12 +1,13 @@
-// KV rollback ops: argument checks shared by the CPU and CUDA kernels, and the
-// public C++ API (calls go through the dispatcher, like Python calls do).
+// Family `kv_compact` (kv_compact_, kv_compact_paged_): argument checks shared by
+// the CPU and CUDA kernels, the raiser of its error records, and the public C++
+// API (calls go through the dispatcher, like Python calls do).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <vector>
 
-#include "specdec/kv_compact.h"
+#include "specdec/errors.h"
 
 namespace specdec {
 
@@ -36,13 +37,11 @@ KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at:
                                      const at::Tensor& num_accepted);
 
 // Full validation of one row's index values on the host (contiguous or paged).
-kv::RowCheck check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t* cache_lens,
-                              const int32_t* accept_nodes, const int32_t* num_accepted,
-                              const int32_t* block_tables);
+ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t* cache_lens,
+                             const int32_t* accept_nodes, const int32_t* num_accepted, const int32_t* block_tables);
 
-// Raise the exception that describes a failed row check.
-[[noreturn]] void throw_row_error(const char* op, const KvCompactPlan& plan, int64_t b,
-                                  const kv::RowCheck& check);
+// Raise the exception for a kv_compact record (kv::ErrorCode).
+[[noreturn]] void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const ErrorRecord& e);
 
 // Public C++ API, through the dispatcher.
 void kv_compact_(at::TensorList caches, const at::Tensor& cache_lens,

@@ -1,6 +1,7 @@
 // The one schema block of the specdec namespace.  Kernels are registered per
-// backend in csrc/cpu and csrc/cuda; meanings are documented in
-// ARCHITECTURE.md and in the Python wrappers (specdec_cuda/ops.py).
+// backend in csrc/cpu and csrc/cuda (one file per family); the exact meaning of
+// every op is docs/ops.md, and the Python wrappers (specdec_cuda/ops.py) carry
+// it in their docstrings.
 #include <torch/library.h>
 
 TORCH_LIBRARY(specdec, m) {

@@ -1,4 +1,4 @@
-// The CUDA KV-rollback kernel bodies (specdec/kv_compact_device.h), run on the
+// The CUDA KV-rollback kernel bodies (specdec/kv_compact_kernels.h), run on the
 // host through the CUDA emulator (cuda_emulator.h), against the sequential
 // definition: slot L + j receives old slot L + accept[j] for j < n, in that
 // order, then cache_lens += n; a bad row changes nothing and is reported.
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cuda_emulator.h"
-#include "specdec/kv_compact_device.h"
+#include "specdec/kv_compact_kernels.h"
 
 namespace {
 
@@ -92,20 +92,20 @@ void reference(const Problem& pb, State& st) {
   for (int64_t b = 0; b < pb.batch; ++b) st.lens[b] += st.num[b];
 }
 
-// Both kernels as the CUDA launcher runs them; returns the status words.
+// Both kernels as the CUDA launcher runs them; returns the status record.
 template <int kVec>
-std::vector<int64_t> run(const Problem& pb, State& st, int copy_blocks, int copy_threads) {
+specdec::ErrorRecord run(const Problem& pb, State& st, int copy_blocks, int copy_threads) {
   std::vector<int32_t> base(pb.batch, -1);
-  std::vector<int64_t> status(4, -1);
+  specdec::ErrorRecord status = specdec::make_error(-1, -1, -1, -1);
   const int64_t capacity = pb.paged ? st.max_blocks * pb.page_size : pb.slots;
   dev::ValidateArgs va{st.lens.data(), st.accept.data(), st.num.data(), pb.paged ? st.tables.data() : nullptr,
                        pb.batch, pb.width, capacity, pb.paged, true, pb.page_size, st.num_pages, st.max_blocks,
-                       base.data(), status.data()};
+                       base.data(), &status};
   EmulatedGrid one(dev::kThreads, dev::kValidateSmem);
   one.launch(1, 1, 1, [&](const EmuCtx& ctx) { dev::validate_and_advance(ctx, va); });
   dev::TensorPtrs ptrs{};
   for (int64_t t = 0; t < pb.tensors; ++t) ptrs.ptr[t] = reinterpret_cast<char*>(st.data[t].data());
-  const dev::RowArgs args{st.accept.data(), st.num.data(), base.data(), status.data(), pb.batch, pb.width,
+  const dev::RowArgs args{st.accept.data(), st.num.data(), base.data(), &status, pb.batch, pb.width,
                           st.rows_per_seq, pb.row_bytes, pb.slots, pb.paged ? st.tables.data() : nullptr,
                           st.max_blocks, pb.page_size};
   EmulatedGrid grid(copy_threads, 0);
@@ -124,8 +124,8 @@ void expect_matches(const Problem& pb, uint32_t seed, int copy_blocks = 3, int c
   std::mt19937 rng(seed);
   State got = make_state(pb, rng), want = got;
   reference(pb, want);
-  const std::vector<int64_t> status = run<kVec>(pb, got, copy_blocks, copy_threads);
-  EXPECT_EQ(status[0], kv::kOk);
+  const specdec::ErrorRecord status = run<kVec>(pb, got, copy_blocks, copy_threads);
+  EXPECT_EQ(status.code, specdec::kOk);
   EXPECT_EQ(got.lens, want.lens);
   for (int64_t t = 0; t < pb.tensors; ++t) EXPECT_TRUE(got.data[t] == want.data[t]) << "tensor " << t;
 }
@@ -173,11 +173,11 @@ TEST(KvCompactEmulated, BadRowChangesNothingAndReportsTheFirst) {
   st.accept[3 * pb.width + 2] = 2;
   st.lens[4] = static_cast<int32_t>(pb.slots + 1);
   const State before = st;
-  const std::vector<int64_t> status = run<16>(pb, st, 3, 64);
-  EXPECT_EQ(status[0], kv::kAcceptNotIncreasing);
-  EXPECT_EQ(status[1], 3);
-  EXPECT_EQ(status[2], 2);
-  EXPECT_EQ(status[3], 2);
+  const specdec::ErrorRecord status = run<16>(pb, st, 3, 64);
+  EXPECT_EQ(status.code, kv::kAcceptNotIncreasing);
+  EXPECT_EQ(status.row, 3);
+  EXPECT_EQ(status.where, 2);
+  EXPECT_EQ(status.value, 2);
   EXPECT_EQ(st.lens, before.lens);
   for (int64_t t = 0; t < pb.tensors; ++t) EXPECT_TRUE(st.data[t] == before.data[t]);
 }
@@ -195,9 +195,9 @@ TEST(KvCompactEmulated, PagedRepeatedPageIsRejected) {
   st.accept[1] = 5;
   st.tables[1] = st.tables[0];
   const State before = st;
-  const std::vector<int64_t> status = run<16>(pb, st, 3, 64);
-  EXPECT_EQ(status[0], kv::kBlockRepeated);
-  EXPECT_EQ(status[1], 0);
+  const specdec::ErrorRecord status = run<16>(pb, st, 3, 64);
+  EXPECT_EQ(status.code, kv::kBlockRepeated);
+  EXPECT_EQ(status.row, 0);
   EXPECT_EQ(st.lens, before.lens);
   for (int64_t t = 0; t < pb.tensors; ++t) EXPECT_TRUE(st.data[t] == before.data[t]);
 }

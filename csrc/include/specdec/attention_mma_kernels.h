@@ -16,7 +16,7 @@
 //
 // The body is a template over a context `Ctx` that supplies the thread and
 // block indices, shared memory, __syncthreads, __shfl_xor_sync and the mma
-// instruction.  tree_cuda.cu instantiates it with the device context below;
+// instruction.  csrc/cuda/attention_cuda.cu instantiates it with the device context of specdec/kernel_ctx.h;
 // tests/cpp/cuda_emulator.h runs the same code on the host, one std::thread per
 // CUDA thread, with an mma built from the PTX ISA's fragment tables.  Nothing
 // in this file may diverge inside a warp around ctx.shfl_xor / ctx.mma, or
@@ -29,7 +29,7 @@
 #include <initializer_list>
 #include <cstring>
 
-#include "specdec/attention.h"
+#include "specdec/attention_rules.h"
 #include "specdec/kernel_ctx.h"
 #include "specdec/macros.h"
 
@@ -50,7 +50,7 @@ struct Params {
   float* lse;             // [B, N, Hq]
   float* part_out;        // [splits, B * N * Hq, D] when splits > 1
   float* part_lse;        // [splits, B * N * Hq]
-  int64_t* errors;        // [B, 3]
+  ErrorRecord* errors;    // [B], zeroed
   int64_t batch, nodes, q_heads, kv_heads, dim, words, capacity;
   int64_t page_size, max_blocks, num_pages;
   float scale;

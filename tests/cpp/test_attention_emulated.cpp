@@ -1,7 +1,7 @@
 // The CUDA tree-attention kernel bodies, run on the host through the CUDA
 // emulator (cuda_emulator.h), against a float64 dense-mask softmax:
-//   - the tensor-core kernel (specdec/attention_mma.h), fp16 / bf16;
-//   - the SIMT kernel (specdec/attention_simt.h), fp32 / fp16 / bf16;
+//   - the tensor-core kernel (specdec/attention_mma_kernels.h), fp16 / bf16;
+//   - the SIMT kernel (specdec/attention_simt_kernels.h), fp32 / fp16 / bf16;
 //   - the lse merge of split partials both use (merge_row).
 // These run everywhere (no GPU needed); on a GPU the same source is checked
 // through the op by the CUDA cases of test_tree_attention.cpp / .py.
@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "cuda_emulator.h"
-#include "specdec/attention_mma.h"
-#include "specdec/attention_simt.h"
+#include "specdec/attention_mma_kernels.h"
+#include "specdec/attention_simt_kernels.h"
 
 namespace {
 
@@ -138,7 +138,7 @@ Inputs make_inputs(const Case& cs, int kind, bool paged, uint32_t seed) {
 struct Outputs {
   std::vector<unsigned char> out;
   std::vector<float> lse, part_out, part_lse;
-  std::vector<int64_t> errors;
+  std::vector<specdec::ErrorRecord> errors;
   int64_t splits = 1;
 };
 
@@ -149,7 +149,7 @@ Outputs alloc_outputs(const Inputs& in, int64_t splits) {
   o.lse.assign(rows, std::numeric_limits<float>::quiet_NaN());
   o.part_out.assign(splits > 1 ? splits * rows * in.D : 0, std::nanf(""));
   o.part_lse.assign(splits > 1 ? splits * rows : 0, std::nanf(""));
-  o.errors.assign(in.B * 3, 0);
+  o.errors.assign(in.B, specdec::ErrorRecord{});
   o.splits = splits;
   return o;
 }
@@ -213,7 +213,7 @@ struct Result {
 
 Result compare(const Case& cs, const Inputs& in, const Outputs& o) {
   const int64_t B = in.B, N = in.N, Hq = in.Hq, Hkv = in.Hkv, D = in.D, S = in.S, G = Hq / Hkv;
-  for (int64_t e : o.errors) EXPECT_EQ(e, 0);
+  for (const specdec::ErrorRecord& e : o.errors) EXPECT_EQ(e.code, 0);
   const double scale = 1.0f / std::sqrt(float(D));
   double err2 = 0, ref2 = 0, lse_err = 0;
   int64_t unwritten = 0;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "ops/attention.h"
 #include "ops/tree.h"
 #include "test_util.h"
 

@@ -1,7 +1,7 @@
 // Tree attention, SIMT kernel body (fp32, and the fp16 / bf16 calls the
 // tensor-core kernel cannot take), and the lse merge of split partials that
 // both kernels use.  Torch-free, a template over the context of
-// specdec/kernel_ctx.h: tree_cuda.cu runs it on the GPU, the C++ tests on the
+// specdec/kernel_ctx.h: csrc/cuda/attention_cuda.cu runs it on the GPU, the C++ tests on the
 // host emulator (tests/cpp/cuda_emulator.h).
 //
 // Block (split, b * Hkv + h, query tile): 16 query rows of KV head h's GQA
@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "specdec/attention.h"
+#include "specdec/attention_rules.h"
 #include "specdec/kernel_ctx.h"
 
 namespace specdec::attention::simt {
@@ -42,11 +42,11 @@ struct Tile {
 };
 
 struct Params {
-  const void *q, *k, *v;  // q's dtype; layouts as in attention_mma.h
+  const void *q, *k, *v;  // q's dtype; layouts as in attention_mma_kernels.h
   const int32_t *lens, *mask, *tables;
   void* out;
   float *lse, *part_out, *part_lse;
-  int64_t* errors;
+  ErrorRecord* errors;  // [B], zeroed
   int64_t batch, nodes, q_heads, kv_heads, dim, words, capacity;
   int64_t page_size, max_blocks, num_pages;
   float scale;

@@ -1,4 +1,5 @@
-// sampling_probs: definitions shared by the CPU and CUDA kernels (torch-free).
+// sampling_probs: definitions shared by the CPU and CUDA kernels (torch-free);
+// docs/ops.md, family `sampling`, states the rule.
 //
 // Per row: temperature T == 0 gives the one-hot of the first maximum.  Else,
 // in float64, z = logit / T; top-k (0 < k < V) keeps {z >= the k-th largest z}
@@ -11,24 +12,28 @@
 #include <cstdint>
 #include <cstring>
 
+#include "specdec/errors.h"
 #include "specdec/macros.h"
 
 namespace specdec::sampling {
 
+// Error codes.  An error record's `where` is the position (0 for [B, V]
+// logits), `value` the offending parameter as double bits (codes 1-3) or 0.
 enum ErrorCode : int32_t {
-  kOk = 0,
-  kTemperature = 1,  // temperature NaN, infinite or negative
-  kTopK = 2,         // top_k negative
-  kTopP = 3,         // top_p outside (0, 1] or NaN
-  kLogitInvalid = 4, // a logit is NaN or +inf
-  kAllMasked = 5,    // every logit of the row is -inf
+  kTemperature = 1,   // temperature NaN, infinite or negative
+  kTopK = 2,          // top_k negative
+  kTopP = 3,          // top_p outside (0, 1] or NaN
+  kLogitInvalid = 4,  // a logit is NaN or +inf
+  kAllMasked = 5,     // every logit of the row is -inf
 };
 
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_params(float temperature, int32_t top_k, float top_p) {
-  if (!(temperature >= 0.0f && temperature <= 3.0e38f)) return kTemperature;
-  if (top_k < 0) return kTopK;
-  if (!(top_p > 0.0f && top_p <= 1.0f)) return kTopP;
-  return kOk;
+// Row `row`'s sampling parameters.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_params(float temperature, int32_t top_k, float top_p,
+                                                        int64_t row) {
+  if (!(temperature >= 0.0f && temperature <= 3.0e38f)) return make_error(kTemperature, row, 0, double_bits(temperature));
+  if (top_k < 0) return make_error(kTopK, row, 0, double_bits(top_k));
+  if (!(top_p > 0.0f && top_p <= 1.0f)) return make_error(kTopP, row, 0, double_bits(top_p));
+  return no_error(row);
 }
 
 // Maps a float to an unsigned key with the same order (-inf lowest, +inf highest).

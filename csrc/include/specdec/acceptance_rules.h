@@ -1,4 +1,7 @@
-// Acceptance rules shared by the CPU and CUDA kernels (torch-free).
+// Acceptance rules shared by the CPU and CUDA kernels (torch-free): the walks
+// of verify_greedy, rejection_sample and typical_accept.  docs/ops.md, family
+// `acceptance`, states the rules; specdec_cuda/reference.py is the oracle these
+// must match.
 //
 // Each verifier walks one row's tree from the root.  The walk is sequential
 // and cheap; what touches the whole vocabulary (residual masses, the final
@@ -7,29 +10,31 @@
 //   double  row.sum(f)            sum over x in [0, V) of f(x), in float64
 //   int64_t row.search(f, t)      smallest x with f(0) + ... + f(x) > t, or -1
 //
-// The CPU policy loops; the CUDA policy runs them with a whole thread block,
-// every thread executing the walk in lock-step on identical scalars.  Rows also
-// give parent(i), token(i), p(node, x) (target), q(node, x) (draft),
-// uniform(index), a scratch array of N int64 (get(i), set(i, v): on CUDA a
-// leader-only write then a barrier), `bad(code, node, x)` to report an
-// invalid probability, and out(j, node) / finish(num, next) for the outputs.  The rules themselves are documented in
-// specdec_cuda/reference.py, which is the oracle these must match.
+// The CPU policy (SequentialRow, below) loops; the CUDA policy
+// (acceptance_kernels.h) runs them with a whole thread block, every thread
+// executing the walk in lock-step on identical scalars.  Rows also give
+// parent(i), token(i), p(node, x) (target), q(node, x) (draft), uniform(index),
+// a scratch array of N int64 (get(i), set(i, v): on CUDA a leader-only write
+// then a barrier), `bad(code, node, x)` to report an invalid probability, and
+// out(j, node) / finish(num, next) for the outputs.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "specdec/errors.h"
 #include "specdec/macros.h"
 #include "specdec/philox.h"
+#include "specdec/tree_rules.h"
 
 namespace specdec::accept {
 
+// Error codes, continuing the tree family's (1: parents[b, 0] != -1, 2: a
+// parent out of range).  `where` is the node, `value` the offending entry (for
+// probabilities: the token x, at node `where`).
 enum ErrorCode : int32_t {
-  kOk = 0,
-  kParentRoot = 1,        // parents[b, 0] != -1
-  kParentRange = 2,       // parents[b, i] outside [0, i)
   kTokenRange = 3,        // tokens[b, i] outside [0, V)
-  kProbInvalid = 4,       // a probability read is NaN, infinite or negative
+  kProbInvalid = 4,       // a target probability read is NaN, infinite or negative
   kNoMass = 5,            // the distribution to draw from has no mass at all
   kArgmaxRange = 6,       // target_argmax[b, i] negative
   kDraftProbInvalid = 7,  // a draft probability read is NaN, infinite or negative
@@ -67,24 +72,23 @@ class RowView {
   int64_t* next_;
 };
 
-// A row's first reported error (bad()): code, node, value.
-struct RowError {
-  int32_t code = kOk;
-  int64_t where = 0, value = 0;
-};
-
 // The sequential row policy (host only): collectives are plain loops.  The
 // CPU kernel runs every walk with it; the emulated CUDA tests use it as the
-// policy the CUDA block policy must agree with.
+// policy the CUDA block policy must agree with.  `error` receives the row's
+// first reported error.
 class SequentialRow : public RowView {
  public:
-  SequentialRow(const RowView& view, int64_t* scratch, RowError* error)
+  SequentialRow(const RowView& view, int64_t* scratch, ErrorRecord* error)
       : RowView(view), scratch_(scratch), error_(error) {}
 
   int64_t get(int64_t i) const { return scratch_[i]; }
   void set(int64_t i, int64_t v) { scratch_[i] = v; }
   void bad(int32_t code, int64_t node, int64_t x) {
-    if (error_->code == kOk) *error_ = RowError{code, node, x};
+    if (error_->code == kOk) {
+      error_->code = code;
+      error_->where = node;
+      error_->value = x;
+    }
   }
   void out(int64_t j, int64_t node) { accept_[j] = static_cast<int32_t>(node); }
   void finish(int64_t length, int64_t next) {
@@ -118,60 +122,22 @@ class SequentialRow : public RowView {
 
  private:
   int64_t* scratch_;
-  RowError* error_;
+  ErrorRecord* error_;
 };
 
-// Validate one row's parent array: parents[0] = -1, 0 <= parents[i] < i.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_parents(const int32_t* parents, int64_t nodes,
-                                                         int64_t* where, int64_t* value) {
+// Validate row `row`'s tree: its parent array, then tokens >= 0, and < vocab
+// when vocab > 0.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_tree(const int32_t* parents, const int64_t* tokens, int64_t nodes,
+                                                      int64_t vocab, int64_t row) {
+  const ErrorRecord e = tree::check_parents(parents, nodes, row);
+  if (e.code != kOk) return e;
   for (int64_t i = 0; i < nodes; ++i) {
-    const int64_t p = parents[i];
-    if (i == 0 ? p != -1 : (p < 0 || p >= i)) {
-      *where = i;
-      *value = p;
-      return i == 0 ? kParentRoot : kParentRange;
-    }
+    if (tokens[i] < 0 || (vocab > 0 && tokens[i] >= vocab)) return make_error(kTokenRange, row, i, tokens[i]);
   }
-  return kOk;
+  return no_error(row);
 }
 
-// Validate one row's tree.  Tokens must be >= 0, and < vocab when vocab > 0.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_tree(const int32_t* parents, const int64_t* tokens,
-                                                      int64_t nodes, int64_t vocab, int64_t* where,
-                                                      int64_t* value) {
-  const int32_t code = check_parents(parents, nodes, where, value);
-  if (code != kOk) return code;
-  for (int64_t i = 0; i < nodes; ++i) {
-    if (tokens[i] < 0 || (vocab > 0 && tokens[i] >= vocab)) {
-      *where = i;
-      *value = tokens[i];
-      return kTokenRange;
-    }
-  }
-  return kOk;
-}
-
-// build_tree, one word column of one row: mask[i][w] = mask[parent(i)][w], plus
-// bit i % 32 when w == i / 32 (bit j of row i: j is i or an ancestor of i).
-// Rows are filled in index order, so a parent's word is ready before its
-// children read it; each word column depends only on itself.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE void tree_mask_column(const int32_t* parents, int64_t nodes,
-                                                         int64_t words, int64_t w, int32_t* mask) {
-  for (int64_t i = 0; i < nodes; ++i) {
-    const int64_t p = parents[i];
-    uint32_t word = p >= 0 ? static_cast<uint32_t>(mask[p * words + w]) : 0u;
-    if (i / 32 == w) word |= 1u << (i % 32);
-    mask[i * words + w] = static_cast<int32_t>(word);
-  }
-}
-
-// build_tree depths: the root has depth 0.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE void tree_depths(const int32_t* parents, int64_t nodes,
-                                                    int32_t* depth) {
-  for (int64_t i = 0; i < nodes; ++i) depth[i] = parents[i] >= 0 ? depth[parents[i]] + 1 : 0;
-}
-
-// Greedy verification of one row (ARCHITECTURE.md: verify_greedy): from the
+// Greedy verification of one row (docs/ops.md: verify_greedy): from the
 // root, accept the first child whose token is the target's argmax after the
 // current node.  Writes the path (-1 padded to N), returns its length and sets
 // *next to the argmax after the last accepted node.
@@ -240,7 +206,7 @@ SPECDEC_HOST_DEVICE int64_t draw(Row& row, int64_t node, F f, double u, double t
   return 0;
 }
 
-// Lossless verification (ARCHITECTURE.md: rejection_sample).
+// Lossless verification (docs/ops.md: rejection_sample).
 template <bool kDraft, class Row>
 SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
   int64_t node = 0;
@@ -313,7 +279,7 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
   }
 }
 
-// Medusa's typical acceptance (ARCHITECTURE.md: typical_accept).  The
+// Medusa's typical acceptance (docs/ops.md: typical_accept).  The
 // scratch holds per-node state: bit 0 = whole path accepted, bits 1.. = depth.
 template <class Row>
 SPECDEC_HOST_DEVICE void typical_walk(Row& row, double threshold, double alpha) {

@@ -3,7 +3,7 @@
 // No torch here: raw pointers and integers only, so both backends validate and
 // address the cache with the very same code.
 //
-// Semantics (ARCHITECTURE.md): for a row b with n = num_accepted[b] and
+// Semantics (docs/ops.md, family `kv_compact`): for a row b with n = num_accepted[b] and
 // L = cache_lens[b], slot L + j receives the old slot L + accept_nodes[b, j]
 // for j < n (in that order), then cache_lens[b] = L + n.
 //
@@ -16,13 +16,14 @@
 
 #include <cstdint>
 
+#include "specdec/errors.h"
 #include "specdec/macros.h"
 
 namespace specdec::kv {
 
-// Why a row failed validation; `j` and `value` locate the offending entry.
+// Why a row failed validation; the record's `where` is the column of the
+// offending entry (accept_nodes or block_tables), `value` the entry.
 enum ErrorCode : int32_t {
-  kOk = 0,
   kCacheLenOutOfRange = 1,    // cache_lens[b] < 0 or > capacity
   kNumAcceptedOutOfRange = 2, // num_accepted[b] < 0 or > accept_nodes.size(1)
   kAcceptNodeNegative = 3,    // accept_nodes[b, j] < 0
@@ -32,46 +33,38 @@ enum ErrorCode : int32_t {
   kBlockRepeated = 7,         // block_tables[b, j] repeats an earlier touched block
 };
 
-struct RowCheck {
-  int32_t code;   // ErrorCode
-  int32_t j;      // column of the offending entry (accept_nodes or block_tables)
-  int64_t value;  // the offending value
-};
-
 // Validate one row of a contiguous or paged compaction.  `capacity` is the
 // number of slots one sequence can address (S, or max_blocks * page_size).
-SPECDEC_HOST_DEVICE SPECDEC_INLINE RowCheck check_row(int64_t cache_len, int64_t num_accepted,
-                                                      const int32_t* accept, int64_t width,
-                                                      int64_t capacity) {
-  if (cache_len < 0 || cache_len > capacity) return {kCacheLenOutOfRange, 0, cache_len};
-  if (num_accepted < 0 || num_accepted > width) return {kNumAcceptedOutOfRange, 0, num_accepted};
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t cache_len, int64_t num_accepted,
+                                                     const int32_t* accept, int64_t width, int64_t capacity) {
+  if (cache_len < 0 || cache_len > capacity) return make_error(kCacheLenOutOfRange, row, 0, cache_len);
+  if (num_accepted < 0 || num_accepted > width) return make_error(kNumAcceptedOutOfRange, row, 0, num_accepted);
   int64_t prev = -1;
   for (int64_t j = 0; j < num_accepted; ++j) {
     const int64_t a = accept[j];
-    if (a < 0) return {kAcceptNodeNegative, static_cast<int32_t>(j), a};
-    if (a <= prev) return {kAcceptNotIncreasing, static_cast<int32_t>(j), a};
-    if (cache_len + a >= capacity) return {kSlotBeyondCache, static_cast<int32_t>(j), a};
+    if (a < 0) return make_error(kAcceptNodeNegative, row, j, a);
+    if (a <= prev) return make_error(kAcceptNotIncreasing, row, j, a);
+    if (cache_len + a >= capacity) return make_error(kSlotBeyondCache, row, j, a);
     prev = a;
   }
-  return {kOk, 0, 0};
+  return no_error(row);
 }
 
 // The block-table part of a paged row: every block holding a slot the row reads
 // or writes, [cache_len, cache_len + accept[n-1]], must be a valid page, and
 // those pages must be distinct (two logical blocks on one page would alias).
-SPECDEC_HOST_DEVICE SPECDEC_INLINE RowCheck check_blocks(const int32_t* table, int64_t cache_len,
-                                                         int64_t last_source, int64_t page_size,
-                                                         int64_t num_pages) {
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_blocks(int64_t row, const int32_t* table, int64_t cache_len,
+                                                        int64_t last_source, int64_t page_size, int64_t num_pages) {
   const int64_t first = cache_len / page_size;
   const int64_t last = (cache_len + last_source) / page_size;
   for (int64_t blk = first; blk <= last; ++blk) {
     const int64_t page = table[blk];
-    if (page < 0 || page >= num_pages) return {kBlockOutOfRange, static_cast<int32_t>(blk), page};
+    if (page < 0 || page >= num_pages) return make_error(kBlockOutOfRange, row, blk, page);
     for (int64_t other = first; other < blk; ++other) {
-      if (table[other] == page) return {kBlockRepeated, static_cast<int32_t>(blk), page};
+      if (table[other] == page) return make_error(kBlockRepeated, row, blk, page);
     }
   }
-  return {kOk, 0, 0};
+  return no_error(row);
 }
 
 // Byte offset of slot `slot` of sequence row `table` in a paged tensor

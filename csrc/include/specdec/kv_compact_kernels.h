@@ -1,20 +1,21 @@
 // KV rollback, the CUDA kernel bodies, torch-free: templates over the context
-// of specdec/kernel_ctx.h, so kv_compact_cuda.cu runs them on the GPU and the
+// of specdec/kernel_ctx.h, so csrc/cuda/kv_compact_cuda.cu runs them on the GPU and the
 // C++ tests on the host CUDA emulator (tests/cpp/cuda_emulator.h).
 //
 //  1. validate_and_advance (one block): checks every row with the same code as
-//     the CPU kernel (specdec/kv_compact.h).  If all rows are valid it snapshots
+//     the CPU kernel (specdec/kv_compact_rules.h).  If all rows are valid it snapshots
 //     the old cache_lens and advances cache_lens; otherwise it records the first
 //     failing row in `status` and changes nothing.
 //  2. copy_accepted (grid-stride): each thread owns one vector-sized column of
 //     one (tensor, sequence, row) and copies the accepted slots in ascending
-//     order, which equals the sequential definition.  Nothing if status != 0.
+//     order, which equals the sequential definition.  Nothing if status is not kOk.
 #pragma once
 
 #include <cstdint>
 
 #include "specdec/kernel_ctx.h"
-#include "specdec/kv_compact.h"
+#include "specdec/errors.h"
+#include "specdec/kv_compact_rules.h"
 
 namespace specdec::kv::device {
 
@@ -33,24 +34,24 @@ struct ValidateArgs {
   bool paged, check_slots;
   int64_t page_size, num_pages, max_blocks;
   int32_t* base_lens;  // out: cache_lens before this step
-  int64_t* status;     // out: [code, row, j, value]
+  ErrorRecord* status; // out: the first failing row's record, or code kOk
 };
 
 struct RowArgs {
   const int32_t* accept;
   const int32_t* num;
   const int32_t* base_lens;  // cache_lens before this step (written by validate_and_advance)
-  const int64_t* status;
+  const ErrorRecord* status;
   int64_t batch, width, rows_per_seq, row_bytes, slots;
   // paged
   const int32_t* tables;
   int64_t max_blocks, page_size;
 };
 
-SPECDEC_HOST_DEVICE SPECDEC_INLINE RowCheck check_one(const ValidateArgs& a, int64_t b) {
-  RowCheck c = check_row(a.lens[b], a.num[b], a.accept + b * a.width, a.width, a.capacity);
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_one(const ValidateArgs& a, int64_t b) {
+  ErrorRecord c = check_row(b, a.lens[b], a.num[b], a.accept + b * a.width, a.width, a.capacity);
   if (c.code == kOk && a.paged && a.check_slots && a.num[b] > 0) {
-    c = check_blocks(a.tables + b * a.max_blocks, a.lens[b], a.accept[b * a.width + a.num[b] - 1], a.page_size,
+    c = check_blocks(b, a.tables + b * a.max_blocks, a.lens[b], a.accept[b * a.width + a.num[b] - 1], a.page_size,
                      a.num_pages);
   }
   return c;
@@ -71,16 +72,10 @@ SPECDEC_HOST_DEVICE void validate_and_advance(const Ctx& ctx, const ValidateArgs
   ctx.sync();
   const int64_t bad = *first_bad;
   if (bad < a.batch) {
-    if (tid == 0) {
-      const RowCheck c = check_one(a, bad);
-      a.status[0] = c.code;
-      a.status[1] = bad;
-      a.status[2] = c.j;
-      a.status[3] = c.value;
-    }
+    if (tid == 0) *a.status = check_one(a, bad);
     return;
   }
-  if (tid == 0) a.status[0] = kOk;
+  if (tid == 0) *a.status = no_error(0);
   for (int64_t b = tid; b < a.batch; b += threads) {
     a.base_lens[b] = a.lens[b];
     a.lens[b] += a.num[b];
@@ -93,7 +88,7 @@ SPECDEC_HOST_DEVICE void validate_and_advance(const Ctx& ctx, const ValidateArgs
 template <class Ctx, typename Vec, bool kPaged>
 SPECDEC_HOST_DEVICE void copy_accepted(const Ctx& ctx, const TensorPtrs& ptrs, int64_t num_tensors,
                                        const RowArgs& args) {
-  if (args.status[0] != kOk) return;
+  if (args.status->code != kOk) return;
   const int64_t vecs = args.row_bytes / static_cast<int64_t>(sizeof(Vec));
   const int64_t items = num_tensors * args.batch * args.rows_per_seq * vecs;
   const int64_t stride = ctx.grid_dim_x() * ctx.block_dim();

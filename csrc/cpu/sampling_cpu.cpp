@@ -12,9 +12,9 @@
 #include <limits>
 #include <vector>
 
-#include "ops/acceptance.h"
 #include "ops/checks.h"
-#include "specdec/sampling.h"
+#include "ops/sampling.h"
+#include "specdec/sampling_rules.h"
 
 namespace specdec {
 namespace {
@@ -44,8 +44,8 @@ double mass_threshold(std::vector<double>& p, double need) {
   }
 }
 
-// One row: logits x[V] -> out[V].  Returns an error code.
-int32_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_k, float top_p,
+// One row: logits x[V] -> out[V].  Returns an error code (0: valid).
+int64_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_k, float top_p,
                   float* out, std::vector<float>& fbuf, std::vector<double>& dbuf) {
   int64_t first_max = 0;
   for (int64_t i = 0; i < vocab; ++i) {
@@ -56,7 +56,7 @@ int32_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_
   if (temperature == 0.0f) {
     std::fill(out, out + vocab, 0.0f);
     out[first_max] = 1.0f;
-    return sampling::kOk;
+    return kOk;
   }
   float kth = -std::numeric_limits<float>::infinity();
   if (sampling::top_k_active(top_k, vocab)) {
@@ -90,7 +90,7 @@ int32_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_
   for (int64_t i = 0; i < vocab; ++i) {
     out[i] = dbuf[i] >= keep_from && dbuf[i] > 0.0 ? static_cast<float>(dbuf[i] / kept) : 0.0f;
   }
-  return sampling::kOk;
+  return kOk;
 }
 
 at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temperature,
@@ -101,29 +101,25 @@ at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temper
   const float* temp = temperature.data_ptr<float>();
   const int32_t* k = top_k.data_ptr<int32_t>();
   const float* tp = top_p.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    const int32_t code = sampling::check_params(temp[b], k[b], tp[b]);
-    if (code != sampling::kOk) {
-      const double v = code == sampling::kTemperature ? temp[b] : code == sampling::kTopK ? k[b] : tp[b];
-      throw_sampling_error(kOp, code, b, 0, v);
-    }
-  }
+  const auto raise = [](const ErrorRecord& e) { raise_sampling_error(kOp, e); };
+  std::vector<ErrorRecord> params(batch);
+  for (int64_t b = 0; b < batch; ++b) params[b] = sampling::check_params(temp[b], k[b], tp[b], b);
+  raise_first_error(params, raise);
   const at::Tensor x = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
   at::Tensor out = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  std::vector<int32_t> errors(batch * rows, sampling::kOk);
+  std::vector<ErrorRecord> errors(batch * rows, no_error(0));
   at::parallel_for(0, batch * rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> fbuf;
     std::vector<double> dbuf;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows;
-      errors[r] = row_probs(xp + r * vocab, vocab, temp[b], k[b], tp[b], op + r * vocab, fbuf, dbuf);
+      const int64_t code = row_probs(xp + r * vocab, vocab, temp[b], k[b], tp[b], op + r * vocab, fbuf, dbuf);
+      if (code != kOk) errors[r] = make_error(code, b, r % rows, 0);
     }
   });
-  for (int64_t r = 0; r < batch * rows; ++r) {
-    if (errors[r] != sampling::kOk) throw_sampling_error(kOp, errors[r], r / rows, r % rows, 0.0);
-  }
+  raise_first_error(errors, raise);
   return out;
 }
 

@@ -1,4 +1,5 @@
-// Tree attention: index logic shared by the CPU and CUDA kernels (torch-free).
+// Tree attention: index logic shared by the CPU and CUDA kernels (torch-free);
+// docs/ops.md, family `attention`, states the rule.
 //
 // Query i of sequence b sees the prefix slots [0, L) (L = cache_lens[b]) and
 // the tree slots L + j whose bit j is set in its mask row; query head h reads
@@ -8,52 +9,45 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "specdec/errors.h"
 #include "specdec/macros.h"
 
 namespace specdec::attention {
 
 constexpr int64_t kMaxHeadDim = 256;
 
-enum ErrorCode : int32_t { kOk = 0, kCacheLen = 1, kBlock = 2 };
+// Error codes.  kCacheLen: where = 0, value = cache_lens[b]; kBlock: where = the
+// block index, value = the block-table entry.
+enum ErrorCode : int32_t { kCacheLen = 1, kBlock = 2 };
 
-// 0 <= L, L + nodes <= capacity, and (paged, table != nullptr) every block
-// holding a slot in [0, L + nodes) is a page in [0, num_pages).
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int32_t check_row(int64_t length, int64_t nodes, int64_t capacity,
-                                                     const int32_t* table, int64_t page_size,
-                                                     int64_t num_pages, int64_t* where,
-                                                     int64_t* value) {
-  if (length < 0 || length + nodes > capacity) {
-    *where = 0;
-    *value = length;
-    return kCacheLen;
-  }
+// The head-dimension bucket a kernel is compiled for (64, 128 or 256): the one
+// place D is rounded up, for both CUDA kernels.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t head_dim_bucket(int64_t dim) {
+  return dim <= 64 ? 64 : dim <= 128 ? 128 : 256;
+}
+
+// Row `row`: 0 <= L, L + nodes <= capacity, and (paged, table != nullptr) every
+// block holding a slot in [0, L + nodes) is a page in [0, num_pages).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t length, int64_t nodes, int64_t capacity,
+                                                     const int32_t* table, int64_t page_size, int64_t num_pages) {
+  if (length < 0 || length + nodes > capacity) return make_error(kCacheLen, row, 0, length);
   if (table != nullptr) {
     const int64_t blocks = (length + nodes + page_size - 1) / page_size;
     for (int64_t k = 0; k < blocks; ++k) {
-      if (table[k] < 0 || table[k] >= num_pages) {
-        *where = k;
-        *value = table[k];
-        return kBlock;
-      }
+      if (table[k] < 0 || table[k] >= num_pages) return make_error(kBlock, row, k, table[k]);
     }
   }
-  return kOk;
+  return no_error(row);
 }
 
-// check_row for sequence b; a failure is recorded as errors[3b .. 3b+2] =
-// {code, where, value} when `report` (one block per sequence reports).
-// Returns whether the row is valid.
+// check_row for sequence b; a failure goes to errors[b] when `report` (one
+// block per sequence reports).  Returns whether the row is valid.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE bool check_and_record(int64_t b, int64_t length, int64_t nodes, int64_t capacity,
                                                          const int32_t* table, int64_t page_size, int64_t num_pages,
-                                                         bool report, int64_t* errors) {
-  int64_t where = 0, value = 0;
-  const int32_t code = check_row(length, nodes, capacity, table, page_size, num_pages, &where, &value);
-  if (code != kOk && report) {
-    errors[3 * b] = code;
-    errors[3 * b + 1] = where;
-    errors[3 * b + 2] = value;
-  }
-  return code == kOk;
+                                                         bool report, ErrorRecord* errors) {
+  const ErrorRecord e = check_row(b, length, nodes, capacity, table, page_size, num_pages);
+  if (e.code != kOk && report) errors[b] = e;
+  return e.code == kOk;
 }
 
 // Whether query `node` sees slot `slot` (mask row: `words` int32 words).

@@ -1,0 +1,88 @@
+// Block-wide collectives of the one-block-per-row CUDA kernels (acceptance,
+// build_tree, sampling_probs), torch-free templates over the context of
+// specdec/kernel_ctx.h.  Every thread of the block must call them; results are
+// broadcast to all threads.  Sums and scans are in float64.
+#pragma once
+
+#include <cstdint>
+
+#include "specdec/kernel_ctx.h"
+
+namespace specdec::block {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kItems = 4;  // consecutive vocabulary entries per thread in a scan tile
+
+// The block's shared scalars, at the start of dynamic shared memory; the walk
+// kernels put their int64 scratch (one per node) after it.
+struct Shared {
+  double red[kWarps];
+  long long idx[kWarps];
+  int flag;
+};
+constexpr size_t kSharedBytes = (sizeof(Shared) + 15) / 16 * 16;
+
+template <class Ctx>
+SPECDEC_HOST_DEVICE SPECDEC_INLINE Shared* shared_scalars(const Ctx& ctx) {
+  return reinterpret_cast<Shared*>(ctx.shared());
+}
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx>
+SPECDEC_HOST_DEVICE double sum(const Ctx& ctx, double v, double* shm) {
+  for (int o = 16; o > 0; o >>= 1) v += ctx.shfl_xor(v, o);
+  const int warp = ctx.thread() / 32, lane = ctx.thread() % 32;
+  ctx.sync();  // shm may still be read by a previous collective
+  if (lane == 0) shm[warp] = v;
+  ctx.sync();
+  double total = 0.0;
+  for (int w = 0; w < kWarps; ++w) total += shm[w];
+  return total;
+}
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx>
+SPECDEC_HOST_DEVICE int64_t min(const Ctx& ctx, int64_t v, long long* shm) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const int64_t other = ctx.shfl_xor(v, o);
+    v = other < v ? other : v;
+  }
+  const int warp = ctx.thread() / 32, lane = ctx.thread() % 32;
+  ctx.sync();
+  if (lane == 0) shm[warp] = v;
+  ctx.sync();
+  int64_t m = shm[0];
+  for (int w = 1; w < kWarps; ++w) m = shm[w] < m ? shm[w] : m;
+  return m;
+}
+
+// Exclusive prefix of v over the block; *total receives the block's sum.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx>
+SPECDEC_HOST_DEVICE double exclusive_scan(const Ctx& ctx, double v, double* shm, double* total) {
+  const int warp = ctx.thread() / 32, lane = ctx.thread() % 32;
+  double incl = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const double up = ctx.shfl_up(incl, static_cast<unsigned>(o));
+    if (lane >= o) incl += up;
+  }
+  ctx.sync();
+  if (lane == 31) shm[warp] = incl;
+  ctx.sync();
+  double before = 0.0, all = 0.0;
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) before += shm[w];
+    all += shm[w];
+  }
+  *total = all;
+  return before + incl - v;
+}
+
+}  // namespace specdec::block

@@ -1,0 +1,62 @@
+#include "ops/sampling.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <tuple>
+
+#include "ops/checks.h"
+#include "specdec/sampling_rules.h"
+
+namespace specdec {
+
+void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
+                         const at::Tensor& top_k, const at::Tensor& top_p) {
+  TORCH_CHECK_VALUE(logits.dim() == 2 || logits.dim() == 3,
+                    msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ",
+                        shape_str(logits.sizes())));
+  check_float_kv(op, "logits", logits);
+  check_contiguous(op, "logits", logits);
+  TORCH_CHECK_VALUE(logits.size(-1) >= 1, msg(op, "logits", " must have a vocabulary of at least 1"));
+  const int64_t batch = logits.size(0);
+  for (auto [name, t, dtype] :
+       {std::tuple<const char*, const at::Tensor*, at::ScalarType>{"temperature", &temperature, at::kFloat},
+        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_k", &top_k, at::kInt},
+        std::tuple<const char*, const at::Tensor*, at::ScalarType>{"top_p", &top_p, at::kFloat}}) {
+    check_dim(op, name, *t, 1, "[B]");
+    check_size(op, name, *t, 0, batch, "B (logits.size(0))");
+    check_dtype(op, name, *t, dtype);
+    check_device(op, name, *t, logits.device());
+    check_contiguous(op, name, *t);
+  }
+}
+
+void raise_sampling_error(const char* op, const ErrorRecord& e) {
+  const int64_t b = e.row, row = e.where;
+  const double value = bits_double(e.value);
+  switch (e.code) {
+    case sampling::kTemperature:
+      TORCH_CHECK_VALUE(false, msg(op, "temperature", "[", b, "] = ", value, " must be finite and >= 0"));
+    case sampling::kTopK:
+      TORCH_CHECK_VALUE(false, msg(op, "top_k", "[", b, "] = ", value, " must be >= 0 (0 disables it)"));
+    case sampling::kTopP:
+      TORCH_CHECK_VALUE(false, msg(op, "top_p", "[", b, "] = ", value, " must be in (0, 1]"));
+    case sampling::kLogitInvalid:
+      TORCH_CHECK_VALUE(false, msg(op, "logits", " row ", row, " of sequence ", b, " holds a NaN or +inf logit"));
+    case sampling::kAllMasked:
+      TORCH_CHECK_VALUE(false, msg(op, "logits", " row ", row, " of sequence ", b,
+                                   " is -inf everywhere: nothing can be sampled"));
+    default:
+      TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
+  }
+}
+
+at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
+                          const at::Tensor& top_k, const at::Tensor& top_p) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::sampling_probs", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&)>();
+  return op.call(logits, temperature, top_k, top_p);
+}
+
+}  // namespace specdec
