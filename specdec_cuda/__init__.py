@@ -3,7 +3,10 @@
 Importing the package loads the native library (``specdec_cuda._C``), which
 registers every op with PyTorch's dispatcher, and the fake (meta) kernels that
 ``torch.compile`` needs.  Typed, documented wrappers live in
-:mod:`specdec_cuda.ops`; pure-PyTorch oracles in :mod:`specdec_cuda.reference`.
+:mod:`specdec_cuda.ops` (the exact semantics: docs/ops.md in the repository);
+pure-PyTorch oracles in :mod:`specdec_cuda.reference`; the decoding loop in
+:mod:`specdec_cuda.decoding`, and the interface a drafter implements in
+:mod:`specdec_cuda.drafting`.
 """
 
 import torch  # noqa: F401  (loads libtorch before our library links against it)
@@ -17,8 +20,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
         "--no-build-isolation -e .`) from the repository root. Cause: " + str(exc)
     ) from exc
 
-from . import ops, reference  # noqa: E402  (registers the fake kernels)
-from . import cache, drafters, models, tree  # noqa: E402
+from . import cache, drafters, drafting, length_policy, models, ops, reference, tree  # noqa: E402  (registers the fake kernels)  # noqa: E402
 from .cache import KVCache, PagedKVCache  # noqa: E402
 from .decoding import GenerationOutput, GenerationStats, SpeculativeDecoder  # noqa: E402
 from .drafters import (  # noqa: E402
@@ -28,13 +30,16 @@ from .drafters import (  # noqa: E402
     PromptLookupDrafter,
     TreeDrafter,
 )
+from .drafting import Draft, DraftContext, Drafter, ModelDrafter, StepFeedback  # noqa: E402
+from .length_policy import AdaptiveLength  # noqa: E402
 from .models import HFModel  # noqa: E402
 
 __version__: str = _C.__version__
 
 __all__ = [
-    "ops", "reference", "cache", "drafters", "models", "tree", "__version__",
-    "SpeculativeDecoder", "GenerationOutput", "GenerationStats", "KVCache", "PagedKVCache",
-    "ChainDrafter", "TreeDrafter", "DynamicTreeDrafter", "PromptLookupDrafter", "NoDrafter",
-    "HFModel",
+    "ops", "reference", "cache", "drafters", "drafting", "length_policy", "models", "tree",
+    "__version__", "SpeculativeDecoder", "GenerationOutput", "GenerationStats", "KVCache",
+    "PagedKVCache", "ChainDrafter", "TreeDrafter", "DynamicTreeDrafter", "PromptLookupDrafter",
+    "NoDrafter", "Draft", "DraftContext", "Drafter", "ModelDrafter", "StepFeedback",
+    "AdaptiveLength", "HFModel",
 ]

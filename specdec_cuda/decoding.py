@@ -13,7 +13,9 @@ One step, for a batch of rows that each accept a different number of tokens:
 5. the accepted drafts and the corrected/bonus token are emitted; the bonus
    token is the next root.
 
-The target's cache always holds every committed token but the root.
+The target's cache always holds every committed token but the root.  Drafters
+see the loop only through :mod:`specdec_cuda.drafting` (a context they read, a
+feedback they are given).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import ops
-from . import _forward
+from . import _forward, ops
 from ._forward import forward_tree, prefill
 from .cache import KVCache, PagedKVCache
-from .drafters import ChainDrafter, Drafter, NoDrafter
+from .drafters import ChainDrafter, NoDrafter
+from .drafting import DraftContext, Drafter, StepFeedback
 from .models import as_model
 
 __all__ = ["SpeculativeDecoder", "GenerationOutput", "GenerationStats", "StepOutput"]
@@ -90,6 +92,26 @@ class GenerationStats:
                 f"({self.tokens_per_s:.1f} tok/s), {self.steps} target steps, tau {self.tau:.2f}, "
                 f"{self.draft_calls} draft calls, acceptance by position [{acc}]")
 
+    def record_step(self, depth: list[int], accepted: list[int], active: list[bool]) -> None:
+        """Count one step: ``depth[b]`` the deepest draft row b proposed, ``accepted[b]``
+        its accepted drafts, ``active[b]`` whether it took part."""
+        rows = [b for b, a in enumerate(active) if a]
+        if not rows:
+            return
+        self.row_steps += len(rows)
+        self.emitted_per_call_sum += sum(accepted[b] + 1 for b in rows)
+        self.tau = self.emitted_per_call_sum / self.row_steps
+        grow = max(depth) - len(self.proposed_by_position)
+        if grow > 0:
+            self.proposed_by_position += [0] * grow
+            self.accepted_by_position += [0] * grow
+        for b in rows:
+            for j in range(depth[b]):
+                self.proposed_by_position[j] += 1
+                self.accepted_by_position[j] += int(accepted[b] > j)
+        self.acceptance_by_position = [a / p if p else 0.0 for a, p in
+                                        zip(self.accepted_by_position, self.proposed_by_position)]
+
 
 @dataclass
 class GenerationOutput:
@@ -111,44 +133,80 @@ class StepOutput:
     finished: list[bool]
 
 
-class _Context:
-    """The state drafters see: committed tokens and sampling parameters."""
+@dataclass
+class _Request:
+    """A validated generate/stream call."""
 
-    def __init__(self, decoder, seq, seq_lens, temperature, top_k, top_p, seed, paged, page_size):
-        self.decoder = decoder
-        self.seq = seq  # int64 [B, capacity] on the model device
-        self.seq_lens = seq_lens  # int64 [B]: committed tokens, root included
-        self.batch_size = seq.shape[0]
-        self.device = seq.device
-        self.capacity = seq.shape[1]
-        self.max_prompt = int(seq_lens.max()) if seq_lens.numel() else 1
-        self.vocab_size = decoder.vocab_size
-        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
-        self.greedy = bool((temperature == 0).all())
-        self.paged, self.page_size = paged, page_size
-        self.step = 0
-        self.last_target_s = 0.0
+    prompts: list[torch.Tensor]  # int64, 1-D, CPU
+    max_new: int
+    temperature: torch.Tensor  # float32 [B] on the model device
+    top_k: torch.Tensor  # int32 [B]
+    top_p: torch.Tensor  # float32 [B]
+    seed: torch.Tensor  # int64 [B]
+    stops: set[int]
 
-    def roots(self) -> torch.Tensor:
-        return torch.gather(self.seq, 1, (self.seq_lens - 1)[:, None])[:, 0]
 
-    def verify_offset(self) -> torch.Tensor:
-        return torch.full((self.batch_size,), 2 * self.step, dtype=torch.long, device=self.device)
+class _Rows:
+    """Per-row bookkeeping of a generation: budgets, stop tokens, what is finished."""
 
-    def draft_offset(self) -> torch.Tensor:
-        return torch.full((self.batch_size,), 2 * self.step + 1, dtype=torch.long, device=self.device)
+    def __init__(self, prompt_lens: list[int], max_new: int, stops: set[int]):
+        self.max_new, self.stops = max_new, stops
+        self.generated = [0] * len(prompt_lens)
+        self.finished = [len(prompt_lens) == 0] * len(prompt_lens)
+        self.lens = list(prompt_lens)  # committed tokens per row, on the host
 
-    def new_cache(self, model) -> KVCache | PagedKVCache:
-        # Every row of a forward writes all N slots past its length (short rows
-        # write padding), so a row may write past its own end by the widest
-        # forward: a prompt chunk, or a draft tree plus the pending tokens before
-        # it (at most the tree's depth + 1).
-        widest = max(min(self.max_prompt, _forward.PREFILL_CHUNK), 2 * self.decoder.drafter.max_width() + 1)
-        max_len = self.capacity + widest
-        if self.paged:
-            return PagedKVCache(self.batch_size, max_len, page_size=self.page_size,
-                                dtype=model.dtype, device=model.device)
-        return KVCache(self.batch_size, max_len, dtype=model.dtype, device=model.device)
+    def active(self) -> list[bool]:
+        return [not f for f in self.finished]
+
+    def emit(self, path_tokens: list[list[int]], num_accepted: list[int],
+             next_token: list[int]) -> tuple[list[list[int]], list[int]]:
+        """The tokens each row emits this step (accepted drafts then the corrected or
+        bonus token, cut at a stop token or the budget) and its accepted drafts."""
+        emitted, accepted = [], []
+        for b, done in enumerate(self.finished):
+            if done:
+                emitted.append([])
+                accepted.append(0)
+                continue
+            toks = path_tokens[b][1: num_accepted[b]] + [next_token[b]]
+            accepted.append(num_accepted[b] - 1)
+            toks = toks[: self.max_new - self.generated[b]]
+            for j, tok in enumerate(toks):
+                if tok in self.stops:
+                    toks = toks[: j + 1]
+                    break
+            self.generated[b] += len(toks)
+            if self.generated[b] >= self.max_new or (toks and toks[-1] in self.stops):
+                self.finished[b] = True
+            emitted.append(toks)
+        return emitted, accepted
+
+    def append(self, seq: torch.Tensor, emitted: list[list[int]]) -> None:
+        """Write the emitted tokens after each row's committed tokens in ``seq``."""
+        rows = [b for b, e in enumerate(emitted) for _ in e]
+        cols = [self.lens[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
+        if rows:
+            dev = seq.device
+            seq[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
+                torch.tensor([x for e in emitted for x in e], device=dev)
+        self.lens = [n + len(e) for n, e in zip(self.lens, emitted)]
+
+
+class _PhaseClock:
+    """Wall time by phase: ``tick(name)`` charges the time since the last tick to
+    ``name`` (after a device synchronisation on CUDA) and returns it."""
+
+    def __init__(self, phases: dict[str, float], device: torch.device):
+        self.phases = phases
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.t = time.perf_counter()
+
+    def tick(self, name: str) -> float:
+        self.sync()
+        now = time.perf_counter()
+        spent, self.t = now - self.t, now
+        self.phases[name] += spent
+        return spent
 
 
 def _row_param(name: str, value, batch: int, dtype, device) -> torch.Tensor:
@@ -167,7 +225,7 @@ class SpeculativeDecoder:
     Args:
         target: a transformers causal LM (wrapped in
             :class:`~specdec_cuda.models.HFModel`) or a protocol model.
-        drafter: a :class:`~specdec_cuda.drafters.Drafter`; a model (HF or protocol)
+        drafter: a :class:`~specdec_cuda.drafting.Drafter`; a model (HF or protocol)
             means ``ChainDrafter(model)``; ``None`` means plain autoregressive decoding
             through the same loop.
         paged: use paged KV caches (``kv_compact_paged_`` / ``tree_attention_paged``).
@@ -245,8 +303,34 @@ class SpeculativeDecoder:
                                  f"[0, {self.vocab_size})")
         return [p.long() for p in prompts]
 
+    def _request(self, input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
+                 attention_mask) -> _Request:
+        where = "SpeculativeDecoder.generate"
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"{where}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        prompts = self._prompts(input_ids, attention_mask)
+        batch, dev = len(prompts), self.device
+        temperature = _row_param("temperature", temperature, batch, torch.float32, dev)
+        top_k = _row_param("top_k", top_k, batch, torch.int32, dev)
+        top_p = _row_param("top_p", top_p, batch, torch.float32, dev)
+        if seed is None:  # distinct rows, reproducible under torch.manual_seed
+            seed = int(torch.randint(0, 2**62, (1,))) + torch.arange(batch)
+        seed = _row_param("seed", seed, batch, torch.int64, dev)
+        if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
+            raise ValueError(f"{where}: temperature must be >= 0")
+        if bool((top_k < 0).any()):
+            raise ValueError(f"{where}: top_k must be >= 0")
+        if bool(((top_p <= 0) | (top_p > 1) | torch.isnan(top_p)).any()):
+            raise ValueError(f"{where}: top_p must be in (0, 1]")
+        stops = set(int(s) for s in (stop_tokens or []))
+        if any(s < 0 or s >= self.vocab_size for s in stops):
+            raise ValueError(f"{where}: stop_tokens must be ids in [0, {self.vocab_size})")
+        return _Request(prompts, max_new_tokens, temperature, top_k, top_p, seed, stops)
+
     # -- the loop -------------------------------------------------------------
-    def generate(self, input_ids, *, max_new_tokens: int = 64, **kwargs) -> GenerationOutput:
+    def generate(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0, top_p=1.0,
+                 seed=None, stop_tokens: Sequence[int] | None = None,
+                 attention_mask: torch.Tensor | None = None) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` per row.
 
         Args:
@@ -264,159 +348,98 @@ class SpeculativeDecoder:
 
         Returns a :class:`GenerationOutput`; the statistics are also in ``self.stats``.
         """
-        new = [[] for _ in range(self._batch_of(input_ids))]
-        for out in self.stream(input_ids, max_new_tokens=max_new_tokens, **kwargs):
+        request = self._request(input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
+                                attention_mask)
+        new = [[] for _ in request.prompts]
+        for out in self._run(request):
             for b, toks in enumerate(out.tokens):
                 new[b].extend(toks)
-        prompts = self._last_prompts
         new_t = [torch.tensor(n, dtype=torch.long) for n in new]
-        seqs = [torch.cat([p, n]) for p, n in zip(prompts, new_t)]
+        seqs = [torch.cat([p, n]) for p, n in zip(request.prompts, new_t)]
         return GenerationOutput(seqs, new_t, self.stats)
-
-    @staticmethod
-    def _batch_of(input_ids) -> int:
-        if isinstance(input_ids, torch.Tensor):
-            return 1 if input_ids.dim() == 1 else input_ids.shape[0]
-        return len(input_ids)
 
     def stream(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0,
                top_p=1.0, seed=None, stop_tokens: Sequence[int] | None = None,
                attention_mask: torch.Tensor | None = None) -> Iterator[StepOutput]:
-        """Like :meth:`generate`, but yields a :class:`StepOutput` after every step
-        with the tokens each row accepted (streaming); ``self.stats`` is complete when
-        the iterator ends."""
-        where = "SpeculativeDecoder.generate"
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"{where}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        prompts = self._prompts(input_ids, attention_mask)
-        self._last_prompts = prompts
-        batch, dev = len(prompts), self.device
-        temperature = _row_param("temperature", temperature, batch, torch.float32, dev)
-        top_k = _row_param("top_k", top_k, batch, torch.int32, dev)
-        top_p = _row_param("top_p", top_p, batch, torch.float32, dev)
-        if seed is None:  # distinct rows, reproducible under torch.manual_seed
-            seed = int(torch.randint(0, 2**62, (1,))) + torch.arange(batch)
-        seed = _row_param("seed", seed, batch, torch.int64, dev)
-        if bool(torch.isnan(temperature).any()) or bool((temperature < 0).any()):
-            raise ValueError(f"{where}: temperature must be >= 0")
-        if bool((top_k < 0).any()):
-            raise ValueError(f"{where}: top_k must be >= 0")
-        if bool(((top_p <= 0) | (top_p > 1) | torch.isnan(top_p)).any()):
-            raise ValueError(f"{where}: top_p must be in (0, 1]")
-        stops = set(int(s) for s in (stop_tokens or []))
-        if any(s < 0 or s >= self.vocab_size for s in stops):
-            raise ValueError(f"{where}: stop_tokens must be ids in [0, {self.vocab_size})")
-        return self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, stops)
+        """Like :meth:`generate` (the same arguments, validated before the first
+        step), but yields a :class:`StepOutput` after every step with the tokens each
+        row accepted (streaming); ``self.stats`` is complete when the iterator ends."""
+        return self._run(self._request(input_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                       stop_tokens, attention_mask))
 
-    def _run(self, prompts, max_new, temperature, top_k, top_p, seed, stops):
+    def _cache_len(self, prompts: list[torch.Tensor], capacity: int) -> int:
+        # Every row of a forward writes all N slots past its length (short rows
+        # write padding), so a row may write past its own end by the widest
+        # forward: a prompt chunk, or a draft tree plus the pending tokens before
+        # it (at most the tree's depth + 1).
+        max_prompt = max((p.numel() for p in prompts), default=1)
+        widest = max(min(max_prompt, _forward.PREFILL_CHUNK), 2 * self.drafter.max_width() + 1)
+        return capacity + widest
+
+    def _run(self, req: _Request) -> Iterator[StepOutput]:
         t_start = time.perf_counter()
-        batch, dev = len(prompts), self.device
+        batch, dev = len(req.prompts), self.device
         stats = GenerationStats(drafter=self.drafter.name, batch_size=batch, new_tokens=[0] * batch)
         self.stats = stats
-        lens = torch.tensor([p.numel() for p in prompts], dtype=torch.long)
-        capacity = int(lens.max()) + max_new + 1 if batch else 1
+        lens = torch.tensor([p.numel() for p in req.prompts], dtype=torch.long)
+        capacity = int(lens.max()) + req.max_new + 1 if batch else 1
         seq = torch.zeros(batch, capacity, dtype=torch.long)
-        for b, p in enumerate(prompts):
+        for b, p in enumerate(req.prompts):
             seq[b, : p.numel()] = p
         seq, seq_lens = seq.to(dev), lens.to(dev)
-        ctx = _Context(self, seq, seq_lens, temperature, top_k, top_p, seed, self.paged, self.page_size)
-        phase = stats.phase_s
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-        def tick(name, t0):
-            sync()
-            t1 = time.perf_counter()
-            phase[name] += t1 - t0
-            return t1
+        ctx = DraftContext(seq=seq, seq_lens=seq_lens, vocab_size=self.vocab_size,
+                           temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
+                           greedy=bool((req.temperature == 0).all()), paged=self.paged,
+                           page_size=self.page_size, cache_len=self._cache_len(req.prompts, capacity))
+        rows = _Rows(lens.tolist(), req.max_new, req.stops)
 
         with torch.inference_mode():
-            t = time.perf_counter()
+            clock = _PhaseClock(stats.phase_s, dev)
             self.drafter.start(ctx)
             tcache = ctx.new_cache(self.target)
             self.target_cache = tcache
             stats.target_calls += prefill(self.target, tcache, seq, seq_lens - 1, role="target")
-            t = tick("prefill", t)
-            generated = [0] * batch
-            lens_host = lens.tolist()
-            finished = [batch == 0] * batch
-            while not all(finished):
-                active = torch.tensor([not f for f in finished], device=dev)
+            clock.tick("prefill")
+            while not all(rows.finished):
+                active = rows.active()
                 stats.draft_lengths.append(self.drafter.draft_length)  # the length this step uses
                 draft = self.drafter.propose(ctx)
                 stats.draft_calls += draft.draft_calls
-                t = tick("draft", t)
+                draft_s = clock.tick("draft")
                 logits, depth = forward_tree(self.target, tcache, draft.tokens, draft.parents,
                                              role="target", with_depth=True)
                 stats.target_calls += 1
-                t1 = tick("target", t)
-                ctx.last_target_s, t = t1 - t, t1
+                target_s = clock.tick("target")
                 if ctx.greedy:
                     acc_nodes, n_acc, nxt = ops.verify_greedy(draft.tokens, draft.parents,
                                                               logits.argmax(-1))
                 else:
-                    probs = ops.sampling_probs(logits, temperature, top_k, top_p)
+                    probs = ops.sampling_probs(logits, req.temperature, req.top_k, req.top_p)
+                    offset = torch.full((batch,), 2 * ctx.step, dtype=torch.long, device=dev)
                     acc_nodes, n_acc, nxt = ops.rejection_sample(
-                        draft.tokens, draft.parents, draft.draft_probs, probs, seed, ctx.verify_offset())
-                # Emit: accepted drafts then the corrected/bonus token, cut at stops/budget.
+                        draft.tokens, draft.parents, draft.draft_probs, probs, req.seed, offset)
                 path_tokens = torch.gather(draft.tokens, 1, acc_nodes.clamp(min=0).long())
                 path_tokens, n_list = path_tokens.cpu().tolist(), n_acc.cpu().tolist()
                 nxt_list = nxt.cpu().tolist()
-                t = tick("verify", t)
-                emitted, accepted = [], []
-                for b in range(batch):
-                    if finished[b]:
-                        emitted.append([])
-                        accepted.append(0)
-                        continue
-                    toks = path_tokens[b][1: n_list[b]] + [nxt_list[b]]
-                    accepted.append(n_list[b] - 1)
-                    toks = toks[: max_new - generated[b]]
-                    for j, tok in enumerate(toks):
-                        if tok in stops:
-                            toks = toks[: j + 1]
-                            break
-                    generated[b] += len(toks)
-                    if generated[b] >= max_new or (toks and toks[-1] in stops):
-                        finished[b] = True
-                    emitted.append(toks)
+                clock.tick("verify")
+                emitted, accepted = rows.emit(path_tokens, n_list, nxt_list)
                 counts = torch.tensor([len(e) for e in emitted], dtype=torch.long)
                 # The cache keeps the root and the emitted drafts (all but the last
                 # emitted token, the next root): len(emitted) path nodes; none for
                 # finished rows.  So it always holds exactly seq[:-1].
                 tcache.commit(acc_nodes, counts.to(device=dev, dtype=torch.int32))
-                t = tick("commit", t)
-                self._record(stats, depth.max(1).values.tolist(), accepted, active)
-                rows = [b for b, e in enumerate(emitted) for _ in e]
-                cols = [lens_host[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
-                if rows:
-                    seq[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
-                        torch.tensor([x for e in emitted for x in e], device=dev)
-                lens_host = [n + len(e) for n, e in zip(lens_host, emitted)]
+                clock.tick("commit")
+                stats.record_step(depth.max(1).values.tolist(), accepted, active)
+                rows.append(seq, emitted)
                 seq_lens += counts.to(dev)
-                self.drafter.update(ctx, torch.tensor(accepted, device=dev), active)
+                feedback = StepFeedback(accepted=torch.tensor(accepted, device=dev),
+                                        active=torch.tensor(active, device=dev), draft_s=draft_s,
+                                        draft_calls=draft.draft_calls, target_s=target_s)
+                self.drafter.update(ctx, feedback)
                 ctx.step += 1
                 stats.steps += 1
-                t = tick("other", t)
-                stats.new_tokens = list(generated)
+                clock.tick("other")
+                stats.new_tokens = list(rows.generated)
                 stats.wall_s = time.perf_counter() - t_start
-                yield StepOutput(ctx.step, emitted, list(finished))
+                yield StepOutput(ctx.step, emitted, list(rows.finished))
         stats.wall_s = time.perf_counter() - t_start
-
-    @staticmethod
-    def _record(stats: GenerationStats, depth: list[int], accepted, active) -> None:
-        rows = [b for b, a in enumerate(active.tolist()) if a]
-        if not rows:
-            return
-        stats.row_steps += len(rows)
-        stats.emitted_per_call_sum += sum(accepted[b] + 1 for b in rows)
-        stats.tau = stats.emitted_per_call_sum / stats.row_steps
-        grow = max(depth) - len(stats.proposed_by_position)
-        if grow > 0:
-            stats.proposed_by_position += [0] * grow
-            stats.accepted_by_position += [0] * grow
-        for b in rows:
-            for j in range(depth[b]):
-                stats.proposed_by_position[j] += 1
-                stats.accepted_by_position[j] += int(accepted[b] > j)
-        stats.acceptance_by_position = [a / p if p else 0.0 for a, p in
-                                        zip(stats.accepted_by_position, stats.proposed_by_position)]

@@ -17,53 +17,32 @@ Tree and prompt-lookup drafts are deterministic given the context, so sampling
 verifies them with the deterministic-draft rule (no draft probabilities).
 
 The draft length (K for chains and prompt lookup, the depth for dynamic trees)
-adapts to the measured acceptance with :class:`AdaptiveLength` (the rule is in
-its docstring).
+adapts to the measured acceptance with
+:class:`~specdec_cuda.length_policy.AdaptiveLength` (the rule is in its
+docstring).  The interface every drafter implements (what it reads, returns and
+is told) is :mod:`specdec_cuda.drafting`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
 
 import torch
 
 from . import ops
-from . import _forward
-from ._forward import forward_tree, gather_rows, prefill
 from ._philox import uniforms
-from .cache import KVCache, PagedKVCache
-from .models import as_model
+from .drafting import Draft, DraftContext, Drafter, ModelDrafter
+from .length_policy import AdaptiveLength
 from .tree import DEFAULT_TREE, StaticTree, chain_parents, static_tree
 
 __all__ = [
-    "Draft",
-    "Drafter",
     "NoDrafter",
     "ChainDrafter",
     "TreeDrafter",
     "DynamicTreeDrafter",
     "PromptLookupDrafter",
-    "AdaptiveLength",
     "sample_from_probs",
 ]
-
-
-@dataclass
-class Draft:
-    """One step's proposal for a batch.
-
-    ``tokens`` int64 ``[B, N]`` (column 0: the roots), ``parents`` int32 ``[B, N]``,
-    ``draft_probs`` float32 ``[B, N, V]`` (row i: the distribution node i's children
-    were sampled from) or ``None`` for deterministic drafts, ``draft_calls`` the
-    draft-model forwards this proposal cost.
-    """
-
-    tokens: torch.Tensor
-    parents: torch.Tensor
-    draft_probs: torch.Tensor | None = None
-    draft_calls: int = 0
 
 
 def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -78,131 +57,6 @@ def sample_from_probs(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp(max=probs.shape[-1] - 1)
 
 
-class AdaptiveLength:
-    """Online draft length from the measured acceptance.
-
-    Each step contributes, per active row, ``a`` accepted drafts out of ``K``
-    proposed, and one rejection when ``a < K``.  The per-token acceptance rate is
-    estimated as ``alpha = A / (A + R)`` (the maximum-likelihood estimate for a
-    geometric number of accepted drafts truncated at K), with A and R
-    exponentially decayed sums (``decay`` per step).  The next K maximises the
-    expected speedup of Leviathan et al.,
-    ``(1 - alpha^(K+1)) / ((1 - alpha) (K c + 1))``, over ``[k_min, k_max]``,
-    where c is the cost of one draft forward relative to one target verification:
-    ``cost_ratio`` if given, else measured online (an exponential average of the
-    timed forwards).  So K rises while drafts are accepted and falls when they are
-    not.  With ``enabled=False`` K stays fixed.
-
-    With a measured cost the chosen K depends on timing; sampled outputs stay
-    lossless but are bit-reproducible for a seed only with ``cost_ratio`` set or
-    adaptation off.
-    """
-
-    def __init__(self, k: int, *, k_min: int = 1, k_max: int | None = None,
-                 cost_ratio: float | None = None, decay: float = 0.9, enabled: bool = True):
-        k_max = max(k, k_min) * 2 if k_max is None else k_max
-        if not 1 <= k_min <= k <= k_max:
-            raise ValueError(f"AdaptiveLength: need 1 <= k_min <= k <= k_max, got k_min={k_min}, "
-                             f"k={k}, k_max={k_max}")
-        if cost_ratio is not None and cost_ratio < 0:
-            raise ValueError(f"AdaptiveLength: cost_ratio must be >= 0, got {cost_ratio}")
-        self.k, self.k_min, self.k_max = int(k), int(k_min), int(k_max)
-        self.cost_ratio, self.decay, self.enabled = cost_ratio, float(decay), bool(enabled)
-        self.k_init = self.k
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the measurements and go back to the initial k (each generation)."""
-        self.k = self.k_init
-        self._acc = 0.0
-        self._rej = 0.0
-        self._cost: float | None = None
-
-    @property
-    def alpha(self) -> float | None:
-        total = self._acc + self._rej
-        return None if total == 0 else self._acc / total
-
-    @property
-    def cost(self) -> float | None:
-        return self.cost_ratio if self.cost_ratio is not None else self._cost
-
-    def observe_cost(self, draft_s_per_call: float, target_s_per_call: float) -> None:
-        if target_s_per_call <= 0:
-            return
-        c = draft_s_per_call / target_s_per_call
-        self._cost = c if self._cost is None else 0.8 * self._cost + 0.2 * c
-
-    def observe(self, accepted: torch.Tensor, proposed: int) -> None:
-        """``accepted``: int ``[rows]`` accepted drafts of the active rows this step."""
-        a = accepted.tolist()
-        self._acc = self.decay * self._acc + float(sum(a))
-        self._rej = self.decay * self._rej + float(sum(1 for x in a if x < proposed))
-        if self.enabled:
-            self.k = self.best_k()
-
-    def best_k(self) -> int:
-        alpha, c = self.alpha, self.cost
-        if alpha is None:
-            return self.k
-        c = 0.0 if c is None else c
-        alpha = min(max(alpha, 1e-3), 0.995)
-
-        def speedup(k: int) -> float:
-            return (1.0 - alpha ** (k + 1)) / ((1.0 - alpha) * (k * c + 1.0))
-
-        return max(range(self.k_min, self.k_max + 1), key=lambda k: (speedup(k), -k))
-
-
-class Drafter:
-    """Base class.  The loop calls :meth:`start` once per generation, then per step
-    :meth:`propose` and :meth:`update`."""
-
-    name = "drafter"
-    uses_model = False
-
-    def start(self, ctx) -> None:
-        """Called once with the decoding context before the first step; resets the
-        adaptive draft length so that every generation starts alike."""
-        length = getattr(self, "length", None)
-        if length is not None:
-            length.reset()
-
-    def max_nodes(self) -> int:
-        """The most tree nodes one proposal can have (root included)."""
-        raise NotImplementedError
-
-    def max_width(self) -> int:
-        """The most tokens one of this drafter's forwards (or the target's
-        verification) writes past a row's committed length, pending tokens aside."""
-        return self.max_nodes()
-
-    def propose(self, ctx) -> Draft:
-        raise NotImplementedError
-
-    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        """After verification: ``accepted`` int ``[B]`` drafts accepted per row
-        (0 for inactive rows), ``active`` bool ``[B]`` rows that took part;
-        ``ctx.seq`` / ``ctx.seq_lens`` already hold the committed tokens."""
-
-    #: the adaptive draft length, for drafters that have one
-    length: AdaptiveLength | None = None
-
-    @property
-    def draft_length(self) -> int:
-        """The current draft length (K, or a dynamic tree's depth; 0 without drafts)."""
-        return self.length.k if self.length is not None else 0
-
-    def _observe(self, ctx, accepted: torch.Tensor, active: torch.Tensor, timed: bool) -> None:
-        """Feed this step's acceptance (and, for model drafters, the timed cost) to
-        the adaptive length."""
-        if self.length is None or not bool(active.any()):
-            return
-        if timed:
-            self.length.observe_cost(self._draft_s / max(self._draft_calls, 1), ctx.last_target_s)
-        self.length.observe(accepted[active], self.length.k)
-
-
 class NoDrafter(Drafter):
     """No drafts: each step verifies the root alone, i.e. plain decoding."""
 
@@ -211,7 +65,7 @@ class NoDrafter(Drafter):
     def max_nodes(self) -> int:
         return 1
 
-    def propose(self, ctx) -> Draft:
+    def propose(self, ctx: DraftContext) -> Draft:
         roots = ctx.roots()
         return Draft(roots[:, None], chain_parents(roots.shape[0], 1, roots.device))
 
@@ -220,48 +74,7 @@ class NoDrafter(Drafter):
 # Draft-model drafters.
 # ---------------------------------------------------------------------------
 
-class _ModelDrafter(Drafter):
-    uses_model = True
-
-    def __init__(self, model):
-        self.model = as_model(model, role="draft model")
-        self.vocab_size = int(self.model.vocab_size)
-        self.cache: KVCache | PagedKVCache | None = None
-        self._draft_s = 0.0
-        self._draft_calls = 0
-
-    def start(self, ctx) -> None:
-        super().start(ctx)  # (the vocabulary check is SpeculativeDecoder's)
-        self.cache = ctx.new_cache(self.model)
-
-    def _consume_pending(self, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bring the draft cache up to the roots: returns (tokens [B, M], m [B], calls)
-        for the pending chain ``seq[lens : seq_lens]`` (root last), prefilling long ones."""
-        cache = self.cache
-        m = ctx.seq_lens - cache.lens.long()
-        calls = 0
-        if m.numel() and int(m.max()) > _forward.PREFILL_CHUNK:
-            calls = prefill(self.model, cache, ctx.seq, ctx.seq_lens - 1, role="draft model")
-            m = ctx.seq_lens - cache.lens.long()
-        width = int(m.max()) if m.numel() else 1
-        tokens = gather_rows(ctx.seq, cache.lens, m, max(width, 1))
-        return tokens, m, calls
-
-    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        # The draft cache stays valid up to the committed prefix it agrees with;
-        # at most seq_lens - 1 so that the new root is pending.
-        self.cache.truncate(torch.minimum(self.cache.lens, (ctx.seq_lens - 1).int()))
-        self._observe(ctx, accepted, active, timed=True)  # no-op without a length
-
-    def _timed_forward(self, tokens, parents) -> torch.Tensor:
-        t0 = time.perf_counter()
-        logits = forward_tree(self.model, self.cache, tokens, parents, role="draft model")
-        self._draft_s += time.perf_counter() - t0
-        self._draft_calls += 1
-        return logits
-
-
-class ChainDrafter(_ModelDrafter):
+class ChainDrafter(ModelDrafter):
     """A draft model proposes a chain of ``k`` tokens per step.
 
     Greedy rows take the draft's argmax; sampled rows draw from the draft's
@@ -291,13 +104,12 @@ class ChainDrafter(_ModelDrafter):
     def max_nodes(self) -> int:
         return self.length.k_max + 1
 
-    def propose(self, ctx) -> Draft:
+    def draft(self, ctx: DraftContext) -> Draft:
         k = self.length.k
         batch = ctx.batch_size
         dev = ctx.device
-        self._draft_s, self._draft_calls = 0.0, 0
-        tokens, m, calls = self._consume_pending(ctx)
-        logits = self._timed_forward(tokens, chain_parents(batch, tokens.shape[1], dev))
+        tokens, m = self.consume_pending(ctx)
+        logits = self.forward(tokens, chain_parents(batch, tokens.shape[1], dev))
         self.cache.advance(m)
         cur = logits[torch.arange(batch, device=dev), (m - 1).clamp(min=0)]  # [B, V]
         drafts, probs = [], []
@@ -311,28 +123,26 @@ class ChainDrafter(_ModelDrafter):
                 probs.append(q)
             drafts.append(tok)
             if j + 1 < k:
-                cur = self._timed_forward(tok[:, None], chain_parents(batch, 1, dev))[:, 0]
+                cur = self.forward(tok[:, None], chain_parents(batch, 1, dev))[:, 0]
                 self.cache.advance(1)
         out_tokens = torch.stack([ctx.roots()] + drafts, dim=1)
         draft_probs = None
         if not ctx.greedy:
             probs.append(torch.zeros_like(probs[0]))  # the leaf has no children
             draft_probs = torch.stack(probs, dim=1).contiguous()
-        return Draft(out_tokens, chain_parents(batch, k + 1, dev), draft_probs,
-                     draft_calls=self._draft_calls + calls)
+        return Draft(out_tokens, chain_parents(batch, k + 1, dev), draft_probs)
 
 
-class _TreeDrafterBase(_ModelDrafter):
+class _TreeDrafterBase(ModelDrafter):
     """Shared machinery: per level, one forward of the pending chain plus the tree
     nodes expanded so far (each node attends to the prefix and its ancestors)."""
 
-    def _begin(self, ctx):
-        tokens, m, calls = self._consume_pending(ctx)
+    def _begin(self, ctx: DraftContext) -> None:
+        tokens, m = self.consume_pending(ctx)
         self._pend = tokens
         self._m = m
         self._root_idx = (m - 1).clamp(min=0)
         self._pend_parents = chain_parents(ctx.batch_size, tokens.shape[1], ctx.device)
-        return calls
 
     def _level(self, node_tokens: torch.Tensor, node_parents: torch.Tensor):
         """Forward pending + nodes; ``node_parents`` are node-local (-1: the root).
@@ -342,7 +152,7 @@ class _TreeDrafterBase(_ModelDrafter):
                           node_parents + big_m).int()
         tokens = torch.cat([self._pend, node_tokens], dim=1)
         parents = torch.cat([self._pend_parents, par], dim=1)
-        logits = self._timed_forward(tokens, parents)
+        logits = self.forward(tokens, parents)
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         return logits[rows, self._root_idx], logits[:, big_m:]
 
@@ -369,16 +179,15 @@ class TreeDrafter(_TreeDrafterBase):
     def max_nodes(self) -> int:
         return self.tree.num_nodes
 
-    def start(self, ctx) -> None:
+    def start(self, ctx: DraftContext) -> None:
         super().start(ctx)
         if self.tree.max_rank() > self.vocab_size:
             raise ValueError(f"TreeDrafter: the tree asks for rank {self.tree.max_rank() - 1} but the "
                              f"vocabulary has {self.vocab_size} tokens")
 
-    def propose(self, ctx) -> Draft:
+    def draft(self, ctx: DraftContext) -> Draft:
         tree, dev, batch = self.tree, ctx.device, ctx.batch_size
-        self._draft_s, self._draft_calls = 0.0, 0
-        calls = self._begin(ctx)
+        self._begin(ctx)
         n = tree.num_nodes
         parents = torch.tensor(tree.parents, dtype=torch.int32, device=dev)
         local_par = (parents[1:] - 1)  # node i>0 -> local index i-1; the root -> -1
@@ -394,8 +203,7 @@ class TreeDrafter(_TreeDrafterBase):
             idx = torch.tensor(tree.nodes_at(d), dtype=torch.long, device=dev)
             tokens[:, idx] = top[:, parents[idx].long(), ranks[idx]]
         self._finish()
-        return Draft(tokens, parents.expand(batch, -1).contiguous(), None,
-                     draft_calls=self._draft_calls + calls)
+        return Draft(tokens, parents.expand(batch, -1).contiguous(), None)
 
 
 class DynamicTreeDrafter(_TreeDrafterBase):
@@ -435,17 +243,16 @@ class DynamicTreeDrafter(_TreeDrafterBase):
         # the last level forwards every expanded node: (depth - 1) * topk of them
         return max(self.num_nodes, (self.length.k_max - 1) * self.topk + 1)
 
-    def start(self, ctx) -> None:
+    def start(self, ctx: DraftContext) -> None:
         super().start(ctx)
         if self.topk > self.vocab_size:
             raise ValueError(f"DynamicTreeDrafter: topk={self.topk} exceeds the vocabulary "
                              f"({self.vocab_size} tokens)")
 
-    def propose(self, ctx) -> Draft:
+    def draft(self, ctx: DraftContext) -> Draft:
         dev, batch, k = ctx.device, ctx.batch_size, self.topk
         depth = self.length.k
-        self._draft_s, self._draft_calls = 0.0, 0
-        calls = self._begin(ctx)
+        self._begin(ctx)
         rows = torch.arange(batch, device=dev)[:, None]
         empty_t = torch.zeros(batch, 0, dtype=torch.long, device=dev)
         root_l, _ = self._level(empty_t, empty_t.int())
@@ -482,7 +289,7 @@ class DynamicTreeDrafter(_TreeDrafterBase):
         tree_par = torch.where(c_par < 0, torch.zeros_like(c_par), pos[rows, c_par.clamp(min=0)])
         tokens = torch.cat([ctx.roots()[:, None], torch.gather(pool_tok, 1, chosen)], dim=1)
         parents = torch.cat([torch.full((batch, 1), -1, dtype=torch.long, device=dev), tree_par], dim=1)
-        return Draft(tokens, parents.int().contiguous(), None, draft_calls=self._draft_calls + calls)
+        return Draft(tokens, parents.int().contiguous(), None)
 
 
 # ---------------------------------------------------------------------------
@@ -525,7 +332,7 @@ class PromptLookupDrafter(Drafter):
                 return row[start: start + k].tolist()
         return []
 
-    def propose(self, ctx) -> Draft:
+    def propose(self, ctx: DraftContext) -> Draft:
         k = self.length.k
         seq = ctx.seq.cpu()
         lens = ctx.seq_lens.tolist()
@@ -538,5 +345,3 @@ class PromptLookupDrafter(Drafter):
         tokens = torch.tensor(rows, dtype=torch.long).reshape(ctx.batch_size, k + 1).to(ctx.device)
         return Draft(tokens, chain_parents(ctx.batch_size, k + 1, ctx.device), None)
 
-    def update(self, ctx, accepted: torch.Tensor, active: torch.Tensor) -> None:
-        self._observe(ctx, accepted, active, timed=False)

@@ -1,8 +1,9 @@
 """Typed wrappers around ``torch.ops.specdec.*``, and their fake kernels.
 
-Every function here is keyword-callable with the argument names of
-ARCHITECTURE.md and calls the dispatcher, so CPU and CUDA tensors reach their
-own kernels.  Errors name the op (``specdec::<op>``) and the argument.
+Every function here is keyword-callable with the argument names of the op's
+schema and calls the dispatcher, so CPU and CUDA tensors reach their own
+kernels.  The exact semantics of every op are in the repository's docs/ops.md.
+Errors name the op (``specdec::<op>``) and the argument.
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ def typical_accept(
 
 
 for _f in (verify_greedy, rejection_sample, typical_accept):
-    _f.__doc__ += _TREE_DOC
+    if _f.__doc__ is not None:  # None under python -OO
+        _f.__doc__ += _TREE_DOC
 
 # ---------------------------------------------------------------------------
 # Fake kernels (for torch.compile / FakeTensor tracing).  The KV ops only

@@ -7,9 +7,8 @@ benchmarks compare against a fair baseline.  They do not validate their inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 

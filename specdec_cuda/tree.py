@@ -7,7 +7,8 @@ node 0 is the root, the last committed token.  Static trees are given as a
 the two best children of the first and the best child of the second.  A node's
 token is the draft's ``rank``-th most probable token after its parent.
 
-Dynamic (EAGLE-2 style) trees are grown by :class:`specdec_cuda.drafters.ModelDrafter`.
+Dynamic (EAGLE-2 style) trees are grown by
+:class:`specdec_cuda.drafters.DynamicTreeDrafter`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from specdec_cuda._graphs import capture as cuda_graph_capture  # noqa: F401  (u
 
 BASE_SEED = int(os.environ.get("SPECDEC_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # CUDA cases are always collected, and skip (with the reason) on a machine without a GPU.
 ALL_DEVICES = [
     "cpu",
@@ -57,3 +56,32 @@ def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
         return [-1] + [0] * (nodes - 1)
     return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]
 
+
+
+def on(device, **tensors):
+    """The keyword arguments with every tensor moved to ``device``."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()}
+
+
+# Mutations for the bad-input tables: each takes the dict of an op's (valid)
+# keyword arguments and changes one of them.
+NAN, INF = float("nan"), float("inf")
+
+
+def set_arg(name, fn):
+    """A mutation replacing argument `name` by fn(old value)."""
+    return lambda a: a.update({name: fn(a[name])})
+
+
+def poke_arg(name, index, value):
+    """A mutation writing one element of a (cloned) tensor argument."""
+    def mutate(a):
+        t = a[name].clone()
+        t[index] = value
+        a[name] = t
+    return mutate
+
+
+def noncontig(t):
+    """The same values in a non-contiguous layout (last two dims transposed in memory)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)

@@ -37,7 +37,7 @@ import dataclasses
 import pytest
 import torch
 
-from specdec_cuda import ops, reference
+from specdec_cuda import ops
 
 from conftest import ALL_DEVICES
 

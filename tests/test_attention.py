@@ -18,7 +18,7 @@ import torch
 
 from specdec_cuda import ops, reference
 
-from conftest import ALL_DEVICES, random_parents, cuda_graph_capture
+from conftest import ALL_DEVICES, cuda_graph_capture, random_parents
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]

@@ -38,16 +38,16 @@ import pytest
 import torch
 
 import specdec_cuda as sd
-from specdec_cuda import _forward, decoding, ops, reference
+from specdec_cuda import _forward, ops, reference
 from specdec_cuda.cache import CacheFullError, KVCache, PagedKVCache
 from specdec_cuda.drafters import (
-    AdaptiveLength,
     ChainDrafter,
     DynamicTreeDrafter,
     NoDrafter,
     PromptLookupDrafter,
     TreeDrafter,
 )
+from specdec_cuda.length_policy import AdaptiveLength
 from specdec_cuda.tree import static_tree
 
 from conftest import ALL_DEVICES
@@ -323,6 +323,54 @@ def test_greedy_equals_reference_toy_protocol_model(device, drafter, cache):
         assert out.stats.tau > 1.2, out.stats.summary()
 
 
+class _RepeatRootDrafter(sd.Drafter):
+    """A drafter written only against specdec_cuda.drafting: it proposes the root
+    token repeated k times, and counts what the loop tells it."""
+
+    name = "repeat_root"
+
+    def __init__(self, k: int):
+        self.k = k
+        self.started = 0
+        self.feedback: list[sd.StepFeedback] = []
+
+    def start(self, ctx: sd.DraftContext) -> None:
+        super().start(ctx)
+        self.started += 1
+
+    def max_nodes(self) -> int:
+        return self.k + 1
+
+    def propose(self, ctx: sd.DraftContext) -> sd.Draft:
+        roots = ctx.roots()
+        tokens = roots[:, None].expand(-1, self.k + 1).contiguous()
+        parents = torch.arange(-1, self.k, dtype=torch.int32, device=ctx.device).expand(ctx.batch_size, -1)
+        return sd.Draft(tokens, parents.contiguous())
+
+    def update(self, ctx: sd.DraftContext, feedback: sd.StepFeedback) -> None:
+        super().update(ctx, feedback)
+        self.feedback.append(feedback)
+
+
+@pytest.mark.parametrize("cache", ["contig", "paged16"])
+def test_custom_drafter_through_the_public_interface(cache):
+    """A newcomer's drafter (only drafting.py's interface) is exact, and the loop tells
+    it each step's acceptance and costs through StepFeedback."""
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    drafter = _RepeatRootDrafter(3)
+    out = sd.SpeculativeDecoder(s.target, drafter, **CACHES[cache]).generate(prompts, max_new_tokens=MAX_NEW)
+    assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), f"custom/{cache}")
+    assert drafter.started == 1
+    assert len(drafter.feedback) == out.stats.steps
+    for fb in drafter.feedback:
+        assert fb.accepted.shape == (len(prompts),) and fb.active.dtype == torch.bool
+        assert bool((fb.accepted[~fb.active] == 0).all()) and bool((fb.accepted <= 3).all())
+        assert fb.draft_calls == 0 and fb.draft_s >= 0 and fb.target_s > 0
+    accepted = sum(int(fb.accepted.sum()) for fb in drafter.feedback)
+    assert out.stats.emitted_per_call_sum == accepted + out.stats.row_steps
+
+
 @pytest.mark.parametrize("drafter", ["chain-adaptive", "tree-custom", "dynamic"])
 def test_greedy_toy_independent_draft_and_bare_model_drafter(drafter):
     s = toy_setup("cpu")
@@ -505,9 +553,9 @@ def _compare_snapshots(snaps, refs_by_row, key, num_layers, atol=1e-4):
                 k_ref, v_ref = refs_by_row[b][layer]
                 assert k.shape == k_ref[:, :n].shape, (key, t, b, layer)
                 torch.testing.assert_close(k, k_ref[:, :n], atol=atol, rtol=1e-4,
-                                           msg=lambda m: f"{key} K step {t} row {b} layer {layer}: {m}")
+                                           msg=lambda m, t=t, b=b, layer=layer: f"{key} K step {t} row {b} layer {layer}: {m}")
                 torch.testing.assert_close(v, v_ref[:, :n], atol=atol, rtol=1e-4,
-                                           msg=lambda m: f"{key} V step {t} row {b} layer {layer}: {m}")
+                                           msg=lambda m, t=t, b=b, layer=layer: f"{key} V step {t} row {b} layer {layer}: {m}")
                 checked += n
     return checked
 

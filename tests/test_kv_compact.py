@@ -135,7 +135,7 @@ def test_paged_matches_reference(device, page_size, dtype, gen):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_paged_ignores_untouched_block_entries(device, gen):
     """Entries past the touched blocks may be -1 (unallocated), as engines leave them."""
-    page_size, max_blocks = 4, 6
+    page_size = 4
     k = random_caches(gen, 1, (8, page_size, 1, 8), torch.float32, device)
     v = random_caches(gen, 1, (8, page_size, 1, 8), torch.float32, device)
     tables = torch.tensor([[3, 5, -1, -1, -1, -1]], dtype=torch.int32)

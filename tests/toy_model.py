@@ -167,7 +167,7 @@ class ToyLM(nn.Module):
             x = x + torch.nn.functional.silu(h @ blk.w1) @ blk.w2
         return (_rms_norm(x, self.norm) @ self.head) * self.logit_scale
 
-    def truncated(self, layers: int) -> "ToyLM":
+    def truncated(self, layers: int) -> ToyLM:
         """A shallower copy: the first ``layers`` blocks, embedding, final norm and LM
         head shared by value (a draft that agrees with this model often)."""
         m = ToyLM(self.vocab_size, self.hidden, layers, heads=self.heads, kv_heads=self.kv_heads,
