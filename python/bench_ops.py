@@ -272,11 +272,11 @@ def bench_kv_case(case: KVCase, device: torch.device, iters: int) -> dict:
     lens, saved = meta["cache_lens"], meta["cache_lens"].clone()
     if tables is None:
         args = (tensors, lens, meta["accept_nodes"], meta["num_accepted"])
-        ours, ref = (lambda: ops.kv_compact_(*args)), (lambda: reference.kv_compact_(*args))
+        ours, ref = (lambda a=args: ops.kv_compact_(*a)), (lambda a=args: reference.kv_compact_(*a))
     else:
         half = case.layers
         args = (tensors[:half], tensors[half:], tables, lens, meta["accept_nodes"], meta["num_accepted"])
-        ours, ref = (lambda: ops.kv_compact_paged_(*args)), (lambda: reference.kv_compact_paged_(*args))
+        ours, ref = (lambda a=args: ops.kv_compact_paged_(*a)), (lambda a=args: reference.kv_compact_paged_(*a))
     check_outputs(tensors, [0, len(tensors) - 1], get, put, lens, saved, ours, ref, case)
     reset = lambda: lens.copy_(saved)  # noqa: E731
     cuda = device.type == "cuda"
