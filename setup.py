@@ -102,13 +102,21 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["specdec_cuda", "specdec_cuda.*"]),
     # the bundled tiny model pair of the demo (about 17 MB)
-    package_data={"specdec_cuda": ["assets/tiny/*.json", "assets/tiny/*.md",
-                                   "assets/tiny/*/*.json", "assets/tiny/*/*.safetensors"]},
+    package_data={
+        "specdec_cuda": [
+            "assets/tiny/*.json",
+            "assets/tiny/*.md",
+            "assets/tiny/*/*.json",
+            "assets/tiny/*/*.safetensors",
+        ]
+    },
     ext_modules=[CMakeExtension("specdec_cuda._C")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["torch>=2.11"],
-    extras_require={"test": ["pytest", "numpy"],
-                    "loop": ["transformers>=5", "tokenizers", "safetensors", "tqdm", "matplotlib"]},
+    extras_require={
+        "test": ["pytest", "numpy"],
+        "loop": ["transformers>=5", "tokenizers", "safetensors", "tqdm", "matplotlib"],
+    },
     zip_safe=False,
 )

@@ -143,8 +143,14 @@ ASSETS = REPO / "specdec_cuda" / "assets" / "tiny"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NOTES: list[str] = []
 # The random fallback's target; its draft is the first layer of it.
-RANDOM_CONFIG = dict(vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=10,
-                     num_attention_heads=8, num_key_value_heads=4)
+RANDOM_CONFIG = dict(
+    vocab_size=4096,
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=10,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+)
 
 
 def note(text: str) -> None:
@@ -159,6 +165,7 @@ def progress(text: str) -> None:
 # ---------------------------------------------------------------------------
 # Models and prompts.
 # ---------------------------------------------------------------------------
+
 
 @dataclass
 class Setup:
@@ -186,24 +193,35 @@ def random_pair(args, device, dtype) -> tuple[torch.nn.Module, torch.nn.Module, 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(args.seed)
-    cfg = dict(RANDOM_CONFIG, max_position_embeddings=4096, tie_word_embeddings=False,
-               bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = dict(
+        RANDOM_CONFIG,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     target = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     with torch.no_grad():
         for layer in target.model.layers[1:]:
             layer.self_attn.o_proj.weight.mul_(args.random_residual_scale)
             layer.mlp.down_proj.weight.mul_(args.random_residual_scale)
     draft = LlamaForCausalLM(LlamaConfig(**{**cfg, "num_hidden_layers": 1})).eval()
-    keep = {k: v for k, v in target.state_dict().items()
-            if not k.startswith("model.layers.") or int(k.split(".")[2]) < 1}
+    keep = {
+        k: v
+        for k, v in target.state_dict().items()
+        if not k.startswith("model.layers.") or int(k.split(".")[2]) < 1
+    }
     draft.load_state_dict(keep, strict=True)
     target, draft = target.to(device, dtype), draft.to(device, dtype)
     c = RANDOM_CONFIG
-    desc = (f"random Llama (seed {args.seed}): target {describe(target)} (vocab {c['vocab_size']}, "
-            f"{c['num_attention_heads']} heads, {c['num_key_value_heads']} KV heads), layers "
-            f"2-{c['num_hidden_layers']} with residual branches scaled by {args.random_residual_scale}; "
-            f"draft = the target truncated to its first layer ({describe(draft)}, shared "
-            "embeddings/norm/head)")
+    desc = (
+        f"random Llama (seed {args.seed}): target {describe(target)} (vocab {c['vocab_size']}, "
+        f"{c['num_attention_heads']} heads, {c['num_key_value_heads']} KV heads), layers "
+        f"2-{c['num_hidden_layers']} with residual branches scaled by {args.random_residual_scale}; "
+        f"draft = the target truncated to its first layer ({describe(draft)}, shared "
+        "embeddings/norm/head)"
+    )
     return target, draft, desc
 
 
@@ -230,8 +248,11 @@ def load_setup(args, device, dtype) -> Setup:
         if not (args.target and args.draft):
             raise SystemExit("--target and --draft go together")
         tdir, ddir, kind = Path(args.target), Path(args.draft), "local checkpoints"
-    elif not args.random and (ASSETS / "target" / "config.json").is_file() \
-            and (ASSETS / "draft" / "config.json").is_file():
+    elif (
+        not args.random
+        and (ASSETS / "target" / "config.json").is_file()
+        and (ASSETS / "draft" / "config.json").is_file()
+    ):
         tdir, ddir, kind = ASSETS / "target", ASSETS / "draft", "bundled tiny pair"
     else:
         if not args.random:
@@ -258,13 +279,12 @@ def load_setup(args, device, dtype) -> Setup:
         prompts = text_prompts(pfile, tok, args.prompts)
         psrc = f"prompts from {_rel(pfile)}"
     else:
-        prompts = random_prompts(args.prompts, int(target.get_output_embeddings().weight.shape[0]),
-                                 args.seed)
+        prompts = random_prompts(args.prompts, int(target.get_output_embeddings().weight.shape[0]), args.seed)
         psrc = "random token prompts"
     eos = tok.eos_token_id if tok is not None else target.generation_config.eos_token_id
     if isinstance(eos, list):
         eos = eos[0] if eos else None
-    pad = (tok.pad_token_id if tok is not None else None)
+    pad = tok.pad_token_id if tok is not None else None
     pad = pad if pad is not None else (eos if eos is not None else 0)
     desc = f"{kind}: target {_rel(tdir)} ({describe(target)}), draft {_rel(ddir)} ({describe(draft)}); {psrc}"
     return Setup(target, draft, prompts, desc, eos=eos, pad=pad)
@@ -280,6 +300,7 @@ def _rel(p: Path) -> str:
 # ---------------------------------------------------------------------------
 # Forward log for transformers' runs (hooks on the HF modules).
 # ---------------------------------------------------------------------------
+
 
 class ForwardLog:
     """Records (tokens fed, KV length before, seconds) of every forward of a module
@@ -320,6 +341,7 @@ class ForwardLog:
 # ---------------------------------------------------------------------------
 # Methods.
 # ---------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -376,6 +398,7 @@ class Bench:
         self.draft_gc0 = copy.deepcopy(draft.generation_config)
         try:
             from transformers.utils import is_sklearn_available
+
             self.sklearn = bool(is_sklearn_available())
         except ImportError:
             self.sklearn = False
@@ -422,7 +445,7 @@ class Bench:
             seconds = time.perf_counter() - t0
         finally:
             self.tlog.active = self.dlog.active = False
-        new = out[0, ids.shape[1]:].tolist()
+        new = out[0, ids.shape[1] :].tolist()
         tcalls, dcalls = self.tlog.take(), self.dlog.take()
         r = Result(seconds, [new], target_calls=len(tcalls), steps=len(tcalls))
         one = [s for n, _, s in tcalls if n == 1]
@@ -462,8 +485,11 @@ class Bench:
         prev_p = prev_a = 0
         self.sync()
         t0 = time.perf_counter()
-        for out in dec.stream(prompts if len(prompts) > 1 else prompts[0],
-                              max_new_tokens=self.args.max_new_tokens, stop_tokens=self.stops):
+        for out in dec.stream(
+            prompts if len(prompts) > 1 else prompts[0],
+            max_new_tokens=self.args.max_new_tokens,
+            stop_tokens=self.stops,
+        ):
             for b, toks in enumerate(out.tokens):
                 new[b].extend(toks)
             if per_step:
@@ -482,9 +508,18 @@ class Bench:
             full = st.accepted_by_position[kk - 1] if len(st.accepted_by_position) >= kk else 0
             rej = st.row_steps - full
             prop = st.row_steps * kk
-        r = Result(seconds, new, target_calls=st.steps, accepted=acc, rejections=rej, proposed=prop,
-                   steps=st.steps, phase_s=dict(st.phase_s),
-                   emitted=sum(len(x) for x in new), row_steps=st.row_steps)
+        r = Result(
+            seconds,
+            new,
+            target_calls=st.steps,
+            accepted=acc,
+            rejections=rej,
+            proposed=prop,
+            steps=st.steps,
+            phase_s=dict(st.phase_s),
+            emitted=sum(len(x) for x in new),
+            row_steps=st.row_steps,
+        )
         r.draft_s, r.draft_n = st.phase_s["draft"], st.draft_calls
         r.target1_s, r.target1_n = st.phase_s["target"], st.steps
         return r
@@ -500,28 +535,57 @@ def build_methods(bench: Bench, args) -> list[Method]:
     ms = [
         Method("hf_generate", "hf"),
         Method("ours_autoregressive", "ours", decoder=SpeculativeDecoder(t, NoDrafter())),
-        Method(f"chain_K{k}", "ours", chain=True, draft_len=k,
-               decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=False))),
-        Method("chain_adaptive", "ours", chain=True,
-               decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=True))),
+        Method(
+            f"chain_K{k}",
+            "ours",
+            chain=True,
+            draft_len=k,
+            decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=False)),
+        ),
+        Method(
+            "chain_adaptive",
+            "ours",
+            chain=True,
+            decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=True)),
+        ),
         Method("tree", "ours", decoder=SpeculativeDecoder(t, TreeDrafter(d))),
         Method("dynamic_tree", "ours", decoder=SpeculativeDecoder(t, DynamicTreeDrafter(d))),
         Method("prompt_lookup", "ours", chain=True, decoder=SpeculativeDecoder(t, PromptLookupDrafter())),
-        Method(f"hf_assisted_K{k}_constant", "hf_assisted", chain=True, draft_len=k,
-               assistant=dict(num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
-                              assistant_confidence_threshold=0.0)),
-        Method("hf_assisted_heuristic", "hf_assisted", chain=True,
-               assistant=dict(num_assistant_tokens=k, num_assistant_tokens_schedule="heuristic",
-                              assistant_confidence_threshold=0.0)),
+        Method(
+            f"hf_assisted_K{k}_constant",
+            "hf_assisted",
+            chain=True,
+            draft_len=k,
+            assistant=dict(
+                num_assistant_tokens=k,
+                num_assistant_tokens_schedule="constant",
+                assistant_confidence_threshold=0.0,
+            ),
+        ),
+        Method(
+            "hf_assisted_heuristic",
+            "hf_assisted",
+            chain=True,
+            assistant=dict(
+                num_assistant_tokens=k,
+                num_assistant_tokens_schedule="heuristic",
+                assistant_confidence_threshold=0.0,
+            ),
+        ),
         Method("hf_assisted_default", "hf_assisted", chain=True, assistant={}),
     ]
     b = min(args.batch, len(bench.setup.prompts))
     if b > 1:
         ms += [
-            Method("ours_autoregressive", "ours", batch=b,
-                   decoder=SpeculativeDecoder(t, NoDrafter())),
-            Method(f"chain_K{k}", "ours", batch=b, draft_len=k, chain=True,
-                   decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=False))),
+            Method("ours_autoregressive", "ours", batch=b, decoder=SpeculativeDecoder(t, NoDrafter())),
+            Method(
+                f"chain_K{k}",
+                "ours",
+                batch=b,
+                draft_len=k,
+                chain=True,
+                decoder=SpeculativeDecoder(t, ChainDrafter(d, k=k, adaptive=False)),
+            ),
         ]
     return ms
 
@@ -530,8 +594,9 @@ def build_methods(bench: Bench, args) -> list[Method]:
 # The measurement and the table.
 # ---------------------------------------------------------------------------
 
+
 def groups_of(prompts: list[torch.Tensor], batch: int) -> list[list[torch.Tensor]]:
-    return [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
+    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
 
 
 def measure(bench: Bench, methods: list[Method], repeats: int) -> None:
@@ -547,8 +612,10 @@ def measure(bench: Bench, methods: list[Method], repeats: int) -> None:
                 r = bench.run(m, group)
                 m.results.setdefault(gi, []).append(r)
                 t += r.seconds
-            progress(f"round {rnd + 1}/{repeats} {m.name:<26} b{m.batch}  {t:7.3f} s "
-                     f"({time.perf_counter() - t0:6.1f} s elapsed)")
+            progress(
+                f"round {rnd + 1}/{repeats} {m.name:<26} b{m.batch}  {t:7.3f} s "
+                f"({time.perf_counter() - t0:6.1f} s elapsed)"
+            )
 
 
 def ideal_speedup(a: float, g: float, c: float) -> float:
@@ -566,12 +633,16 @@ def summarise(bench: Bench, methods: list[Method], args, device: torch.device) -
         return sum(getattr(r, attr) for runs in m.results.values() for r in runs)
 
     # single-token target forward: ours from our plain loop (per batch), HF from hf_generate
-    t1 = {m.batch: pooled(m, "target1_s") / max(pooled(m, "target1_n"), 1)
-          for m in methods if m.name == "ours_autoregressive"}
+    t1 = {
+        m.batch: pooled(m, "target1_s") / max(pooled(m, "target1_n"), 1)
+        for m in methods
+        if m.name == "ours_autoregressive"
+    }
     t1_hf = pooled(hf, "target1_s") / max(pooled(hf, "target1_n"), 1)
     runs_hf = [hf.results[g] for g in sorted(hf.results)]
-    hf_tps = sum(len(rs[0].new_tokens[0]) for rs in runs_hf) / \
-        sum(statistics.median(r.seconds for r in rs) for rs in runs_hf)
+    hf_tps = sum(len(rs[0].new_tokens[0]) for rs in runs_hf) / sum(
+        statistics.median(r.seconds for r in rs) for rs in runs_hf
+    )
     rows = []
     for m in methods:
         runs = [m.results[g] for g in sorted(m.results)]
@@ -581,16 +652,26 @@ def summarise(bench: Bench, methods: list[Method], args, device: torch.device) -
         tps = tokens / seconds
         outs = [toks for rs in runs for toks in rs[0].new_tokens]
         same = sum(o == w for o, w in zip(outs, ref))
-        diverge = [next((i for i, (x, y) in enumerate(zip(o, w)) if x != y), min(len(o), len(w)))
-                   if o != w else None for o, w in zip(outs, ref)]
+        diverge = [
+            next((i for i, (x, y) in enumerate(zip(o, w)) if x != y), min(len(o), len(w))) if o != w else None
+            for o, w in zip(outs, ref)
+        ]
         if m.kind == "ours":  # new tokens per row and verification step
             tau = pooled(m, "emitted") / max(pooled(m, "row_steps"), 1)
         else:  # new tokens per target forward
             tau = sum(len(x) for r in all_runs for x in r.new_tokens) / max(pooled(m, "target_calls"), 1)
-        row = {"method": m.name, "batch": m.batch, "tau": round(tau, 2), "tokens_per_s": round(tps, 1),
-               "speedup": round(tps / hf_tps, 2), "alpha": None, "c": None, "ideal_speedup": None,
-               "efficiency": None,
-               "same_output": "yes" if same == len(ref) else f"no ({same}/{len(ref)})"}
+        row = {
+            "method": m.name,
+            "batch": m.batch,
+            "tau": round(tau, 2),
+            "tokens_per_s": round(tps, 1),
+            "speedup": round(tps / hf_tps, 2),
+            "alpha": None,
+            "c": None,
+            "ideal_speedup": None,
+            "efficiency": None,
+            "same_output": "yes" if same == len(ref) else f"no ({same}/{len(ref)})",
+        }
         if m.chain:
             A, R = pooled(m, "accepted"), pooled(m, "rejections")
             alpha = A / (A + R) if A + R else 0.0
@@ -612,55 +693,120 @@ def summarise(bench: Bench, methods: list[Method], args, device: torch.device) -
                     steps_n = max(pooled(m, "steps"), 1)
                     r_ver = sum(x.phase_s["target"] for x in all_runs) / steps_n / t1[1]
                     ideal_v = ideal_speedup(alpha, g, c) * (g * c + 1) / (g * c + r_ver)
-                    row.update(verify_cost=round(r_ver, 2), ideal_verify=round(ideal_v, 2),
-                               efficiency_verify=round(tps / hf_tps / ideal_v, 2))
-        row.update(same_output_prompts=f"{same}/{len(ref)}", first_divergence=diverge,
-                   device=device.type,
-                   dtype=args.dtype, threads=torch.get_num_threads(),
-                   max_new_tokens=args.max_new_tokens, prompts=len(bench.setup.prompts),
-                   repeats=args.repeats, tokens=tokens, seconds=round(seconds, 4),
-                   models=bench.setup.models)
+                    row.update(
+                        verify_cost=round(r_ver, 2),
+                        ideal_verify=round(ideal_v, 2),
+                        efficiency_verify=round(tps / hf_tps / ideal_v, 2),
+                    )
+        row.update(
+            same_output_prompts=f"{same}/{len(ref)}",
+            first_divergence=diverge,
+            device=device.type,
+            dtype=args.dtype,
+            threads=torch.get_num_threads(),
+            max_new_tokens=args.max_new_tokens,
+            prompts=len(bench.setup.prompts),
+            repeats=args.repeats,
+            tokens=tokens,
+            seconds=round(seconds, 4),
+            models=bench.setup.models,
+        )
         if m.kind == "ours":
             nsteps = max(pooled(m, "steps"), 1)
             ncalls = len(all_runs)
             row["phase_ms_per_step"] = {
-                k: round(1e3 * sum(r.phase_s.get(k, 0.0) for r in all_runs)
-                         / (ncalls if k == "prefill" else nsteps), 3)
-                for k in all_runs[0].phase_s}
+                k: round(
+                    1e3
+                    * sum(r.phase_s.get(k, 0.0) for r in all_runs)
+                    / (ncalls if k == "prefill" else nsteps),
+                    3,
+                )
+                for k in all_runs[0].phase_s
+            }
             row["speedup_vs_ours_ar"] = None  # filled below
         if m.kind == "hf_assisted" and m.draft_len:
             ver = [s for r in all_runs for n, s in r.verify_s if n == m.draft_len + 1]
             if ver:
-                note(f"transformers' target forward over K+1={m.draft_len + 1} tokens costs "
-                     f"{statistics.fmean(ver) / t1_hf:.2f}x a single-token one ({m.name})")
+                note(
+                    f"transformers' target forward over K+1={m.draft_len + 1} tokens costs "
+                    f"{statistics.fmean(ver) / t1_hf:.2f}x a single-token one ({m.name})"
+                )
         rows.append(row)
     ar = {r["batch"]: r["tokens_per_s"] for r in rows if r["method"] == "ours_autoregressive"}
     for r in rows:
         if "speedup_vs_ours_ar" in r:
             r["speedup_vs_ours_ar"] = round(r["tokens_per_s"] / ar[r["batch"]], 2)
-    ours_ar = [r for rs in next(m for m in methods if m.name == "ours_autoregressive"
-                                and m.batch == 1).results.values() for r in rs]
+    ours_ar = [
+        r
+        for rs in next(
+            m for m in methods if m.name == "ours_autoregressive" and m.batch == 1
+        ).results.values()
+        for r in rs
+    ]
     pre_ours = sum(r.phase_s["prefill"] for r in ours_ar) / len(ours_ar)
     pre_hf = pooled(hf, "prefill_s") / sum(len(rs) for rs in runs_hf)
-    note(f"prompt prefill per call: ours {1e3 * pre_ours:.2f} ms (ours_autoregressive "
-         f"phase_s['prefill']), transformers {1e3 * pre_hf:.2f} ms (hf_generate's first target "
-         "forward, which also yields the first token)")
-    note(f"single-token target forward (c's denominator): ours {1e3 * t1[1]:.2f} ms "
-         f"(ours_autoregressive phase_s['target'] / steps), transformers {1e3 * t1_hf:.2f} ms "
-         "(hf_generate, forward hooks)")
+    note(
+        f"prompt prefill per call: ours {1e3 * pre_ours:.2f} ms (ours_autoregressive "
+        f"phase_s['prefill']), transformers {1e3 * pre_hf:.2f} ms (hf_generate's first target "
+        "forward, which also yields the first token)"
+    )
+    note(
+        f"single-token target forward (c's denominator): ours {1e3 * t1[1]:.2f} ms "
+        f"(ours_autoregressive phase_s['target'] / steps), transformers {1e3 * t1_hf:.2f} ms "
+        "(hf_generate, forward hooks)"
+    )
     return rows
 
 
-TABLE_KEYS = ["method", "batch", "tau", "tokens_per_s", "speedup", "alpha", "c", "ideal_speedup",
-              "efficiency", "verify_cost", "ideal_verify", "efficiency_verify", "same_output"]
-JSON_KEYS = ["method", "batch", "tau", "tokens_per_s", "speedup", "alpha", "c", "ideal_speedup",
-             "efficiency", "verify_cost", "ideal_verify", "efficiency_verify", "same_output", "same_output_prompts", "first_divergence", "device", "dtype",
-             "threads", "max_new_tokens", "models", "draft_len", "speedup_vs_ours_ar", "prompts",
-             "repeats", "tokens", "seconds", "phase_ms_per_step"]
+TABLE_KEYS = [
+    "method",
+    "batch",
+    "tau",
+    "tokens_per_s",
+    "speedup",
+    "alpha",
+    "c",
+    "ideal_speedup",
+    "efficiency",
+    "verify_cost",
+    "ideal_verify",
+    "efficiency_verify",
+    "same_output",
+]
+JSON_KEYS = [
+    "method",
+    "batch",
+    "tau",
+    "tokens_per_s",
+    "speedup",
+    "alpha",
+    "c",
+    "ideal_speedup",
+    "efficiency",
+    "verify_cost",
+    "ideal_verify",
+    "efficiency_verify",
+    "same_output",
+    "same_output_prompts",
+    "first_divergence",
+    "device",
+    "dtype",
+    "threads",
+    "max_new_tokens",
+    "models",
+    "draft_len",
+    "speedup_vs_ours_ar",
+    "prompts",
+    "repeats",
+    "tokens",
+    "seconds",
+    "phase_ms_per_step",
+]
 
 
 def format_table(rows: list[dict], keys: list[str]) -> list[str]:
     """One aligned table (blank where a row has no value)."""
+
     def cell(r: dict, k: str) -> str:
         v = r.get(k)
         return "" if v is None else str(v)
@@ -683,39 +829,58 @@ def phase_table(rows: list[dict]) -> list[str]:
         for k in ("draft", "target", "verify", "commit", "other"):
             d[f"{k}_ms"] = ph.get(k, 0.0)
         d["step_ms"] = round(step, 3)
-        d["loop_overhead_%"] = round(100 * (ph.get("verify", 0) + ph.get("commit", 0)
-                                            + ph.get("other", 0)) / step, 1) if step else ""
+        d["loop_overhead_%"] = (
+            round(100 * (ph.get("verify", 0) + ph.get("commit", 0) + ph.get("other", 0)) / step, 1)
+            if step
+            else ""
+        )
         out.append(d)
     return format_table(out, list(out[0])) if out else []
 
 
 def machine_note(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        (platform.processor() or platform.machine())
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine())
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return (f"torch {torch.__version__} | device {name} | cpu_count {os.cpu_count()} | "
-            f"torch threads {torch.get_num_threads()} | OMP_NUM_THREADS "
-            f"{os.environ.get('OMP_NUM_THREADS', 'unset')} | peak RSS {rss:.2f} GB")
+    return (
+        f"torch {torch.__version__} | device {name} | cpu_count {os.cpu_count()} | "
+        f"torch threads {torch.get_num_threads()} | OMP_NUM_THREADS "
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')} | peak RSS {rss:.2f} GB"
+    )
 
 
 # ---------------------------------------------------------------------------
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 2 prompts, 32 new tokens, 1 round (defaults; explicit flags win)")
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 prompts, 32 new tokens, 1 round (defaults; explicit flags win)",
+    )
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)"
+    )
     p.add_argument("--target", help="target checkpoint dir (with --draft)")
     p.add_argument("--draft", help="draft checkpoint dir (with --target)")
-    p.add_argument("--random", action="store_true", help="use the random Llama pair even if "
-                   "the bundled models exist")
-    p.add_argument("--random-residual-scale", type=float, default=0.03,
-                   help="random pair: scale of the target's residual branches after layer 1")
+    p.add_argument(
+        "--random", action="store_true", help="use the random Llama pair even if the bundled models exist"
+    )
+    p.add_argument(
+        "--random-residual-scale",
+        type=float,
+        default=0.03,
+        help="random pair: scale of the target's residual branches after layer 1",
+    )
     p.add_argument("--prompts-file", help="JSON list of prompt strings (needs a tokenizer)")
     p.add_argument("--prompts", type=int, default=None, help="prompts (default 4; quick 2)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 128; quick 32")
@@ -756,33 +921,46 @@ def main(argv=None) -> None:
     if args.eos and setup.eos is None:
         note("--eos: these models define no EOS token; generation is fixed-length")
     if any(r["same_output"] != "yes" for r in rows):
-        note("same_output 'no': greedy outputs diverge from hf_generate's (JSON first_divergence: "
-             "the first differing new-token index per prompt); float rounding differs between "
-             "attention kernels and batch shapes, which can flip near-tied argmaxes")
-    note("hf_assisted_default uses " + bench.assistant_defaults() + (
-        "" if bench.sklearn else "; scikit-learn is not installed, so the threshold does not adapt"))
-    note("alpha = A / (A + R) (A accepted drafts, R steps with fewer accepted than proposed); "
-         "c = draft time per drafted token / single-token target forward (ours: phase_s, "
-         "transformers: forward hooks); ideal = (1 - a^(g+1)) / ((1 - a)(g c + 1)), g = K or the "
-         "mean proposed length; efficiency = speedup / ideal; verify_cost r = our target time per "
-         "verification / single-token forward, ideal_verify = ideal * (g c + 1) / (g c + r), "
-         "efficiency_verify = speedup / ideal_verify (the loop's own efficiency once the "
-         "verification's real cost is priced in)")
+        note(
+            "same_output 'no': greedy outputs diverge from hf_generate's (JSON first_divergence: "
+            "the first differing new-token index per prompt); float rounding differs between "
+            "attention kernels and batch shapes, which can flip near-tied argmaxes"
+        )
+    note(
+        "hf_assisted_default uses "
+        + bench.assistant_defaults()
+        + ("" if bench.sklearn else "; scikit-learn is not installed, so the threshold does not adapt")
+    )
+    note(
+        "alpha = A / (A + R) (A accepted drafts, R steps with fewer accepted than proposed); "
+        "c = draft time per drafted token / single-token target forward (ours: phase_s, "
+        "transformers: forward hooks); ideal = (1 - a^(g+1)) / ((1 - a)(g c + 1)), g = K or the "
+        "mean proposed length; efficiency = speedup / ideal; verify_cost r = our target time per "
+        "verification / single-token forward, ideal_verify = ideal * (g c + 1) / (g c + r), "
+        "efficiency_verify = speedup / ideal_verify (the loop's own efficiency once the "
+        "verification's real cost is priced in)"
+    )
     chain_k = next((r for r in rows if r["method"] == f"chain_K{args.k}" and r["batch"] == 1), None)
     ours_ar = next(r for r in rows if r["method"] == "ours_autoregressive" and r["batch"] == 1)
     if chain_k:
         ratio = chain_k["phase_ms_per_step"]["target"] / ours_ar["phase_ms_per_step"]["target"]
-        note(f"our target forward over K+1={args.k + 1} tokens costs {ratio:.2f}x a single-token "
-             "one (the ideal assumes 1x)")
+        note(
+            f"our target forward over K+1={args.k + 1} tokens costs {ratio:.2f}x a single-token "
+            "one (the ideal assumes 1x)"
+        )
     note(f"models: {setup.models}")
-    note(f"batch 1: {len(setup.prompts)} prompts x {args.max_new_tokens} new tokens "
-         f"({'stop at EOS' if args.eos else 'EOS ignored'}), greedy; median of {args.repeats} "
-         "round(s) after 1 warm-up call per method; speedup vs hf_generate tokens/s")
+    note(
+        f"batch 1: {len(setup.prompts)} prompts x {args.max_new_tokens} new tokens "
+        f"({'stop at EOS' if args.eos else 'EOS ignored'}), greedy; median of {args.repeats} "
+        "round(s) after 1 warm-up call per method; speedup vs hf_generate tokens/s"
+    )
     note(machine_note(device))
     note(f"total runtime {time.perf_counter() - t_start:.1f} s")
     if args.json:
-        lines = [json.dumps({k: (r[k] == "yes" if k == "same_output" else r[k])
-                             for k in JSON_KEYS if k in r}) for r in rows]
+        lines = [
+            json.dumps({k: (r[k] == "yes" if k == "same_output" else r[k]) for k in JSON_KEYS if k in r})
+            for r in rows
+        ]
         lines += [json.dumps({"note": n}) for n in NOTES]
     else:
         lines = format_table(rows, TABLE_KEYS)

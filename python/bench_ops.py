@@ -183,8 +183,9 @@ def make_meta(case: KVCase, device: torch.device, seed: int = 0) -> dict[str, to
         path = random_path(rng, rng.randint(1, MAX_ACCEPT))
         nodes[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
     meta = {
-        "cache_lens": torch.tensor([rng.randint(0, case.slots - TREE_NODES) for _ in range(case.batch)],
-                                   dtype=torch.int32),
+        "cache_lens": torch.tensor(
+            [rng.randint(0, case.slots - TREE_NODES) for _ in range(case.batch)], dtype=torch.int32
+        ),
         "accept_nodes": nodes,
         "num_accepted": (nodes >= 0).sum(1).to(torch.int32),
     }
@@ -198,9 +199,9 @@ def window_index(case: KVCase, meta: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return rows, lens[:, None] + torch.arange(TREE_NODES, device=lens.device)
 
 
-def make_accessors(case: KVCase, meta: dict[str, torch.Tensor], tables: torch.Tensor | None
-                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                              Callable[[torch.Tensor, torch.Tensor], None]]:
+def make_accessors(
+    case: KVCase, meta: dict[str, torch.Tensor], tables: torch.Tensor | None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, torch.Tensor], None]]:
     """get(t) -> copy of the tree windows [B, T, H, D]; put(t, values) writes them."""
     rows, slots = window_index(case, meta)
     if tables is None:
@@ -217,8 +218,9 @@ def make_accessors(case: KVCase, meta: dict[str, torch.Tensor], tables: torch.Te
     return get, put
 
 
-def make_tensors(case: KVCase, device: torch.device, dtype: torch.dtype
-                 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def make_tensors(
+    case: KVCase, device: torch.device, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """2 * layers empty cache tensors (contiguous or paged) and the block table, if paged."""
     if not case.page_size:
         shape = (case.batch, case.heads, case.slots, case.head_dim)
@@ -237,8 +239,9 @@ def moved_bytes(case: KVCase, meta: dict[str, torch.Tensor], elem: int, tensors:
     return int(moving.sum()) * tensors * case.heads * case.head_dim * elem * 2
 
 
-def time_ms(fn: Callable[[], object], reset: Callable[[], None], iters: int, cuda: bool,
-            warmup: int = 3) -> float:
+def time_ms(
+    fn: Callable[[], object], reset: Callable[[], None], iters: int, cuda: bool, warmup: int = 3
+) -> float:
     """Median ms of ``fn`` over ``iters`` runs after ``warmup`` runs; ``reset`` runs untimed first."""
     for _ in range(warmup):
         reset()
@@ -276,16 +279,26 @@ def bench_kv_case(case: KVCase, device: torch.device, iters: int) -> dict:
     else:
         half = case.layers
         args = (tensors[:half], tensors[half:], tables, lens, meta["accept_nodes"], meta["num_accepted"])
-        ours, ref = (lambda a=args: ops.kv_compact_paged_(*a)), (lambda a=args: reference.kv_compact_paged_(*a))
+        ours, ref = (
+            (lambda a=args: ops.kv_compact_paged_(*a)),
+            (lambda a=args: reference.kv_compact_paged_(*a)),
+        )
     check_outputs(tensors, [0, len(tensors) - 1], get, put, lens, saved, ours, ref, case)
     reset = lambda: lens.copy_(saved)  # noqa: E731
     cuda = device.type == "cuda"
     ours_ms, ref_ms = time_ms(ours, reset, iters, cuda), time_ms(ref, reset, iters, cuda)
     moved = moved_bytes(case, meta, tensors[0].element_size(), len(tensors))
-    row = {"op": "kv_compact_paged_" if case.page_size else "kv_compact_", "shape": case.shape(),
-           "device": device.type, "dtype": DTYPE_NAMES[dtype], "ours_ms": round(ours_ms, 4),
-           "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ours_ms, 2),
-           "moved_MB": round(moved / 1e6, 3), "_moved_bytes": moved}
+    row = {
+        "op": "kv_compact_paged_" if case.page_size else "kv_compact_",
+        "shape": case.shape(),
+        "device": device.type,
+        "dtype": DTYPE_NAMES[dtype],
+        "ours_ms": round(ours_ms, 4),
+        "ref_ms": round(ref_ms, 4),
+        "speedup": round(ref_ms / ours_ms, 2),
+        "moved_MB": round(moved / 1e6, 3),
+        "_moved_bytes": moved,
+    }
     if cuda:
         row["graph_ms"] = round(time_ms(captured(ours), reset, iters, cuda), 4)
     del tensors, args
@@ -303,9 +316,17 @@ def captured(fn: Callable[[], object]) -> Callable[[], None]:
     return graph.replay
 
 
-def check_outputs(tensors: list[torch.Tensor], which: list[int], get: Callable, put: Callable,
-                  lens: torch.Tensor, saved: torch.Tensor, ours: Callable, ref: Callable,
-                  case: KVCase) -> None:
+def check_outputs(
+    tensors: list[torch.Tensor],
+    which: list[int],
+    get: Callable,
+    put: Callable,
+    lens: torch.Tensor,
+    saved: torch.Tensor,
+    ours: Callable,
+    ref: Callable,
+    case: KVCase,
+) -> None:
     """Run ours and the reference from the same state; raise unless the windows and lens match."""
     before = {i: get(tensors[i]) for i in which}
     ours()
@@ -317,8 +338,10 @@ def check_outputs(tensors: list[torch.Tensor], which: list[int], get: Callable, 
     ref()
     bad = [i for i in which if not torch.equal(got[i], get(tensors[i]))]
     if bad or not torch.equal(got_lens, lens):
-        raise SystemExit(f"MISMATCH vs reference: {case.shape()} tensors {bad} "
-                         f"lens ours={got_lens.tolist()} ref={lens.tolist()}")
+        raise SystemExit(
+            f"MISMATCH vs reference: {case.shape()} tensors {bad} "
+            f"lens ours={got_lens.tolist()} ref={lens.tolist()}"
+        )
     lens.copy_(saved)
 
 
@@ -326,8 +349,14 @@ def kv_cases(quick: bool) -> list[KVCase]:
     main = [KVCase(), KVCase(page_size=16)]
     if quick:
         return main
-    return main + [KVCase(batch=1), KVCase(batch=32), KVCase(head_dim=64), KVCase(head_dim=256),
-                   KVCase(dtype=torch.bfloat16), KVCase(page_size=1)]
+    return main + [
+        KVCase(batch=1),
+        KVCase(batch=32),
+        KVCase(head_dim=64),
+        KVCase(head_dim=256),
+        KVCase(dtype=torch.bfloat16),
+        KVCase(page_size=1),
+    ]
 
 
 def bench_kv_compact(device: torch.device, quick: bool) -> list[dict]:
@@ -433,8 +462,9 @@ def draft_tokens(draft_probs: torch.Tensor, parents: torch.Tensor) -> torch.Tens
     return tokens
 
 
-def sampled_inputs(parents: list[int], batch: int, vocab: int, device: torch.device
-                   ) -> dict[str, torch.Tensor]:
+def sampled_inputs(
+    parents: list[int], batch: int, vocab: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Arguments of rejection_sample / typical_accept: tokens, parents, draft_probs,
     target_probs, seed, offset.
 
@@ -448,28 +478,41 @@ def sampled_inputs(parents: list[int], batch: int, vocab: int, device: torch.dev
     target_probs = torch.softmax(target, -1)
     del target
     seed, offset = random_seeds(batch, device)
-    return {"tokens": draft_tokens(draft_probs, par), "parents": par, "draft_probs": draft_probs,
-            "target_probs": target_probs, "seed": seed, "offset": offset}
+    return {
+        "tokens": draft_tokens(draft_probs, par),
+        "parents": par,
+        "draft_probs": draft_probs,
+        "target_probs": target_probs,
+        "seed": seed,
+        "offset": offset,
+    }
 
 
-def greedy_inputs(parents: list[int], batch: int, vocab: int, device: torch.device
-                  ) -> dict[str, torch.Tensor]:
+def greedy_inputs(
+    parents: list[int], batch: int, vocab: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """verify_greedy arguments: random tokens; target_argmax[b, u] is one of u's children's
     tokens with probability GREEDY_MATCH (else a random id)."""
     rng = random.Random(0)
     nodes = len(parents)
     kids = [[c for c in range(nodes) if parents[c] == u] for u in range(nodes)]
-    pick = torch.tensor([[rng.choice(kids[u]) if kids[u] and rng.random() < GREEDY_MATCH else -1
-                          for u in range(nodes)] for _ in range(batch)])
+    pick = torch.tensor(
+        [
+            [rng.choice(kids[u]) if kids[u] and rng.random() < GREEDY_MATCH else -1 for u in range(nodes)]
+            for _ in range(batch)
+        ]
+    )
     tokens = torch.randint(vocab, (batch, nodes))
     other = torch.randint(vocab, (batch, nodes))
     argmax = torch.where(pick >= 0, tokens.gather(1, pick.clamp(min=0)), other)
-    return {"tokens": tokens.to(device), "parents": parents_tensor(parents, batch, device),
-            "target_argmax": argmax.to(device)}
+    return {
+        "tokens": tokens.to(device),
+        "parents": parents_tensor(parents, batch, device),
+        "target_argmax": argmax.to(device),
+    }
 
 
-def check_verdict(op: str, shape: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]
-                  ) -> None:
+def check_verdict(op: str, shape: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> None:
     bad = [name for name, a, b in zip(VERDICT, got, want) if not torch.equal(a, b)]
     if bad:
         raise SystemExit(f"MISMATCH vs reference: {op} {shape}: {', '.join(bad)} differ")
@@ -480,9 +523,19 @@ def tau(verdict: tuple[torch.Tensor, ...]) -> float:
     return round(float(verdict[1].float().mean()), 3)
 
 
-def timed_row(op: str, shape: str, dtype: str, device: torch.device, quick: bool,
-              ours: Callable[[], object], ref: Callable[[], object], baseline: str, loop_ref: bool,
-              extra: dict, moved: int | None = None) -> dict:
+def timed_row(
+    op: str,
+    shape: str,
+    dtype: str,
+    device: torch.device,
+    quick: bool,
+    ours: Callable[[], object],
+    ref: Callable[[], object],
+    baseline: str,
+    loop_ref: bool,
+    extra: dict,
+    moved: int | None = None,
+) -> dict:
     """Time ours and the baseline (and on CUDA ours in a graph); one result row."""
     n, cuda = counts(device, quick), device.type == "cuda"
     ours_ms = time_ms(ours, no_reset, n.ours, cuda, n.warmup)
@@ -490,9 +543,17 @@ def timed_row(op: str, shape: str, dtype: str, device: torch.device, quick: bool
         ref_ms = time_ms(ref, no_reset, n.loop, cuda, 1)
     else:
         ref_ms = time_ms(ref, no_reset, n.ref, cuda, n.warmup)
-    row = {"op": op, "shape": shape, "device": device.type, "dtype": dtype, "ours_ms": round(ours_ms, 4),
-           "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ours_ms, 2), "baseline": baseline,
-           **extra}
+    row = {
+        "op": op,
+        "shape": shape,
+        "device": device.type,
+        "dtype": dtype,
+        "ours_ms": round(ours_ms, 4),
+        "ref_ms": round(ref_ms, 4),
+        "speedup": round(ref_ms / ours_ms, 2),
+        "baseline": baseline,
+        **extra,
+    }
     if cuda:
         row["graph_ms"] = round(time_ms(captured(ours), no_reset, n.ours, cuda, n.warmup), 4)
         if moved is not None:
@@ -522,14 +583,18 @@ def flashinfer_chain(d: dict[str, torch.Tensor]) -> Callable[[], object] | str:
     params = list(signature.parameters)
     tokens = d["tokens"]
     batch, k = tokens.shape[0], tokens.shape[1] - 1
-    kwargs = {"draft_probs": d["draft_probs"][:, :k].contiguous(),
-              "draft_token_ids": tokens[:, 1:].to(torch.int32).contiguous(),
-              "target_probs": d["target_probs"]}
+    kwargs = {
+        "draft_probs": d["draft_probs"][:, :k].contiguous(),
+        "draft_token_ids": tokens[:, 1:].to(torch.int32).contiguous(),
+        "target_probs": d["target_probs"],
+    }
     if params[:4] == ["draft_probs", "draft_token_ids", "uniform_samples", "target_probs"]:
         kwargs["uniform_samples"] = torch.rand(batch, k + 1, device=tokens.device)
     elif params[:3] != ["draft_probs", "draft_token_ids", "target_probs"]:
-        return (f"flashinfer.sampling.chain_speculative_sampling{signature}: unknown signature, "
-                "no flashinfer_ms column")
+        return (
+            f"flashinfer.sampling.chain_speculative_sampling{signature}: unknown signature, "
+            "no flashinfer_ms column"
+        )
     return lambda: fn(**kwargs)
 
 
@@ -545,8 +610,9 @@ def add_flashinfer(row: dict, d: dict[str, torch.Tensor], device: torch.device, 
         note(f"flashinfer.sampling.chain_speculative_sampling failed: {type(e).__name__}: {e}")
 
 
-def bench_rejection_chain(d: dict[str, torch.Tensor], with_q: bool, device: torch.device, quick: bool
-                          ) -> dict:
+def bench_rejection_chain(
+    d: dict[str, torch.Tensor], with_q: bool, device: torch.device, quick: bool
+) -> dict:
     """One chain case, with or without draft_probs; baseline reference.rejection_sample_chain."""
     q = d["draft_probs"] if with_q else None
     args = (d["tokens"], d["parents"], q, d["target_probs"], d["seed"], d["offset"])
@@ -555,9 +621,19 @@ def bench_rejection_chain(d: dict[str, torch.Tensor], with_q: bool, device: torc
     got = ops.rejection_sample(*args)
     check_verdict("rejection_sample", shape, got, reference.rejection_sample_chain(*ref_args))
     moved = d["target_probs"].nbytes + (q.nbytes if q is not None else 0)
-    row = timed_row("rejection_sample", shape, "fp32", device, quick, lambda: ops.rejection_sample(*args),
-                    lambda: reference.rejection_sample_chain(*ref_args),
-                    "reference.rejection_sample_chain (vectorised)", False, {"tau": tau(got)}, moved)
+    row = timed_row(
+        "rejection_sample",
+        shape,
+        "fp32",
+        device,
+        quick,
+        lambda: ops.rejection_sample(*args),
+        lambda: reference.rejection_sample_chain(*ref_args),
+        "reference.rejection_sample_chain (vectorised)",
+        False,
+        {"tau": tau(got)},
+        moved,
+    )
     if with_q and device.type == "cuda":
         add_flashinfer(row, d, device, quick)
     return row
@@ -572,23 +648,33 @@ def bench_rejection_tree(device: torch.device, quick: bool) -> dict:
     got = ops.rejection_sample(*args)
     check_verdict("rejection_sample", shape, got, reference.rejection_sample(*args))
     moved = d["target_probs"].nbytes + d["draft_probs"].nbytes
-    return timed_row("rejection_sample", shape, "fp32", device, quick,
-                     lambda: ops.rejection_sample(*args), lambda: reference.rejection_sample(*args),
-                     "reference.rejection_sample (loop oracle; no vectorised tree version)", True,
-                     {"tau": tau(got)}, moved)
+    return timed_row(
+        "rejection_sample",
+        shape,
+        "fp32",
+        device,
+        quick,
+        lambda: ops.rejection_sample(*args),
+        lambda: reference.rejection_sample(*args),
+        "reference.rejection_sample (loop oracle; no vectorised tree version)",
+        True,
+        {"tau": tau(got)},
+        moved,
+    )
 
 
 def bench_rejection_sample(device: torch.device, quick: bool) -> list[dict]:
     torch.manual_seed(0)
     chain = sampled_inputs(CHAIN_PARENTS, CHAIN_BATCH, CHAIN_VOCAB, device)
-    rows = [bench_rejection_chain(chain, with_q, device, quick)
-            for with_q in ((True,) if quick else (True, False))]
+    rows = [
+        bench_rejection_chain(chain, with_q, device, quick)
+        for with_q in ((True,) if quick else (True, False))
+    ]
     del chain
     return rows if quick else rows + [bench_rejection_tree(device, quick)]
 
 
-def bench_verify_case(parents: list[int], batch: int, vocab: int, device: torch.device, quick: bool
-                      ) -> dict:
+def bench_verify_case(parents: list[int], batch: int, vocab: int, device: torch.device, quick: bool) -> dict:
     """One verify_greedy case; baseline verify_greedy_chain for the chain, else the loop oracle."""
     torch.manual_seed(0)
     d = greedy_inputs(parents, batch, vocab, device)
@@ -602,8 +688,18 @@ def bench_verify_case(parents: list[int], batch: int, vocab: int, device: torch.
     got = ops.verify_greedy(*args)
     check_verdict("verify_greedy", shape, got, ref())
     label = f"reference.{baseline} ({'vectorised' if chain else 'loop oracle'})"
-    return timed_row("verify_greedy", shape, "int64", device, quick, lambda: ops.verify_greedy(*args),
-                     ref, label, not chain, {"tau": tau(got)})
+    return timed_row(
+        "verify_greedy",
+        shape,
+        "int64",
+        device,
+        quick,
+        lambda: ops.verify_greedy(*args),
+        ref,
+        label,
+        not chain,
+        {"tau": tau(got)},
+    )
 
 
 def bench_verify_greedy(device: torch.device, quick: bool) -> list[dict]:
@@ -620,9 +716,20 @@ def bench_typical_accept(device: torch.device, quick: bool) -> list[dict]:
     shape = f"{tree_label(TREE_PARENTS, TREE_BATCH, TREE_VOCAB)} thr0.09 a0.3"
     got = ops.typical_accept(*args)
     check_verdict("typical_accept", shape, got, reference.typical_accept(*args))
-    return [timed_row("typical_accept", shape, "fp32", device, quick, lambda: ops.typical_accept(*args),
-                      lambda: reference.typical_accept(*args), "reference.typical_accept (loop oracle)",
-                      True, {"tau": tau(got)})]
+    return [
+        timed_row(
+            "typical_accept",
+            shape,
+            "fp32",
+            device,
+            quick,
+            lambda: ops.typical_accept(*args),
+            lambda: reference.typical_accept(*args),
+            "reference.typical_accept (loop oracle)",
+            True,
+            {"tau": tau(got)},
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -641,12 +748,21 @@ def sampling_cases(quick: bool) -> list[SamplingCase]:
     main = SamplingCase((CHAIN_BATCH, CHAIN_VOCAB), 50, 0.9)
     if quick:
         return [main]
-    return [main, SamplingCase(main.shape, 50, 1.0), SamplingCase(main.shape, 0, 0.9),
-            SamplingCase((TREE_BATCH, TREE_NODES, TREE_VOCAB), 50, 0.9)]
+    return [
+        main,
+        SamplingCase(main.shape, 50, 1.0),
+        SamplingCase(main.shape, 0, 0.9),
+        SamplingCase((TREE_BATCH, TREE_NODES, TREE_VOCAB), 50, 0.9),
+    ]
 
 
-def sampling_rows_differ(case: SamplingCase, args: tuple[torch.Tensor, ...], got: torch.Tensor,
-                         want: torch.Tensor, oracle_rows: int = 4) -> int:
+def sampling_rows_differ(
+    case: SamplingCase,
+    args: tuple[torch.Tensor, ...],
+    got: torch.Tensor,
+    want: torch.Tensor,
+    oracle_rows: int = 4,
+) -> int:
     """Rows where ours and the float32 baseline are not allclose(atol=1e-5).
 
     Ours must then equal the float64 loop oracle on the first ``oracle_rows`` of them.
@@ -661,11 +777,15 @@ def sampling_rows_differ(case: SamplingCase, args: tuple[torch.Tensor, ...], got
     oracle = reference.sampling_probs(logits.view(-1, vocab)[idx], temperature[b], top_k[b], top_p[b])
     mine = got.view(-1, vocab)[idx]
     if not (torch.equal(mine > 0, oracle > 0) and torch.allclose(mine, oracle, atol=1e-6, rtol=0)):
-        raise SystemExit(f"MISMATCH vs reference: sampling_probs {case.label()}: rows {idx.tolist()} "
-                         "differ from both sampling_probs_vectorized and the float64 oracle")
-    note(f"sampling_probs {case.label()}: {bad.numel()}/{got.numel() // vocab} rows differ from "
-         f"sampling_probs_vectorized beyond atol 1e-5 (its float32 top-p boundary); on the {idx.numel()} "
-         "checked, ours matches the float64 oracle (same support, atol 1e-6)")
+        raise SystemExit(
+            f"MISMATCH vs reference: sampling_probs {case.label()}: rows {idx.tolist()} "
+            "differ from both sampling_probs_vectorized and the float64 oracle"
+        )
+    note(
+        f"sampling_probs {case.label()}: {bad.numel()}/{got.numel() // vocab} rows differ from "
+        f"sampling_probs_vectorized beyond atol 1e-5 (its float32 top-p boundary); on the {idx.numel()} "
+        "checked, ours matches the float64 oracle (same support, atol 1e-6)"
+    )
     return int(bad.numel())
 
 
@@ -676,18 +796,29 @@ def bench_sampling_case(case: SamplingCase, device: torch.device, quick: bool) -
         logits = similar_logits(case.shape, device)[1]  # the tree's target logits
     else:
         logits = torch.randn(case.shape, device=device).mul_(2)
-    args = (logits, torch.full((batch,), case.temperature, device=device),
-            torch.full((batch,), case.top_k, dtype=torch.int32, device=device),
-            torch.full((batch,), case.top_p, device=device))
+    args = (
+        logits,
+        torch.full((batch,), case.temperature, device=device),
+        torch.full((batch,), case.top_k, dtype=torch.int32, device=device),
+        torch.full((batch,), case.top_p, device=device),
+    )
     got, want = ops.sampling_probs(*args), reference.sampling_probs_vectorized(*args)
     differ = sampling_rows_differ(case, args, got, want)
     del got, want
     moved = logits.nbytes + 4 * logits.numel()  # read the logits, write float32 probabilities
-    return timed_row("sampling_probs", case.label(), "fp32", device, quick,
-                     lambda: ops.sampling_probs(*args),
-                     lambda: reference.sampling_probs_vectorized(*args),
-                     "reference.sampling_probs_vectorized (fp32 sort)", False, {"rows_differ": differ},
-                     moved)
+    return timed_row(
+        "sampling_probs",
+        case.label(),
+        "fp32",
+        device,
+        quick,
+        lambda: ops.sampling_probs(*args),
+        lambda: reference.sampling_probs_vectorized(*args),
+        "reference.sampling_probs_vectorized (fp32 sort)",
+        False,
+        {"rows_differ": differ},
+        moved,
+    )
 
 
 def bench_sampling_probs(device: torch.device, quick: bool) -> list[dict]:
@@ -738,19 +869,24 @@ def attn_cases(device: torch.device, quick: bool) -> list[AttnCase]:
         key = AttnCase(4, 4096, 64, torch.float16)
         if quick:
             return [key]
-        grid = [AttnCase(b, p, n, torch.float16) for b in (1, 4, 16) for p in (512, 4096, 32768)
-                for n in (16, 64, 128)]
+        grid = [
+            AttnCase(b, p, n, torch.float16)
+            for b in (1, 4, 16)
+            for p in (512, 4096, 32768)
+            for n in (16, 64, 128)
+        ]
         return grid + [AttnCase(4, 4096, 64, torch.float16, page_size=ATTN_PAGE)]
     key = AttnCase(4, 2048, 64, torch.float32)
     if quick:
         return [key]
     grid = [AttnCase(b, p, n, torch.float32) for b in (1, 4) for p in (512, 2048) for n in (16, 64)]
-    return grid + [AttnCase(4, 2048, 64, torch.float32, ragged_from=256),
-                   AttnCase(4, 2048, 64, torch.float32, page_size=ATTN_PAGE)]
+    return grid + [
+        AttnCase(4, 2048, 64, torch.float32, ragged_from=256),
+        AttnCase(4, 2048, 64, torch.float32, page_size=ATTN_PAGE),
+    ]
 
 
-def random_tree_parents(rng: random.Random, batch: int, nodes: int, device: torch.device
-                        ) -> torch.Tensor:
+def random_tree_parents(rng: random.Random, batch: int, nodes: int, device: torch.device) -> torch.Tensor:
     """int32 [B, N]: a different random tree per row, parents[i] uniform in [0, i)."""
     rows = [[-1] + [rng.randrange(i) for i in range(1, nodes)] for _ in range(batch)]
     return torch.tensor(rows, dtype=torch.int32, device=device)
@@ -766,9 +902,15 @@ def sdpa_dense_mask(cache_lens: torch.Tensor, mask: torch.Tensor, nodes: int, ke
     return dense.scatter_(2, cols, reference.unpack_tree_mask(mask, nodes))
 
 
-def sdpa_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        cache_lens: torch.Tensor, mask: torch.Tensor, scale: float, keys: int
-                        ) -> torch.Tensor:
+def sdpa_tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_lens: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    keys: int,
+) -> torch.Tensor:
     """The path engines use today, whole: dense mask, GQA expansion, SDPA.
 
     ``keys`` = max(cache_lens) + N, known on the host (no device read); returns out
@@ -779,7 +921,8 @@ def sdpa_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     k = k_cache[:, :, :keys].repeat_interleave(group, 1)
     v = v_cache[:, :, :keys].repeat_interleave(group, 1)
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k, v, attn_mask=dense[:, None], scale=scale)
+        q.transpose(1, 2), k, v, attn_mask=dense[:, None], scale=scale
+    )
     return out.transpose(1, 2)
 
 
@@ -810,18 +953,27 @@ def attn_tolerance(dtype: torch.dtype) -> float:
     return 2e-3 if dtype == torch.float32 else 3e-2
 
 
-def check_attention(case: AttnCase, got: tuple[torch.Tensor, torch.Tensor], want_out: torch.Tensor,
-                    want_lse: torch.Tensor) -> None:
+def check_attention(
+    case: AttnCase, got: tuple[torch.Tensor, torch.Tensor], want_out: torch.Tensor, want_lse: torch.Tensor
+) -> None:
     tol = attn_tolerance(case.dtype)
     for name, a, b in (("out", got[0], want_out), ("lse", got[1], want_lse)):
         if not torch.allclose(a.float(), b.float(), atol=tol, rtol=tol):
             err = float((a.float() - b.float()).abs().max())
-            raise SystemExit(f"MISMATCH vs SDPA baseline: tree_attention {case.shape()} "
-                             f"{DTYPE_NAMES[case.dtype]}: {name} max abs diff {err:.3g} (tol {tol})")
+            raise SystemExit(
+                f"MISMATCH vs SDPA baseline: tree_attention {case.shape()} "
+                f"{DTYPE_NAMES[case.dtype]}: {name} max abs diff {err:.3g} (tol {tol})"
+            )
 
 
-def flashinfer_tree(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: list[int],
-                    dense: torch.Tensor, scale: float) -> Callable[[], object] | str:
+def flashinfer_tree(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lens: list[int],
+    dense: torch.Tensor,
+    scale: float,
+) -> Callable[[], object] | str:
     """flashinfer's custom-mask prefill, one call per sequence, or why there is none.
 
     ``single_prefill_with_kv_cache(q [N, Hq, D], k/v [Hkv, L+N, D] (kv_layout "HND"),
@@ -840,8 +992,10 @@ def flashinfer_tree(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return "flashinfer single_prefill_with_kv_cache: no readable signature, no flashinfer_ms column"
     params = list(signature.parameters)
     if params[:3] != ["q", "k", "v"] or not {"custom_mask", "kv_layout", "sm_scale"} <= set(params):
-        return (f"flashinfer.prefill.single_prefill_with_kv_cache{signature}: unknown signature, "
-                "no flashinfer_ms column")
+        return (
+            f"flashinfer.prefill.single_prefill_with_kv_cache{signature}: unknown signature, "
+            "no flashinfer_ms column"
+        )
     nodes, calls = q.shape[1], []
     for b, length in enumerate(lens):
         keys = length + nodes
@@ -850,8 +1004,15 @@ def flashinfer_tree(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return lambda: [fn(*args, custom_mask=m, kv_layout="HND", sm_scale=scale) for args, m in calls]
 
 
-def add_flashinfer_tree(row: dict, case: AttnCase, inputs: tuple, dense: torch.Tensor,
-                        want_out: torch.Tensor, iters: int, warmup: int) -> None:
+def add_flashinfer_tree(
+    row: dict,
+    case: AttnCase,
+    inputs: tuple,
+    dense: torch.Tensor,
+    want_out: torch.Tensor,
+    iters: int,
+    warmup: int,
+) -> None:
     q, k_cache, v_cache, lens, scale = inputs
     try:
         call = flashinfer_tree(q, k_cache, v_cache, lens, dense, scale)
@@ -862,8 +1023,10 @@ def add_flashinfer_tree(row: dict, case: AttnCase, inputs: tuple, dense: torch.T
         tol = attn_tolerance(case.dtype)
         if not torch.allclose(got.float(), want_out.float(), atol=tol, rtol=tol):
             err = float((got.float() - want_out.float()).abs().max())
-            note(f"flashinfer single_prefill_with_kv_cache {case.shape()}: differs from SDPA "
-                 f"(max abs diff {err:.3g}): no flashinfer_ms")
+            note(
+                f"flashinfer single_prefill_with_kv_cache {case.shape()}: differs from SDPA "
+                f"(max abs diff {err:.3g}): no flashinfer_ms"
+            )
             return
         del got
         row["flashinfer_ms"] = round(time_ms(call, no_reset, iters, True, warmup), 4)
@@ -875,8 +1038,10 @@ def bench_attn_case(case: AttnCase, device: torch.device, quick: bool) -> dict |
     """Build one case, check ours against SDPA (out) and a masked logsumexp (lse), time both."""
     cuda = device.type == "cuda"
     if cuda and case.baseline_bytes() > ATTN_BASELINE_LIMIT:
-        note(f"tree_attention {case.shape()}: skipped, the SDPA baseline would need "
-             f"~{case.baseline_bytes() / 1e9:.1f} GB (> {ATTN_BASELINE_LIMIT / 1e9:.0f} GB)")
+        note(
+            f"tree_attention {case.shape()}: skipped, the SDPA baseline would need "
+            f"~{case.baseline_bytes() / 1e9:.1f} GB (> {ATTN_BASELINE_LIMIT / 1e9:.0f} GB)"
+        )
         return None
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -892,12 +1057,12 @@ def bench_attn_case(case: AttnCase, device: torch.device, quick: bool) -> dict |
     if case.page_size:
         blocks = -(-keys // case.page_size)
         tables = torch.randperm(case.batch * blocks).view(case.batch, blocks).to(device, torch.int32)
-        paged = (to_pages(k_cache, tables, case.page_size), to_pages(v_cache, tables, case.page_size),
-                 tables)
+        paged = (to_pages(k_cache, tables, case.page_size), to_pages(v_cache, tables, case.page_size), tables)
 
         def ours() -> tuple[torch.Tensor, torch.Tensor]:
             return ops.tree_attention_paged(q, *paged, cache_lens, mask, scale)
     else:
+
         def ours() -> tuple[torch.Tensor, torch.Tensor]:
             return ops.tree_attention(q, k_cache, v_cache, cache_lens, mask, scale)
 
@@ -910,17 +1075,23 @@ def bench_attn_case(case: AttnCase, device: torch.device, quick: bool) -> dict |
     warmup, iters = (3, 10 if quick else 20) if cuda else (1, 3 if quick else 5)
     ours_ms = time_ms(ours, no_reset, iters, cuda, warmup)
     ref_ms = time_ms(ref, no_reset, iters, cuda, warmup)
-    row = {"op": "tree_attention_paged" if case.page_size else "tree_attention", "shape": case.shape(),
-           "device": device.type, "dtype": DTYPE_NAMES[case.dtype], "ours_ms": round(ours_ms, 4),
-           "ref_ms": round(ref_ms, 4), "speedup": round(ref_ms / ours_ms, 2),
-           "baseline": ATTN_SDPA_PAGED if case.page_size else ATTN_SDPA}
+    row = {
+        "op": "tree_attention_paged" if case.page_size else "tree_attention",
+        "shape": case.shape(),
+        "device": device.type,
+        "dtype": DTYPE_NAMES[case.dtype],
+        "ours_ms": round(ours_ms, 4),
+        "ref_ms": round(ref_ms, 4),
+        "speedup": round(ref_ms / ours_ms, 2),
+        "baseline": ATTN_SDPA_PAGED if case.page_size else ATTN_SDPA,
+    }
     if cuda:
         row["graph_ms"] = round(time_ms(captured(ours), no_reset, iters, cuda, warmup), 4)
         if not case.page_size:
-            add_flashinfer_tree(row, case, (q, k_cache, v_cache, lens, scale), dense, want_out,
-                                iters, warmup)
-        row["_moved_bytes"] = (sum(lens) + case.batch * case.nodes) * ATTN_HKV * ATTN_DIM * 2 \
-            * q.element_size()
+            add_flashinfer_tree(row, case, (q, k_cache, v_cache, lens, scale), dense, want_out, iters, warmup)
+        row["_moved_bytes"] = (
+            (sum(lens) + case.batch * case.nodes) * ATTN_HKV * ATTN_DIM * 2 * q.element_size()
+        )
     return row
 
 
@@ -971,8 +1142,10 @@ def machine_note(device: torch.device) -> str:
     cpu_name = platform.processor() or platform.machine()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return (f"# torch {torch.__version__} | device {name} | cpu_count {os.cpu_count()} | "
-            f"torch threads {torch.get_num_threads()} | peak RSS {rss_gb:.2f} GB")
+    return (
+        f"# torch {torch.__version__} | device {name} | cpu_count {os.cpu_count()} | "
+        f"torch threads {torch.get_num_threads()} | peak RSS {rss_gb:.2f} GB"
+    )
 
 
 def print_table(rows: list[dict]) -> None:
@@ -988,10 +1161,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", required=True, choices=[*OPS, "all"])
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer iterations, one case per op (kv_compact: its two main shapes)")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer iterations, one case per op (kv_compact: its two main shapes)",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device available")

@@ -96,8 +96,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        model_max_length=1024, clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -110,7 +114,7 @@ def make_prompts(held: list[tuple[str, str]], n: int) -> list[str]:
         for i, line in enumerate(lines):
             s = line.lstrip()
             if s.startswith("def ") and line.rstrip().endswith(":") and i > 0:
-                chunk = "\n".join(lines[i:i + 6]) + "\n"
+                chunk = "\n".join(lines[i : i + 6]) + "\n"
                 if 120 <= len(chunk) <= 320 and line.strip() not in firsts:
                     firsts.add(line.strip())
                     cands.append(chunk)
@@ -127,12 +131,21 @@ def llama_config(tokenizer, layers, hidden, inter, heads, max_pos=1024):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_pos, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        attention_dropout=0.0, use_cache=True,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_pos,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=0.0,
+        use_cache=True,
     )
 
 
@@ -149,7 +162,7 @@ class Batches:
 
     def next(self) -> torch.Tensor:
         starts = torch.randint(0, len(self.data) - self.seq - 1, (self.batch,), generator=self.g)
-        return torch.stack([self.data[s:s + self.seq + 1] for s in starts.tolist()])
+        return torch.stack([self.data[s : s + self.seq + 1] for s in starts.tolist()])
 
 
 @torch.no_grad()
@@ -157,7 +170,7 @@ def eval_loss(model, chunks: torch.Tensor, device, bs=16) -> float:
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, len(chunks), bs):
-        x = chunks[i:i + bs].to(device)
+        x = chunks[i : i + bs].to(device)
         logits = model(x[:, :-1]).logits.float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
         tot += loss.item()
@@ -174,14 +187,21 @@ def train(name, model, batches, eval_chunks, device, args, budget_s, max_steps, 
     lr = args.lr if teacher is None else args.draft_lr
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": nodecay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     curve = []
     t0 = time.time()
     step = 0
     ema = None
-    bar = tqdm(total=max_steps if max_steps else int(budget_s), desc=f"train {name}",
-               unit="step" if max_steps else "s", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(
+        total=max_steps if max_steps else int(budget_s),
+        desc=f"train {name}",
+        unit="step" if max_steps else "s",
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
     last_t = 0.0
     while True:
         el = time.time() - t0
@@ -189,7 +209,9 @@ def train(name, model, batches, eval_chunks, device, args, budget_s, max_steps, 
         if frac >= 1.0:
             break
         warm = min(1.0, (step + 1) / args.warmup)
-        cur_lr = lr * warm * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+        cur_lr = (
+            lr * warm * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+        )
         for g in opt.param_groups:
             g["lr"] = cur_lr
         x = batches.next().to(device)
@@ -201,8 +223,12 @@ def train(name, model, batches, eval_chunks, device, args, budget_s, max_steps, 
             with torch.no_grad():
                 t_logp = F.log_softmax(teacher(inp).logits.float(), dim=-1)
             s_logp = F.log_softmax(logits, dim=-1)
-            kl = F.kl_div(s_logp.reshape(-1, s_logp.size(-1)), t_logp.reshape(-1, t_logp.size(-1)),
-                          log_target=True, reduction="batchmean")
+            kl = F.kl_div(
+                s_logp.reshape(-1, s_logp.size(-1)),
+                t_logp.reshape(-1, t_logp.size(-1)),
+                log_target=True,
+                reduction="batchmean",
+            )
             loss = (1 - args.distill_alpha) * ce + args.distill_alpha * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,21 +245,35 @@ def train(name, model, batches, eval_chunks, device, args, budget_s, max_steps, 
             last_t = el
         bar.set_postfix(loss=f"{ema:.3f}", lr=f"{cur_lr:.2e}", step=step)
         if step % args.log_every == 0 or step == 1:
-            rec = {"step": step, "tokens": step * inp.numel(), "time_s": round(el, 1),
-                   "train_loss": round(ce_v, 4), "train_loss_ema": round(ema, 4), "lr": cur_lr}
+            rec = {
+                "step": step,
+                "tokens": step * inp.numel(),
+                "time_s": round(el, 1),
+                "train_loss": round(ce_v, 4),
+                "train_loss_ema": round(ema, 4),
+                "lr": cur_lr,
+            }
             if teacher is not None and args.distill_alpha > 0:
                 rec["kl"] = round(kl.item(), 4)
             if step % (args.log_every * args.eval_every_logs) == 0:
-                rec["heldout_loss"] = round(eval_loss(model, eval_chunks[: args.eval_chunks_during], device), 4)
+                rec["heldout_loss"] = round(
+                    eval_loss(model, eval_chunks[: args.eval_chunks_during], device), 4
+                )
             curve.append(rec)
-            tqdm.write(f"[{name}] step {step:5d}  tok {rec['tokens']:>9,d}  t {el:7.1f}s  "
-                       f"loss {ce_v:.4f} (ema {ema:.4f})  lr {cur_lr:.2e}"
-                       + (f"  kl {rec['kl']:.3f}" if "kl" in rec else "")
-                       + (f"  heldout {rec['heldout_loss']:.4f}" if "heldout_loss" in rec else ""))
+            tqdm.write(
+                f"[{name}] step {step:5d}  tok {rec['tokens']:>9,d}  t {el:7.1f}s  "
+                f"loss {ce_v:.4f} (ema {ema:.4f})  lr {cur_lr:.2e}"
+                + (f"  kl {rec['kl']:.3f}" if "kl" in rec else "")
+                + (f"  heldout {rec['heldout_loss']:.4f}" if "heldout_loss" in rec else "")
+            )
     bar.close()
     el = time.time() - t0
-    final = {"step": step, "tokens": step * batches.batch * batches.seq, "time_s": round(el, 1),
-             "train_loss_ema": round(ema, 4) if ema is not None else None}
+    final = {
+        "step": step,
+        "tokens": step * batches.batch * batches.seq,
+        "time_s": round(el, 1),
+        "train_loss_ema": round(ema, 4) if ema is not None else None,
+    }
     curve.append(final)
     return curve, {"steps": step, "tokens": step * batches.batch * batches.seq, "time_s": round(el, 1)}
 
@@ -284,115 +324,128 @@ def write_card(out: Path, m: dict) -> None:
     tau = m["tau"]
 
     def arch(x):
-        return (f"`LlamaForCausalLM`, {x['layers']} layers, hidden {x['hidden']}, MLP {x['intermediate']}, "
-                f"{x['heads']} heads (MHA), tied input/output embeddings, vocab {m['vocab_size']}, "
-                f"RoPE, max positions 1024; **{x['params']:,} parameters**")
+        return (
+            f"`LlamaForCausalLM`, {x['layers']} layers, hidden {x['hidden']}, MLP {x['intermediate']}, "
+            f"{x['heads']} heads (MHA), tied input/output embeddings, vocab {m['vocab_size']}, "
+            f"RoPE, max positions 1024; **{x['params']:,} parameters**"
+        )
 
     def trained(x):
-        return (f"{x['steps']:,} steps x {a['batch_size']} x {a['seq_len']} tokens = {x['tokens']:,} tokens "
-                f"in {x['time_s'] / 60:.1f} min")
+        return (
+            f"{x['steps']:,} steps x {a['batch_size']} x {a['seq_len']} tokens = {x['tokens']:,} tokens "
+            f"in {x['time_s'] / 60:.1f} min"
+        )
 
-    lines = [
-        "# Tiny Llama target + draft pair for the speculative-decoding demo",
-        "",
-        "Two small causal LMs sharing one tokenizer, trained from scratch on Python code "
-        "so that speculative decoding can be demonstrated offline on a CPU. They are toys: "
-        "the text they write looks like Python but is not meant to be useful.",
-        "",
-        "| dir | model |",
-        "| --- | --- |",
-        f"| `target/` | {arch(t)} |",
-        f"| `draft/` | {arch(d)} ({t['params'] / d['params']:.1f}x fewer) |",
-        "",
-        "Both directories hold ordinary Hugging Face files (`config.json`, `model.safetensors` with "
-        "float16 weights, `generation_config.json`, `tokenizer.json`, `tokenizer_config.json`); load with "
-        "`AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)` and "
-        "`AutoTokenizer.from_pretrained(dir)`. `prompts.json` holds held-out prompts for the demo, "
-        "`loss_curve.json` the training curves, `metrics.json` all numbers below in machine-readable form.",
-        "",
-        "## How it was made",
-        "",
-        "```",
-        m["command"],
-        "```",
-        "",
-        f"- seed: **{m['seed']}** (`--seed`; data order, initialisation)",
-        f"- machine: {m['machine_desc']}",
-        f"- software: Python {m['python']}, torch {m['torch']}, transformers {m.get('transformers', '?')}, "
-        f"tokenizers {m.get('tokenizers', '?')}",
-        f"- total wall time {m['total_time_s'] / 60:.1f} min (tokenizer, training both models, evaluation)",
-        "",
-        "### Corpus",
-        "",
-        f"The `.py` files of the Python {m['python']} standard library (`sysconfig.get_paths()[\"stdlib\"]`), "
-        "paths sorted, directories `test`, `tests`, `idle_test`, `site-packages` skipped, empty files "
-        f"skipped, capped at {a['max_chars']:,} characters (files taken in sorted order until the cap): "
-        f"{c['files']} files, {c['chars']:,} characters. Split: every {a['holdout_every']}th file in sorted "
-        f"order (index % {a['holdout_every']} == {a['holdout_every'] - 1}) is held out: "
-        f"train {c['train_files']} files / {c['train_chars']:,} chars / {c['train_tokens']:,} tokens; "
-        f"held-out {c['heldout_files']} files / {c['heldout_chars']:,} chars / {c['heldout_tokens']:,} tokens. "
-        "Each file is encoded as `<s> text </s>` and the files are concatenated.",
-        "",
-        "### Tokenizer",
-        "",
-        f"Byte-level BPE (`tokenizers`), vocab **{m['vocab_size']}** incl. specials `<s>` (bos, id 0), "
-        "`</s>` (eos, id 1), `<pad>` (id 2), trained on the training split only; ByteLevel pre-tokenizer "
-        "(no prefix space) and decoder, so `decode(encode(text), skip_special_tokens=True) == text` for any "
-        "text, whitespace included. Encoding prepends `<s>`. The same files are in `target/` and `draft/`.",
-        "",
-        "### Training",
-        "",
-        f"fp32, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), grad clip 1.0, {a['warmup']} warmup "
-        f"steps then cosine decay to {a['min_lr_frac']} x peak at the end of the budget; random "
-        f"{a['seq_len']}-token windows of the training stream, batch {a['batch_size']}.",
-        "",
-        f"- target: peak LR {a['lr']}, {trained(t)}.",
-        f"- draft: peak LR {a['draft_lr']}, {trained(d)}; trained after the target with loss "
-        f"{1 - a['distill_alpha']:.2f} x cross-entropy on the data + {a['distill_alpha']:.2f} x KL(target || draft) "
-        "(distillation from the frozen target's next-token distribution, to raise greedy agreement).",
-        "",
-        "## Results",
-        "",
-        f"Held-out loss: mean next-token cross-entropy (nats) over {m['eval_windows']} windows of "
-        f"{a['seq_len'] + 1} tokens spread evenly over the held-out stream, measured on the saved float16 "
-        "weights loaded as float32.",
-        "",
-        "| model | held-out loss | perplexity |",
-        "| --- | --- | --- |",
-        f"| target | {t['heldout_loss']:.4f} | {t['heldout_ppl']:.2f} |",
-        f"| draft | {d['heldout_loss']:.4f} | {d['heldout_ppl']:.2f} |",
-        "",
-        f"(uniform over the vocab would be ln {m['vocab_size']} = {math.log(m['vocab_size']):.3f}).",
-        "",
-    ] + ([
-        f"**Caveat:** the target is under-trained for its size ({t['tokens']:,} tokens): its held-out loss "
-        "is not better than the draft's (the draft was distilled from it and saw as many tokens), so the "
-        "pair shows the mechanics and the cost gap of speculative decoding, not a quality gap. "
-        "A longer budget for the target (more `--minutes`, more `--threads`, or `--device cuda`) fixes that.",
-        "",
-    ] if d["heldout_loss"] <= t["heldout_loss"] else []) + [
-
-        "Greedy chain speculation, simulated: for each of the first "
-        f"{m['tau_prompts']} prompts of `prompts.json` the target greedily generates 64 tokens; then, "
-        "from each position reached, the draft greedily proposes K tokens continuing the target's own "
-        "output, a = number of leading proposals equal to the target's greedy tokens, one target call "
-        "yields a + 1 tokens (tau), and decoding moves on by a + 1. Mean tau = tokens / target calls:",
-        "",
-        "| K | mean tau (tokens per target call) |",
-        "| --- | --- |",
-    ] + [f"| {k} | {v:.3f} |" for k, v in tau.items()] + [
-        "",
-        "Greedy output of models this small is often repetitive (see the sample), and repeated text is "
-        "easy for the draft to predict, so these tau values are higher than they would be on natural text "
-        "or with sampling.",
-        "",
-        "Sample (prompt, then the target's 64 greedy tokens):",
-        "",
-        "```python",
-        m["sample_prompt"] + m["sample_target_greedy"],
-        "```",
-        "",
-    ]
+    lines = (
+        [
+            "# Tiny Llama target + draft pair for the speculative-decoding demo",
+            "",
+            "Two small causal LMs sharing one tokenizer, trained from scratch on Python code "
+            "so that speculative decoding can be demonstrated offline on a CPU. They are toys: "
+            "the text they write looks like Python but is not meant to be useful.",
+            "",
+            "| dir | model |",
+            "| --- | --- |",
+            f"| `target/` | {arch(t)} |",
+            f"| `draft/` | {arch(d)} ({t['params'] / d['params']:.1f}x fewer) |",
+            "",
+            "Both directories hold ordinary Hugging Face files (`config.json`, `model.safetensors` with "
+            "float16 weights, `generation_config.json`, `tokenizer.json`, `tokenizer_config.json`); load with "
+            "`AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32)` and "
+            "`AutoTokenizer.from_pretrained(dir)`. `prompts.json` holds held-out prompts for the demo, "
+            "`loss_curve.json` the training curves, `metrics.json` all numbers below in machine-readable form.",
+            "",
+            "## How it was made",
+            "",
+            "```",
+            m["command"],
+            "```",
+            "",
+            f"- seed: **{m['seed']}** (`--seed`; data order, initialisation)",
+            f"- machine: {m['machine_desc']}",
+            f"- software: Python {m['python']}, torch {m['torch']}, transformers {m.get('transformers', '?')}, "
+            f"tokenizers {m.get('tokenizers', '?')}",
+            f"- total wall time {m['total_time_s'] / 60:.1f} min (tokenizer, training both models, evaluation)",
+            "",
+            "### Corpus",
+            "",
+            f'The `.py` files of the Python {m["python"]} standard library (`sysconfig.get_paths()["stdlib"]`), '
+            "paths sorted, directories `test`, `tests`, `idle_test`, `site-packages` skipped, empty files "
+            f"skipped, capped at {a['max_chars']:,} characters (files taken in sorted order until the cap): "
+            f"{c['files']} files, {c['chars']:,} characters. Split: every {a['holdout_every']}th file in sorted "
+            f"order (index % {a['holdout_every']} == {a['holdout_every'] - 1}) is held out: "
+            f"train {c['train_files']} files / {c['train_chars']:,} chars / {c['train_tokens']:,} tokens; "
+            f"held-out {c['heldout_files']} files / {c['heldout_chars']:,} chars / {c['heldout_tokens']:,} tokens. "
+            "Each file is encoded as `<s> text </s>` and the files are concatenated.",
+            "",
+            "### Tokenizer",
+            "",
+            f"Byte-level BPE (`tokenizers`), vocab **{m['vocab_size']}** incl. specials `<s>` (bos, id 0), "
+            "`</s>` (eos, id 1), `<pad>` (id 2), trained on the training split only; ByteLevel pre-tokenizer "
+            "(no prefix space) and decoder, so `decode(encode(text), skip_special_tokens=True) == text` for any "
+            "text, whitespace included. Encoding prepends `<s>`. The same files are in `target/` and `draft/`.",
+            "",
+            "### Training",
+            "",
+            f"fp32, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), grad clip 1.0, {a['warmup']} warmup "
+            f"steps then cosine decay to {a['min_lr_frac']} x peak at the end of the budget; random "
+            f"{a['seq_len']}-token windows of the training stream, batch {a['batch_size']}.",
+            "",
+            f"- target: peak LR {a['lr']}, {trained(t)}.",
+            f"- draft: peak LR {a['draft_lr']}, {trained(d)}; trained after the target with loss "
+            f"{1 - a['distill_alpha']:.2f} x cross-entropy on the data + {a['distill_alpha']:.2f} x KL(target || draft) "
+            "(distillation from the frozen target's next-token distribution, to raise greedy agreement).",
+            "",
+            "## Results",
+            "",
+            f"Held-out loss: mean next-token cross-entropy (nats) over {m['eval_windows']} windows of "
+            f"{a['seq_len'] + 1} tokens spread evenly over the held-out stream, measured on the saved float16 "
+            "weights loaded as float32.",
+            "",
+            "| model | held-out loss | perplexity |",
+            "| --- | --- | --- |",
+            f"| target | {t['heldout_loss']:.4f} | {t['heldout_ppl']:.2f} |",
+            f"| draft | {d['heldout_loss']:.4f} | {d['heldout_ppl']:.2f} |",
+            "",
+            f"(uniform over the vocab would be ln {m['vocab_size']} = {math.log(m['vocab_size']):.3f}).",
+            "",
+        ]
+        + (
+            [
+                f"**Caveat:** the target is under-trained for its size ({t['tokens']:,} tokens): its held-out loss "
+                "is not better than the draft's (the draft was distilled from it and saw as many tokens), so the "
+                "pair shows the mechanics and the cost gap of speculative decoding, not a quality gap. "
+                "A longer budget for the target (more `--minutes`, more `--threads`, or `--device cuda`) fixes that.",
+                "",
+            ]
+            if d["heldout_loss"] <= t["heldout_loss"]
+            else []
+        )
+        + [
+            "Greedy chain speculation, simulated: for each of the first "
+            f"{m['tau_prompts']} prompts of `prompts.json` the target greedily generates 64 tokens; then, "
+            "from each position reached, the draft greedily proposes K tokens continuing the target's own "
+            "output, a = number of leading proposals equal to the target's greedy tokens, one target call "
+            "yields a + 1 tokens (tau), and decoding moves on by a + 1. Mean tau = tokens / target calls:",
+            "",
+            "| K | mean tau (tokens per target call) |",
+            "| --- | --- |",
+        ]
+        + [f"| {k} | {v:.3f} |" for k, v in tau.items()]
+        + [
+            "",
+            "Greedy output of models this small is often repetitive (see the sample), and repeated text is "
+            "easy for the draft to predict, so these tau values are higher than they would be on natural text "
+            "or with sampling.",
+            "",
+            "Sample (prompt, then the target's 64 greedy tokens):",
+            "",
+            "```python",
+            m["sample_prompt"] + m["sample_target_greedy"],
+            "```",
+            "",
+        ]
+    )
     (out / "README.md").write_text("\n".join(lines))
 
 
@@ -403,12 +456,24 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--minutes", type=float, default=36.0,
-                    help="total training time budget for both models (split by --target-frac)")
-    ap.add_argument("--target-frac", type=float, default=0.62,
-                    help="fraction of --minutes given to the target (rest to the draft)")
-    ap.add_argument("--steps", type=int, default=0,
-                    help="if > 0: train each model for exactly this many steps (ignores --minutes)")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=36.0,
+        help="total training time budget for both models (split by --target-frac)",
+    )
+    ap.add_argument(
+        "--target-frac",
+        type=float,
+        default=0.62,
+        help="fraction of --minutes given to the target (rest to the draft)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="if > 0: train each model for exactly this many steps (ignores --minutes)",
+    )
     ap.add_argument("--max-chars", type=int, default=12_000_000, help="corpus cap (characters)")
     ap.add_argument("--holdout-every", type=int, default=20)
     ap.add_argument("--vocab-size", type=int, default=4096)
@@ -418,8 +483,9 @@ def main(argv=None):
     ap.add_argument("--draft-lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--distill-alpha", type=float, default=0.7,
-                    help="draft loss = (1-a)*CE(data) + a*KL(target || draft)")
+    ap.add_argument(
+        "--distill-alpha", type=float, default=0.7, help="draft loss = (1-a)*CE(data) + a*KL(target || draft)"
+    )
     ap.add_argument("--target-layers", type=int, default=8)
     ap.add_argument("--target-hidden", type=int, default=256)
     ap.add_argument("--target-inter", type=int, default=688)
@@ -434,10 +500,16 @@ def main(argv=None):
     ap.add_argument("--eval-chunks", type=int, default=128, help="held-out windows for the final loss")
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--tau-prompts", type=int, default=16)
-    ap.add_argument("--machine", default=None,
-                    help="free-text machine description for the model card (default: from platform)")
-    ap.add_argument("--card-only", action="store_true",
-                    help="only rewrite README.md from an existing metrics.json in --out")
+    ap.add_argument(
+        "--machine",
+        default=None,
+        help="free-text machine description for the model card (default: from platform)",
+    )
+    ap.add_argument(
+        "--card-only",
+        action="store_true",
+        help="only rewrite README.md from an existing metrics.json in --out",
+    )
     args = ap.parse_args(argv)
     if args.card_only:
         m = json.loads((args.out / "metrics.json").read_text())
@@ -462,8 +534,11 @@ def main(argv=None):
     files = stdlib_files(args.max_chars)
     train_files = [f for i, f in enumerate(files) if i % args.holdout_every != args.holdout_every - 1]
     held_files = [f for i, f in enumerate(files) if i % args.holdout_every == args.holdout_every - 1]
-    print(f"corpus: {len(files)} files, {sum(len(t) for _, t in files):,} chars "
-          f"(train {len(train_files)}, held-out {len(held_files)})", flush=True)
+    print(
+        f"corpus: {len(files)} files, {sum(len(t) for _, t in files):,} chars "
+        f"(train {len(train_files)}, held-out {len(held_files)})",
+        flush=True,
+    )
 
     # tokenizer
     t0 = time.time()
@@ -489,37 +564,64 @@ def main(argv=None):
     eval_chunks = held_ids[: n_chunks * L].view(n_chunks, L)
     idx = torch.linspace(0, n_chunks - 1, min(args.eval_chunks, n_chunks)).long()
     eval_chunks = eval_chunks[idx]
-    print(f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,} "
-          f"({sum(len(t) for _, t in files) / (len(train_ids) + len(held_ids)):.2f} chars/token); "
-          f"eval windows {len(eval_chunks)} x {L}", flush=True)
+    print(
+        f"tokens: train {len(train_ids):,}, held-out {len(held_ids):,} "
+        f"({sum(len(t) for _, t in files) / (len(train_ids) + len(held_ids)):.2f} chars/token); "
+        f"eval windows {len(eval_chunks)} x {L}",
+        flush=True,
+    )
 
     prompts = make_prompts(held_files, args.n_prompts)
     (out / "prompts.json").write_text(json.dumps(prompts, indent=1) + "\n")
 
     # models
     torch.manual_seed(args.seed)
-    target = LlamaForCausalLM(llama_config(tokenizer, args.target_layers, args.target_hidden,
-                                           args.target_inter, args.target_heads))
+    target = LlamaForCausalLM(
+        llama_config(tokenizer, args.target_layers, args.target_hidden, args.target_inter, args.target_heads)
+    )
     torch.manual_seed(args.seed + 1)
-    draft = LlamaForCausalLM(llama_config(tokenizer, args.draft_layers, args.draft_hidden,
-                                          args.draft_inter, args.draft_heads))
+    draft = LlamaForCausalLM(
+        llama_config(tokenizer, args.draft_layers, args.draft_hidden, args.draft_inter, args.draft_heads)
+    )
     tp, dp = n_params(target), n_params(draft)
     print(f"target params {tp:,}  draft params {dp:,}  ratio {tp / dp:.1f}x", flush=True)
 
     budget = args.minutes * 60
     steps = args.steps
-    curve_t, info_t = train("target", target, Batches(train_ids, args.seq_len, args.batch_size, args.seed),
-                            eval_chunks, device, args, budget * args.target_frac, steps)
+    curve_t, info_t = train(
+        "target",
+        target,
+        Batches(train_ids, args.seq_len, args.batch_size, args.seed),
+        eval_chunks,
+        device,
+        args,
+        budget * args.target_frac,
+        steps,
+    )
     target.eval()
     for p in target.parameters():
         p.requires_grad_(False)
-    curve_d, info_d = train("draft", draft, Batches(train_ids, args.seq_len, args.batch_size, args.seed + 1),
-                            eval_chunks, device, args, budget * (1 - args.target_frac), steps, teacher=target)
+    curve_d, info_d = train(
+        "draft",
+        draft,
+        Batches(train_ids, args.seq_len, args.batch_size, args.seed + 1),
+        eval_chunks,
+        device,
+        args,
+        budget * (1 - args.target_frac),
+        steps,
+        teacher=target,
+    )
     draft.eval()
 
     # save (fp16 weights) and reload through the Auto* classes for evaluation
-    gen_cfg = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64)
+    gen_cfg = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=64,
+    )
     for nm, m in (("target", target), ("draft", draft)):
         d = out / nm
         if d.exists():
@@ -539,13 +641,19 @@ def main(argv=None):
     t2 = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32).to(device).eval()
     d2 = AutoModelForCausalLM.from_pretrained(out / "draft", dtype=torch.float32).to(device).eval()
     lt, ld = eval_loss(t2, eval_chunks, device), eval_loss(d2, eval_chunks, device)
-    print(f"held-out loss (saved fp16 weights): target {lt:.4f} (ppl {math.exp(lt):.2f})  "
-          f"draft {ld:.4f} (ppl {math.exp(ld):.2f})", flush=True)
+    print(
+        f"held-out loss (saved fp16 weights): target {lt:.4f} (ppl {math.exp(lt):.2f})  "
+        f"draft {ld:.4f} (ppl {math.exp(ld):.2f})",
+        flush=True,
+    )
     t0 = time.time()
     tau = simulate_tau(t2, d2, tok2, prompts[: args.tau_prompts], device)
-    print(f"greedy chain speculation on {min(len(prompts), args.tau_prompts)} held-out prompts, 64 tokens: "
-          + "  ".join(f"K={k}: mean tau {v:.3f}" for k, v in tau.items())
-          + f"  ({time.time() - t0:.1f}s)", flush=True)
+    print(
+        f"greedy chain speculation on {min(len(prompts), args.tau_prompts)} held-out prompts, 64 tokens: "
+        + "  ".join(f"K={k}: mean tau {v:.3f}" for k, v in tau.items())
+        + f"  ({time.time() - t0:.1f}s)",
+        flush=True,
+    )
     sample = tok2.decode(greedy_generate(t2, tok2(prompts[0])["input_ids"], 64, device))
 
     # loss curve table
@@ -559,33 +667,61 @@ def main(argv=None):
             if r["step"] in seen:
                 continue
             seen.add(r["step"])
-            print(f"  {'':{len(nm)}}  {r['step']:>6} {r['tokens']:>11,} {r['time_s']:>8.1f} "
-                  f"{r['train_loss_ema']:>9.4f} {r.get('heldout_loss', float('nan')):>8.4f}")
+            print(
+                f"  {'':{len(nm)}}  {r['step']:>6} {r['tokens']:>11,} {r['time_s']:>8.1f} "
+                f"{r['train_loss_ema']:>9.4f} {r.get('heldout_loss', float('nan')):>8.4f}"
+            )
 
     total_s = time.time() - t_start
     (out / "loss_curve.json").write_text(json.dumps({"target": curve_t, "draft": curve_d}, indent=1) + "\n")
     metrics = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv,
-        "seed": args.seed, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "python": sys.version.split()[0], "torch": torch.__version__,
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+        if argv is None
+        else argv,
+        "seed": args.seed,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} cpu_count={os.cpu_count()} "
-                   f"threads={args.threads} device={args.device}",
-        "corpus": {"root": sysconfig.get_paths()["stdlib"], "files": len(files),
-                   "train_files": len(train_files), "heldout_files": len(held_files),
-                   "chars": sum(len(t) for _, t in files),
-                   "train_chars": sum(len(t) for _, t in train_files),
-                   "heldout_chars": sum(len(t) for _, t in held_files),
-                   "train_tokens": len(train_ids), "heldout_tokens": len(held_ids)},
+        f"threads={args.threads} device={args.device}",
+        "corpus": {
+            "root": sysconfig.get_paths()["stdlib"],
+            "files": len(files),
+            "train_files": len(train_files),
+            "heldout_files": len(held_files),
+            "chars": sum(len(t) for _, t in files),
+            "train_chars": sum(len(t) for _, t in train_files),
+            "heldout_chars": sum(len(t) for _, t in held_files),
+            "train_tokens": len(train_ids),
+            "heldout_tokens": len(held_ids),
+        },
         "vocab_size": len(tokenizer),
-        "target": {"params": tp, "layers": args.target_layers, "hidden": args.target_hidden,
-                   "intermediate": args.target_inter, "heads": args.target_heads, **info_t,
-                   "heldout_loss": round(lt, 4), "heldout_ppl": round(math.exp(lt), 3)},
-        "draft": {"params": dp, "layers": args.draft_layers, "hidden": args.draft_hidden,
-                  "intermediate": args.draft_inter, "heads": args.draft_heads, **info_d,
-                  "heldout_loss": round(ld, 4), "heldout_ppl": round(math.exp(ld), 3)},
-        "eval_windows": len(eval_chunks), "tau": {str(k): round(v, 3) for k, v in tau.items()},
-        "tau_prompts": min(len(prompts), args.tau_prompts), "total_time_s": round(total_s, 1),
-        "sample_prompt": prompts[0], "sample_target_greedy": sample,
+        "target": {
+            "params": tp,
+            "layers": args.target_layers,
+            "hidden": args.target_hidden,
+            "intermediate": args.target_inter,
+            "heads": args.target_heads,
+            **info_t,
+            "heldout_loss": round(lt, 4),
+            "heldout_ppl": round(math.exp(lt), 3),
+        },
+        "draft": {
+            "params": dp,
+            "layers": args.draft_layers,
+            "hidden": args.draft_hidden,
+            "intermediate": args.draft_inter,
+            "heads": args.draft_heads,
+            **info_d,
+            "heldout_loss": round(ld, 4),
+            "heldout_ppl": round(math.exp(ld), 3),
+        },
+        "eval_windows": len(eval_chunks),
+        "tau": {str(k): round(v, 3) for k, v in tau.items()},
+        "tau_prompts": min(len(prompts), args.tau_prompts),
+        "total_time_s": round(total_s, 1),
+        "sample_prompt": prompts[0],
+        "sample_target_greedy": sample,
     }
     import tokenizers
     import transformers

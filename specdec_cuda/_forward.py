@@ -11,8 +11,15 @@ from .tree import chain_parents
 PREFILL_CHUNK = 512
 
 
-def forward_tree(model, cache, tokens: torch.Tensor, parents: torch.Tensor, *,
-                 role: str = "model", with_depth: bool = False):
+def forward_tree(
+    model,
+    cache,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    *,
+    role: str = "model",
+    with_depth: bool = False,
+):
     """Run ``model`` over a batch of trees (chains included) written at ``cache.lens``.
 
     ``tokens`` int64 ``[B, N]``, ``parents`` int32 ``[B, N]``.  Positions are
@@ -27,13 +34,14 @@ def forward_tree(model, cache, tokens: torch.Tensor, parents: torch.Tensor, *,
     want = (tokens.shape[0], tokens.shape[1], model.vocab_size)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise RuntimeError(f"SpeculativeDecoder: the {role}'s forward returned logits of shape "
-                           f"{got}, expected [B, N, vocab_size] = {list(want)}")
+        raise RuntimeError(
+            f"SpeculativeDecoder: the {role}'s forward returned logits of shape "
+            f"{got}, expected [B, N, vocab_size] = {list(want)}"
+        )
     return (logits.float(), depth) if with_depth else logits.float()
 
 
-def gather_rows(seq: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
-                width: int) -> torch.Tensor:
+def gather_rows(seq: torch.Tensor, start: torch.Tensor, count: torch.Tensor, width: int) -> torch.Tensor:
     """``out[b, i] = seq[b, start[b] + min(i, count[b] - 1)]`` for ``i < width``
     (rows shorter than ``width`` repeat their last token; a row with count 0 repeats
     ``seq[b, start[b]]``)."""
@@ -44,8 +52,9 @@ def gather_rows(seq: torch.Tensor, start: torch.Tensor, count: torch.Tensor,
     return torch.gather(seq, 1, idx)
 
 
-def prefill(model, cache, seq: torch.Tensor, upto: torch.Tensor, *, role: str = "model",
-            chunk: int | None = None) -> int:
+def prefill(
+    model, cache, seq: torch.Tensor, upto: torch.Tensor, *, role: str = "model", chunk: int | None = None
+) -> int:
     """Consume ``seq[b, cache.lens[b] : upto[b]]`` into the cache as chains, in chunks.
 
     Returns the number of forwards run.  Rows with nothing left ride along (their

@@ -95,7 +95,9 @@ def philox4x32_10(ctr: Tensor, key: Tensor) -> Tensor:
     if key.dim() < 1 or key.shape[-1] != 2:
         raise ValueError(f"philox4x32_10: key must have shape [..., 2], got {tuple(key.shape)}")
     if ctr.device != key.device:
-        raise ValueError(f"philox4x32_10: ctr and key must be on one device, got {ctr.device} and {key.device}")
+        raise ValueError(
+            f"philox4x32_10: ctr and key must be on one device, got {ctr.device} and {key.device}"
+        )
     c = ctr & _MASK32
     k = key & _MASK32
     words = _philox_words(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k[..., 0], k[..., 1])
@@ -113,9 +115,7 @@ def to_unit_double(a: Tensor, b: Tensor) -> Tensor:
     Returns:
         float64, the broadcast shape.
     """
-    return ((a >> 5).to(torch.float64) * 67108864.0 + (b >> 6).to(torch.float64)) * (
-        1.0 / 9007199254740992.0
-    )
+    return ((a >> 5).to(torch.float64) * 67108864.0 + (b >> 6).to(torch.float64)) * (1.0 / 9007199254740992.0)
 
 
 def uniforms(seed: Tensor, offset: Tensor, index: Tensor) -> Tensor:
@@ -151,7 +151,11 @@ def uniforms(seed: Tensor, offset: Tensor, index: Tensor) -> Tensor:
     o = offset[:, None]
     i = index[None, :]
     out = _philox_words(
-        i & _MASK32, (i >> 32) & _MASK32, o & _MASK32, (o >> 32) & _MASK32,
-        s & _MASK32, (s >> 32) & _MASK32,
+        i & _MASK32,
+        (i >> 32) & _MASK32,
+        o & _MASK32,
+        (o >> 32) & _MASK32,
+        s & _MASK32,
+        (s >> 32) & _MASK32,
     )
     return to_unit_double(out[0], out[1])

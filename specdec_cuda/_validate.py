@@ -17,9 +17,7 @@ def tensor_list(op: str, arg: str, value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise TypeError(
-            f"{op}: {arg} must be a tensor or a list of tensors, got {type(value).__name__}"
-        )
+        raise TypeError(f"{op}: {arg} must be a tensor or a list of tensors, got {type(value).__name__}")
     out = list(value)
     for i, t in enumerate(out):
         if not isinstance(t, torch.Tensor):

@@ -27,8 +27,9 @@ class CacheFullError(RuntimeError):
 
 
 class _CacheBase:
-    def __init__(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None,
-                 device: torch.device | str):
+    def __init__(
+        self, batch_size: int, max_len: int, *, dtype: torch.dtype | None, device: torch.device | str
+    ):
         if batch_size < 0:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 0, got {batch_size}")
         if max_len < 1:
@@ -81,15 +82,19 @@ class _CacheBase:
     def _check_write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         name = type(self).__name__
         if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(f"{name}.write: k and v must both be [B, Hkv, N, D], got "
-                             f"{tuple(k.shape)} and {tuple(v.shape)}")
+            raise ValueError(
+                f"{name}.write: k and v must both be [B, Hkv, N, D], got "
+                f"{tuple(k.shape)} and {tuple(v.shape)}"
+            )
         if k.shape[0] != self.batch_size:
             raise ValueError(f"{name}.write: batch {k.shape[0]} != cache batch {self.batch_size}")
         if layer < 0:
             raise ValueError(f"{name}.write: layer must be >= 0, got {layer}")
         if k.shape[2] > self._room:
-            raise CacheFullError(f"{name}.write: {k.shape[2]} new tokens but only {self._room} "
-                                 "slots were reserved; call reserve(N) before a forward")
+            raise CacheFullError(
+                f"{name}.write: {k.shape[2]} new tokens but only {self._room} "
+                "slots were reserved; call reserve(N) before a forward"
+            )
 
 
 class KVCache(_CacheBase):
@@ -104,8 +109,14 @@ class KVCache(_CacheBase):
         device: where the cache lives (the model's device).
     """
 
-    def __init__(self, batch_size: int, max_len: int, *, dtype: torch.dtype | None = None,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__(batch_size, max_len, dtype=dtype, device=device)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -126,8 +137,10 @@ class KVCache(_CacheBase):
             self.v.append(torch.zeros(shape, dtype=dtype, device=self.device))
         kc = self.k[layer]
         if kc.shape[1] != k.shape[1] or kc.shape[3] != k.shape[3]:
-            raise ValueError(f"KVCache.write: layer {layer} holds Hkv={kc.shape[1]}, D={kc.shape[3]} "
-                             f"but got K/V with Hkv={k.shape[1]}, D={k.shape[3]}")
+            raise ValueError(
+                f"KVCache.write: layer {layer} holds Hkv={kc.shape[1]}, D={kc.shape[3]} "
+                f"but got K/V with Hkv={k.shape[1]}, D={k.shape[3]}"
+            )
         return kc, self.v[layer]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -172,24 +185,34 @@ class PagedKVCache(_CacheBase):
     row to reach ``max_len``.
     """
 
-    def __init__(self, batch_size: int, max_len: int, *, page_size: int = 16,
-                 num_pages: int | None = None, dtype: torch.dtype | None = None,
-                 device: torch.device | str = "cpu", shuffle_seed: int | None = 0):
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        *,
+        page_size: int = 16,
+        num_pages: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        shuffle_seed: int | None = 0,
+    ):
         super().__init__(batch_size, max_len, dtype=dtype, device=device)
         if page_size < 1:
             raise ValueError(f"PagedKVCache: page_size must be >= 1, got {page_size}")
         self.page_size = int(page_size)
         self.max_blocks = -(-self.max_len // self.page_size)
-        self.num_pages = int(num_pages if num_pages is not None else
-                             max(1, self.batch_size * self.max_blocks))
+        self.num_pages = int(
+            num_pages if num_pages is not None else max(1, self.batch_size * self.max_blocks)
+        )
         order = list(range(self.num_pages))
         if shuffle_seed is not None:  # hand pages out in a scrambled order
             g = torch.Generator().manual_seed(shuffle_seed)
             order = torch.randperm(self.num_pages, generator=g).tolist()
         self._free = order[::-1]
         # Unmapped entries point at page 0: never read (beyond lens + N).
-        self.block_tables = torch.zeros(self.batch_size, self.max_blocks, dtype=torch.int32,
-                                        device=self.device)
+        self.block_tables = torch.zeros(
+            self.batch_size, self.max_blocks, dtype=torch.int32, device=self.device
+        )
         self._mapped = [0] * self.batch_size
         self.k_pages: list[torch.Tensor] = []
         self.v_pages: list[torch.Tensor] = []
@@ -220,8 +243,10 @@ class PagedKVCache(_CacheBase):
             self.v_pages.append(torch.zeros(shape, dtype=dtype, device=self.device))
         kp = self.k_pages[layer]
         if kp.shape[2] != k.shape[1] or kp.shape[3] != k.shape[3]:
-            raise ValueError(f"PagedKVCache.write: layer {layer} holds Hkv={kp.shape[2]}, "
-                             f"D={kp.shape[3]} but got K/V with Hkv={k.shape[1]}, D={k.shape[3]}")
+            raise ValueError(
+                f"PagedKVCache.write: layer {layer} holds Hkv={kp.shape[2]}, "
+                f"D={kp.shape[3]} but got K/V with Hkv={k.shape[1]}, D={k.shape[3]}"
+            )
         return kp, self.v_pages[layer]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -243,14 +268,16 @@ class PagedKVCache(_CacheBase):
     def attend(self, layer: int, q: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         """Tree attention of ``q`` ``[B, N, Hq, D]`` over layer ``layer`` -> ``[B, N, Hq, D]``."""
         q = q.to(self.k_pages[layer].dtype).contiguous()
-        out, _ = ops.tree_attention_paged(q, self.k_pages[layer], self.v_pages[layer],
-                                          self.block_tables, self.lens, mask, scale)
+        out, _ = ops.tree_attention_paged(
+            q, self.k_pages[layer], self.v_pages[layer], self.block_tables, self.lens, mask, scale
+        )
         return out
 
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Keep the accepted path of the last tree (``kv_compact_paged_`` over all layers)."""
-        ops.kv_compact_paged_(self.k_pages, self.v_pages, self.block_tables, self.lens,
-                              accept_nodes, num_accepted)
+        ops.kv_compact_paged_(
+            self.k_pages, self.v_pages, self.block_tables, self.lens, accept_nodes, num_accepted
+        )
         self._room = 0
         self._slots = {}
 

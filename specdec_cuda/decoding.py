@@ -82,15 +82,20 @@ class GenerationStats:
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d.update(total_new_tokens=self.total_new_tokens, tokens_per_s=self.tokens_per_s,
-                 decode_tokens_per_s=self.decode_tokens_per_s)
+        d.update(
+            total_new_tokens=self.total_new_tokens,
+            tokens_per_s=self.tokens_per_s,
+            decode_tokens_per_s=self.decode_tokens_per_s,
+        )
         return d
 
     def summary(self) -> str:
         acc = " ".join(f"{a:.2f}" for a in self.acceptance_by_position[:8])
-        return (f"{self.drafter}: {self.total_new_tokens} tokens in {self.wall_s:.3f} s "
-                f"({self.tokens_per_s:.1f} tok/s), {self.steps} target steps, tau {self.tau:.2f}, "
-                f"{self.draft_calls} draft calls, acceptance by position [{acc}]")
+        return (
+            f"{self.drafter}: {self.total_new_tokens} tokens in {self.wall_s:.3f} s "
+            f"({self.tokens_per_s:.1f} tok/s), {self.steps} target steps, tau {self.tau:.2f}, "
+            f"{self.draft_calls} draft calls, acceptance by position [{acc}]"
+        )
 
     def record_step(self, depth: list[int], accepted: list[int], active: list[bool]) -> None:
         """Count one step: ``depth[b]`` the deepest draft row b proposed, ``accepted[b]``
@@ -109,8 +114,9 @@ class GenerationStats:
             for j in range(depth[b]):
                 self.proposed_by_position[j] += 1
                 self.accepted_by_position[j] += int(accepted[b] > j)
-        self.acceptance_by_position = [a / p if p else 0.0 for a, p in
-                                        zip(self.accepted_by_position, self.proposed_by_position)]
+        self.acceptance_by_position = [
+            a / p if p else 0.0 for a, p in zip(self.accepted_by_position, self.proposed_by_position)
+        ]
 
 
 @dataclass
@@ -158,8 +164,9 @@ class _Rows:
     def active(self) -> list[bool]:
         return [not f for f in self.finished]
 
-    def emit(self, path_tokens: list[list[int]], num_accepted: list[int],
-             next_token: list[int]) -> tuple[list[list[int]], list[int]]:
+    def emit(
+        self, path_tokens: list[list[int]], num_accepted: list[int], next_token: list[int]
+    ) -> tuple[list[list[int]], list[int]]:
         """The tokens each row emits this step (accepted drafts then the corrected or
         bonus token, cut at a stop token or the budget) and its accepted drafts."""
         emitted, accepted = [], []
@@ -168,7 +175,7 @@ class _Rows:
                 emitted.append([])
                 accepted.append(0)
                 continue
-            toks = path_tokens[b][1: num_accepted[b]] + [next_token[b]]
+            toks = path_tokens[b][1 : num_accepted[b]] + [next_token[b]]
             accepted.append(num_accepted[b] - 1)
             toks = toks[: self.max_new - self.generated[b]]
             for j, tok in enumerate(toks):
@@ -187,8 +194,9 @@ class _Rows:
         cols = [self.lens[b] + j for b, e in enumerate(emitted) for j in range(len(e))]
         if rows:
             dev = seq.device
-            seq[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = \
-                torch.tensor([x for e in emitted for x in e], device=dev)
+            seq[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(
+                [x for e in emitted for x in e], device=dev
+            )
         self.lens = [n + len(e) for n, e in zip(self.lens, emitted)]
 
 
@@ -214,8 +222,10 @@ def _row_param(name: str, value, batch: int, dtype, device) -> torch.Tensor:
     if t.dim() == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
-        raise ValueError(f"SpeculativeDecoder.generate: {name} must be a scalar or one value per "
-                         f"row ({batch}), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"SpeculativeDecoder.generate: {name} must be a scalar or one value per "
+            f"row ({batch}), got shape {tuple(t.shape)}"
+        )
     return t.contiguous().to(device)
 
 
@@ -237,8 +247,16 @@ class SpeculativeDecoder:
     for mismatched vocabularies.
     """
 
-    def __init__(self, target, drafter=None, *, paged: bool = False, page_size: int = 16,
-                 tokenizer=None, draft_tokenizer=None):
+    def __init__(
+        self,
+        target,
+        drafter=None,
+        *,
+        paged: bool = False,
+        page_size: int = 16,
+        tokenizer=None,
+        draft_tokenizer=None,
+    ):
         self.target = as_model(target, role="target")
         if drafter is None:
             drafter = NoDrafter()
@@ -248,12 +266,16 @@ class SpeculativeDecoder:
         self.vocab_size = int(self.target.vocab_size)
         dv = getattr(drafter, "vocab_size", None)
         if dv is not None and dv != self.vocab_size:
-            raise ValueError(f"SpeculativeDecoder: the draft model's vocabulary ({dv}) differs from "
-                             f"the target's ({self.vocab_size}); both must share a tokenizer")
+            raise ValueError(
+                f"SpeculativeDecoder: the draft model's vocabulary ({dv}) differs from "
+                f"the target's ({self.vocab_size}); both must share a tokenizer"
+            )
         if tokenizer is not None and draft_tokenizer is not None:
             if tokenizer.get_vocab() != draft_tokenizer.get_vocab():
-                raise ValueError("SpeculativeDecoder: the target and draft tokenizers have different "
-                                 "vocabularies; speculative decoding needs one shared tokenizer")
+                raise ValueError(
+                    "SpeculativeDecoder: the target and draft tokenizers have different "
+                    "vocabularies; speculative decoding needs one shared tokenizer"
+                )
         if page_size < 1:
             raise ValueError(f"SpeculativeDecoder: page_size must be >= 1, got {page_size}")
         self.paged, self.page_size = bool(paged), int(page_size)
@@ -271,14 +293,18 @@ class SpeculativeDecoder:
             if input_ids.dim() == 1:
                 input_ids = input_ids[None]
             if input_ids.dim() != 2:
-                raise ValueError(f"{where}: input_ids must be [B, L] or a list of 1-D prompts, got "
-                                 f"shape {tuple(input_ids.shape)}")
+                raise ValueError(
+                    f"{where}: input_ids must be [B, L] or a list of 1-D prompts, got "
+                    f"shape {tuple(input_ids.shape)}"
+                )
             if input_ids.dtype not in (torch.int64, torch.int32):
                 raise TypeError(f"{where}: input_ids must hold integer token ids, got {input_ids.dtype}")
             if attention_mask is not None:
                 if attention_mask.shape != input_ids.shape:
-                    raise ValueError(f"{where}: attention_mask shape {tuple(attention_mask.shape)} != "
-                                     f"input_ids shape {tuple(input_ids.shape)}")
+                    raise ValueError(
+                        f"{where}: attention_mask shape {tuple(attention_mask.shape)} != "
+                        f"input_ids shape {tuple(input_ids.shape)}"
+                    )
                 prompts = [row[m.bool()] for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
             else:
                 prompts = list(input_ids.cpu())
@@ -292,19 +318,22 @@ class SpeculativeDecoder:
                     raise ValueError(f"{where}: prompt {i} must be a 1-D sequence of token ids")
                 prompts.append(t)
         else:
-            raise TypeError(f"{where}: input_ids must be a tensor or a list of prompts, got "
-                            f"{type(input_ids).__name__}")
+            raise TypeError(
+                f"{where}: input_ids must be a tensor or a list of prompts, got {type(input_ids).__name__}"
+            )
         for i, p in enumerate(prompts):
             if p.numel() == 0:
                 raise ValueError(f"{where}: prompt {i} is empty; every row needs at least one token")
             lo, hi = int(p.min()), int(p.max())
             if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"{where}: prompt {i} has token id {lo if lo < 0 else hi} outside "
-                                 f"[0, {self.vocab_size})")
+                raise ValueError(
+                    f"{where}: prompt {i} has token id {lo if lo < 0 else hi} outside [0, {self.vocab_size})"
+                )
         return [p.long() for p in prompts]
 
-    def _request(self, input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
-                 attention_mask) -> _Request:
+    def _request(
+        self, input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, attention_mask
+    ) -> _Request:
         where = "SpeculativeDecoder.generate"
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"{where}: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
@@ -328,9 +357,18 @@ class SpeculativeDecoder:
         return _Request(prompts, max_new_tokens, temperature, top_k, top_p, seed, stops)
 
     # -- the loop -------------------------------------------------------------
-    def generate(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0, top_p=1.0,
-                 seed=None, stop_tokens: Sequence[int] | None = None,
-                 attention_mask: torch.Tensor | None = None) -> GenerationOutput:
+    def generate(
+        self,
+        input_ids,
+        *,
+        max_new_tokens: int = 64,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_tokens: Sequence[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` per row.
 
         Args:
@@ -348,8 +386,9 @@ class SpeculativeDecoder:
 
         Returns a :class:`GenerationOutput`; the statistics are also in ``self.stats``.
         """
-        request = self._request(input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens,
-                                attention_mask)
+        request = self._request(
+            input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, attention_mask
+        )
         new = [[] for _ in request.prompts]
         for out in self._run(request):
             for b, toks in enumerate(out.tokens):
@@ -358,14 +397,26 @@ class SpeculativeDecoder:
         seqs = [torch.cat([p, n]) for p, n in zip(request.prompts, new_t)]
         return GenerationOutput(seqs, new_t, self.stats)
 
-    def stream(self, input_ids, *, max_new_tokens: int = 64, temperature=0.0, top_k=0,
-               top_p=1.0, seed=None, stop_tokens: Sequence[int] | None = None,
-               attention_mask: torch.Tensor | None = None) -> Iterator[StepOutput]:
+    def stream(
+        self,
+        input_ids,
+        *,
+        max_new_tokens: int = 64,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_tokens: Sequence[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> Iterator[StepOutput]:
         """Like :meth:`generate` (the same arguments, validated before the first
         step), but yields a :class:`StepOutput` after every step with the tokens each
         row accepted (streaming); ``self.stats`` is complete when the iterator ends."""
-        return self._run(self._request(input_ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                       stop_tokens, attention_mask))
+        return self._run(
+            self._request(
+                input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, attention_mask
+            )
+        )
 
     def _cache_len(self, prompts: list[torch.Tensor], capacity: int) -> int:
         # Every row of a forward writes all N slots past its length (short rows
@@ -387,10 +438,19 @@ class SpeculativeDecoder:
         for b, p in enumerate(req.prompts):
             seq[b, : p.numel()] = p
         seq, seq_lens = seq.to(dev), lens.to(dev)
-        ctx = DraftContext(seq=seq, seq_lens=seq_lens, vocab_size=self.vocab_size,
-                           temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                           greedy=bool((req.temperature == 0).all()), paged=self.paged,
-                           page_size=self.page_size, cache_len=self._cache_len(req.prompts, capacity))
+        ctx = DraftContext(
+            seq=seq,
+            seq_lens=seq_lens,
+            vocab_size=self.vocab_size,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=req.seed,
+            greedy=bool((req.temperature == 0).all()),
+            paged=self.paged,
+            page_size=self.page_size,
+            cache_len=self._cache_len(req.prompts, capacity),
+        )
         rows = _Rows(lens.tolist(), req.max_new, req.stops)
 
         with torch.inference_mode():
@@ -406,18 +466,19 @@ class SpeculativeDecoder:
                 draft = self.drafter.propose(ctx)
                 stats.draft_calls += draft.draft_calls
                 draft_s = clock.tick("draft")
-                logits, depth = forward_tree(self.target, tcache, draft.tokens, draft.parents,
-                                             role="target", with_depth=True)
+                logits, depth = forward_tree(
+                    self.target, tcache, draft.tokens, draft.parents, role="target", with_depth=True
+                )
                 stats.target_calls += 1
                 target_s = clock.tick("target")
                 if ctx.greedy:
-                    acc_nodes, n_acc, nxt = ops.verify_greedy(draft.tokens, draft.parents,
-                                                              logits.argmax(-1))
+                    acc_nodes, n_acc, nxt = ops.verify_greedy(draft.tokens, draft.parents, logits.argmax(-1))
                 else:
                     probs = ops.sampling_probs(logits, req.temperature, req.top_k, req.top_p)
                     offset = torch.full((batch,), 2 * ctx.step, dtype=torch.long, device=dev)
                     acc_nodes, n_acc, nxt = ops.rejection_sample(
-                        draft.tokens, draft.parents, draft.draft_probs, probs, req.seed, offset)
+                        draft.tokens, draft.parents, draft.draft_probs, probs, req.seed, offset
+                    )
                 path_tokens = torch.gather(draft.tokens, 1, acc_nodes.clamp(min=0).long())
                 path_tokens, n_list = path_tokens.cpu().tolist(), n_acc.cpu().tolist()
                 nxt_list = nxt.cpu().tolist()
@@ -432,9 +493,13 @@ class SpeculativeDecoder:
                 stats.record_step(depth.max(1).values.tolist(), accepted, active)
                 rows.append(seq, emitted)
                 seq_lens += counts.to(dev)
-                feedback = StepFeedback(accepted=torch.tensor(accepted, device=dev),
-                                        active=torch.tensor(active, device=dev), draft_s=draft_s,
-                                        draft_calls=draft.draft_calls, target_s=target_s)
+                feedback = StepFeedback(
+                    accepted=torch.tensor(accepted, device=dev),
+                    active=torch.tensor(active, device=dev),
+                    draft_s=draft_s,
+                    draft_calls=draft.draft_calls,
+                    target_s=target_s,
+                )
                 self.drafter.update(ctx, feedback)
                 ctx.step += 1
                 stats.steps += 1

@@ -29,6 +29,7 @@ class CLIError(Exception):
 # Loading.
 # ---------------------------------------------------------------------------
 
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,8 +41,9 @@ def _device(name: str) -> torch.device:
         raise CLIError(f"--device {name}: {exc}") from None
 
 
-def load_checkpoint(path: str | os.PathLike, role: str, device: torch.device,
-                    dtype: torch.dtype = torch.float32):
+def load_checkpoint(
+    path: str | os.PathLike, role: str, device: torch.device, dtype: torch.dtype = torch.float32
+):
     """(model, tokenizer) from a local Hugging Face directory, or CLIError."""
     path = Path(path)
     if not path.is_dir():
@@ -69,8 +71,10 @@ def load_checkpoint(path: str | os.PathLike, role: str, device: torch.device,
 
 def check_tokenizers(tok_t, tok_d) -> None:
     if tok_t.get_vocab() != tok_d.get_vocab():
-        raise CLIError("the target and draft tokenizers differ (different vocabularies); "
-                       "speculative decoding needs one shared tokenizer")
+        raise CLIError(
+            "the target and draft tokenizers differ (different vocabularies); "
+            "speculative decoding needs one shared tokenizer"
+        )
 
 
 def make_drafter(kind: str, draft_model, *, k: int, tree: str | None, adaptive: bool):
@@ -105,12 +109,16 @@ def make_drafter(kind: str, draft_model, *, k: int, tree: str | None, adaptive: 
 # generate
 # ---------------------------------------------------------------------------
 
+
 def add_generate_args(p) -> None:
     p.add_argument("--target", required=True, help="target model directory (Hugging Face format)")
     p.add_argument("--draft", help="draft model directory (same tokenizer)")
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--drafter", choices=["chain", "tree", "dynamic", "lookup", "none"],
-                   help="default: chain with --draft, lookup without; tree when --tree is given")
+    p.add_argument(
+        "--drafter",
+        choices=["chain", "tree", "dynamic", "lookup", "none"],
+        help="default: chain with --draft, lookup without; tree when --tree is given",
+    )
     p.add_argument("--tree", help='static tree as a JSON choice list, e.g. "[[0],[1],[0,0]]", or "default"')
     p.add_argument("--k", type=int, default=4, help="draft length (chain, lookup) or depth (dynamic)")
     p.add_argument("--fixed", action="store_true", help="keep the draft length fixed (no adaptation)")
@@ -159,19 +167,27 @@ def run_generate(args) -> int:
     out.flush()
     new: list[int] = []
     shown = ""
-    for step in decoder.stream([ids], max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, stop_tokens=stops):
+    for step in decoder.stream(
+        [ids],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_tokens=stops,
+    ):
         new.extend(step.tokens[0])
         text = tok.decode(new, skip_special_tokens=True)
         if text.startswith(shown):  # print what is new (BPE may rewrite the tail)
-            out.write(text[len(shown):])
+            out.write(text[len(shown) :])
             shown = text
         out.flush()
     s = decoder.stats
     out.write("\n\n")
-    out.write(f"[{kind}] {s.total_new_tokens} tokens in {s.wall_s:.2f} s ({s.tokens_per_s:.1f} tok/s); "
-              f"{s.steps} target calls, tau {s.tau:.2f}, {s.draft_calls} draft calls\n")
+    out.write(
+        f"[{kind}] {s.total_new_tokens} tokens in {s.wall_s:.2f} s ({s.tokens_per_s:.1f} tok/s); "
+        f"{s.steps} target calls, tau {s.tau:.2f}, {s.draft_calls} draft calls\n"
+    )
     if s.acceptance_by_position:
         acc = ", ".join(f"{a:.2f}" for a in s.acceptance_by_position[:10])
         out.write(f"acceptance by draft position: {acc}\n")
@@ -183,6 +199,7 @@ def run_generate(args) -> int:
 # ---------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------
+
 
 def add_demo_args(p) -> None:
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts to use")
@@ -232,8 +249,10 @@ def run_demo(args) -> int:
 
     assets = Path(args.assets)
     if not (assets / "target" / "config.json").is_file() or not (assets / "draft" / "config.json").is_file():
-        raise CLIError(f"the bundled models are missing under {assets}; train them with "
-                       "`python python/train_tiny_models.py`")
+        raise CLIError(
+            f"the bundled models are missing under {assets}; train them with "
+            "`python python/train_tiny_models.py`"
+        )
     if args.max_new_tokens < 1 or args.prompts < 1 or args.max_k < 1:
         raise CLIError("--max-new-tokens, --prompts and --max-k must be >= 1")
     device = _device(args.device)
@@ -261,16 +280,22 @@ def run_demo(args) -> int:
         bar.set_postfix_str("transformers generate")
         ref, secs_hf, tokens_hf = [], 0.0, 0
         with torch.inference_mode():
-            target.generate(prompts[0][None].to(device), max_new_tokens=4, do_sample=False,
-                            pad_token_id=eos)  # warm-up
+            target.generate(
+                prompts[0][None].to(device), max_new_tokens=4, do_sample=False, pad_token_id=eos
+            )  # warm-up
             for _ in range(2):  # the faster of two rounds, like the other modes
                 ref, secs, tokens_hf = [], 0.0, 0
                 for p in prompts:
                     t0 = time.perf_counter()
-                    o = target.generate(p[None].to(device), max_new_tokens=n_new, do_sample=False,
-                                        pad_token_id=eos, eos_token_id=None)
+                    o = target.generate(
+                        p[None].to(device),
+                        max_new_tokens=n_new,
+                        do_sample=False,
+                        pad_token_id=eos,
+                        eos_token_id=None,
+                    )
                     secs += time.perf_counter() - t0
-                    ref.append(o[0, p.numel():].cpu())
+                    ref.append(o[0, p.numel() :].cpu())
                     tokens_hf += ref[-1].numel()
                 secs_hf = secs if secs_hf == 0.0 else min(secs_hf, secs)
         bar.update(1)
@@ -280,8 +305,14 @@ def run_demo(args) -> int:
             outs, tokens, secs, stats = _timed(decoder, prompts, n_new)
             same = all(torch.equal(a, b) for a, b in zip(outs, ref))
             steps = sum(s.steps for s in stats)
-            results[name] = dict(tau=tokens / steps, tokens_per_s=tokens / secs, identical=same,
-                                 acceptance=_merge_acceptance(stats), seconds=secs, tokens=tokens)
+            results[name] = dict(
+                tau=tokens / steps,
+                tokens_per_s=tokens / secs,
+                identical=same,
+                acceptance=_merge_acceptance(stats),
+                seconds=secs,
+                tokens=tokens,
+            )
             bar.update(1)
         sweep_speed = []
         for k in sweep:
@@ -305,29 +336,46 @@ def run_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     import platform
 
-    machine = (f"{platform.machine()} {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} intra-op threads, device {device}")
-    header = (f"{len(prompts)} held-out prompts x {n_new} new tokens, greedy, batch 1, "
-              f"fastest of 2 rounds; "
-              f"target {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params, "
-              f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M; {machine}")
-    lines = [header, "",
-             f"{'mode':<40} {'tau':>6} {'tok/s':>9} {'speedup':>8}  identical to plain greedy",
-             "-" * 86]
+    machine = (
+        f"{platform.machine()} {os.cpu_count()} CPU threads, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads, device {device}"
+    )
+    header = (
+        f"{len(prompts)} held-out prompts x {n_new} new tokens, greedy, batch 1, "
+        f"fastest of 2 rounds; "
+        f"target {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params, "
+        f"draft {sum(p.numel() for p in draft.parameters()) / 1e6:.2f}M; {machine}"
+    )
+    lines = [
+        header,
+        "",
+        f"{'mode':<40} {'tau':>6} {'tok/s':>9} {'speedup':>8}  identical to plain greedy",
+        "-" * 86,
+    ]
     for name, tau, speed, sp, same in rows:
         lines.append(f"{name:<40} {tau:>6.2f} {speed:>9.1f} {sp:>7.2f}x  {'yes' if same else 'NO'}")
-    lines += ["", "speedup is over plain decoding through the same loop (first row for transformers' own);",
-              "chain sweep (fixed K): " + ", ".join(f"K={k} {s:.2f}x" for k, s in zip(sweep, sweep_speedup))]
+    lines += [
+        "",
+        "speedup is over plain decoding through the same loop (first row for transformers' own);",
+        "chain sweep (fixed K): " + ", ".join(f"K={k} {s:.2f}x" for k, s in zip(sweep, sweep_speedup)),
+    ]
     table = "\n".join(lines)
     print(table)
     plot = out_dir / "demo.png"
     _plot(plot, results, sweep, sweep_speedup)
-    (out_dir / "demo.json").write_text(json.dumps(dict(
-        header=header, rows=[dict(mode=r[0], tau=r[1], tokens_per_s=r[2], speedup=r[3], identical=r[4])
-                             for r in rows],
-        sweep=dict(k=sweep, speedup=sweep_speedup),
-        acceptance={k: v["acceptance"] for k, v in results.items() if not k.startswith("_")}),
-        indent=1))
+    (out_dir / "demo.json").write_text(
+        json.dumps(
+            dict(
+                header=header,
+                rows=[
+                    dict(mode=r[0], tau=r[1], tokens_per_s=r[2], speedup=r[3], identical=r[4]) for r in rows
+                ],
+                sweep=dict(k=sweep, speedup=sweep_speedup),
+                acceptance={k: v["acceptance"] for k, v in results.items() if not k.startswith("_")},
+            ),
+            indent=1,
+        )
+    )
     (out_dir / "demo.txt").write_text(table + "\n")
     print(f"\nresults: {out_dir} (demo.txt, demo.json, demo.png)")
     best = max(r[3] for r in rows[2:])

@@ -74,6 +74,7 @@ class NoDrafter(Drafter):
 # Draft-model drafters.
 # ---------------------------------------------------------------------------
 
+
 class ChainDrafter(ModelDrafter):
     """A draft model proposes a chain of ``k`` tokens per step.
 
@@ -93,13 +94,20 @@ class ChainDrafter(ModelDrafter):
 
     name = "chain"
 
-    def __init__(self, model, k: int = 4, *, adaptive: bool = True, k_min: int = 1,
-                 k_max: int | None = None, cost_ratio: float | None = None):
+    def __init__(
+        self,
+        model,
+        k: int = 4,
+        *,
+        adaptive: bool = True,
+        k_min: int = 1,
+        k_max: int | None = None,
+        cost_ratio: float | None = None,
+    ):
         super().__init__(model)
         if k < 1:
             raise ValueError(f"ChainDrafter: k must be >= 1, got {k}")
-        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
-                                     enabled=adaptive)
+        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio, enabled=adaptive)
 
     def max_nodes(self) -> int:
         return self.length.k_max + 1
@@ -148,8 +156,9 @@ class _TreeDrafterBase(ModelDrafter):
         """Forward pending + nodes; ``node_parents`` are node-local (-1: the root).
         Returns (root logits [B, V], node logits [B, T, V])."""
         big_m = self._pend.shape[1]
-        par = torch.where(node_parents < 0, self._root_idx[:, None].to(node_parents.dtype),
-                          node_parents + big_m).int()
+        par = torch.where(
+            node_parents < 0, self._root_idx[:, None].to(node_parents.dtype), node_parents + big_m
+        ).int()
         tokens = torch.cat([self._pend, node_tokens], dim=1)
         parents = torch.cat([self._pend_parents, par], dim=1)
         logits = self.forward(tokens, parents)
@@ -182,15 +191,17 @@ class TreeDrafter(_TreeDrafterBase):
     def start(self, ctx: DraftContext) -> None:
         super().start(ctx)
         if self.tree.max_rank() > self.vocab_size:
-            raise ValueError(f"TreeDrafter: the tree asks for rank {self.tree.max_rank() - 1} but the "
-                             f"vocabulary has {self.vocab_size} tokens")
+            raise ValueError(
+                f"TreeDrafter: the tree asks for rank {self.tree.max_rank() - 1} but the "
+                f"vocabulary has {self.vocab_size} tokens"
+            )
 
     def draft(self, ctx: DraftContext) -> Draft:
         tree, dev, batch = self.tree, ctx.device, ctx.batch_size
         self._begin(ctx)
         n = tree.num_nodes
         parents = torch.tensor(tree.parents, dtype=torch.int32, device=dev)
-        local_par = (parents[1:] - 1)  # node i>0 -> local index i-1; the root -> -1
+        local_par = parents[1:] - 1  # node i>0 -> local index i-1; the root -> -1
         tokens = torch.zeros(batch, n, dtype=torch.long, device=dev)
         tokens[:, 0] = ctx.roots()
         ranks = torch.tensor(tree.ranks, dtype=torch.long, device=dev)
@@ -220,16 +231,28 @@ class DynamicTreeDrafter(_TreeDrafterBase):
 
     name = "dynamic_tree"
 
-    def __init__(self, model, *, topk: int = 4, depth: int = 5, num_nodes: int = 24,
-                 adaptive: bool = True, depth_min: int = 1, depth_max: int | None = None,
-                 cost_ratio: float | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        topk: int = 4,
+        depth: int = 5,
+        num_nodes: int = 24,
+        adaptive: bool = True,
+        depth_min: int = 1,
+        depth_max: int | None = None,
+        cost_ratio: float | None = None,
+    ):
         super().__init__(model)
         if topk < 1 or depth < 1 or num_nodes < 2:
-            raise ValueError(f"DynamicTreeDrafter: need topk >= 1, depth >= 1, num_nodes >= 2; got "
-                             f"topk={topk}, depth={depth}, num_nodes={num_nodes}")
+            raise ValueError(
+                f"DynamicTreeDrafter: need topk >= 1, depth >= 1, num_nodes >= 2; got "
+                f"topk={topk}, depth={depth}, num_nodes={num_nodes}"
+            )
         self.topk, self.num_nodes = int(topk), int(num_nodes)
-        self.length = AdaptiveLength(depth, k_min=depth_min, k_max=depth_max,
-                                     cost_ratio=cost_ratio, enabled=adaptive)
+        self.length = AdaptiveLength(
+            depth, k_min=depth_min, k_max=depth_max, cost_ratio=cost_ratio, enabled=adaptive
+        )
         if self.num_nodes - 1 > self.topk:
             need = 1 + math.ceil((self.num_nodes - 1 - self.topk) / (self.topk * self.topk))
             self.length.k_min = max(self.length.k_min, need)
@@ -246,8 +269,9 @@ class DynamicTreeDrafter(_TreeDrafterBase):
     def start(self, ctx: DraftContext) -> None:
         super().start(ctx)
         if self.topk > self.vocab_size:
-            raise ValueError(f"DynamicTreeDrafter: topk={self.topk} exceeds the vocabulary "
-                             f"({self.vocab_size} tokens)")
+            raise ValueError(
+                f"DynamicTreeDrafter: topk={self.topk} exceeds the vocabulary ({self.vocab_size} tokens)"
+            )
 
     def draft(self, ctx: DraftContext) -> Draft:
         dev, batch, k = ctx.device, ctx.batch_size, self.topk
@@ -296,6 +320,7 @@ class DynamicTreeDrafter(_TreeDrafterBase):
 # Prompt lookup.
 # ---------------------------------------------------------------------------
 
+
 class PromptLookupDrafter(Drafter):
     """n-gram drafting from the row's own context (no draft model).
 
@@ -308,15 +333,24 @@ class PromptLookupDrafter(Drafter):
 
     name = "prompt_lookup"
 
-    def __init__(self, k: int = 6, *, max_ngram: int = 3, min_ngram: int = 1,
-                 adaptive: bool = True, k_min: int = 1, k_max: int | None = None,
-                 cost_ratio: float = 0.02):
+    def __init__(
+        self,
+        k: int = 6,
+        *,
+        max_ngram: int = 3,
+        min_ngram: int = 1,
+        adaptive: bool = True,
+        k_min: int = 1,
+        k_max: int | None = None,
+        cost_ratio: float = 0.02,
+    ):
         if k < 1 or not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"PromptLookupDrafter: need k >= 1 and 1 <= min_ngram <= max_ngram; got "
-                             f"k={k}, min_ngram={min_ngram}, max_ngram={max_ngram}")
+            raise ValueError(
+                f"PromptLookupDrafter: need k >= 1 and 1 <= min_ngram <= max_ngram; got "
+                f"k={k}, min_ngram={min_ngram}, max_ngram={max_ngram}"
+            )
         self.max_ngram, self.min_ngram = int(max_ngram), int(min_ngram)
-        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio,
-                                     enabled=adaptive)
+        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio, enabled=adaptive)
 
     def max_nodes(self) -> int:
         return self.length.k_max + 1
@@ -324,12 +358,12 @@ class PromptLookupDrafter(Drafter):
     def _lookup(self, row: torch.Tensor, k: int) -> list[int]:
         total = row.numel()
         for n in range(min(self.max_ngram, total - 1), self.min_ngram - 1, -1):
-            pattern = row[total - n:]
+            pattern = row[total - n :]
             windows = row[: total - 1].unfold(0, n, 1)  # windows starting before the suffix
             hits = (windows == pattern).all(dim=1).nonzero().flatten()
             if hits.numel():
                 start = int(hits[-1]) + n
-                return row[start: start + k].tolist()
+                return row[start : start + k].tolist()
         return []
 
     def propose(self, ctx: DraftContext) -> Draft:
@@ -344,4 +378,3 @@ class PromptLookupDrafter(Drafter):
             rows.append([root] + cont + [cont[-1]] * (k - len(cont)))
         tokens = torch.tensor(rows, dtype=torch.long).reshape(ctx.batch_size, k + 1).to(ctx.device)
         return Draft(tokens, chain_parents(ctx.batch_size, k + 1, ctx.device), None)
-

@@ -100,8 +100,13 @@ class DraftContext:
     def new_cache(self, model) -> KVCache | PagedKVCache:
         """An empty KV cache for ``model`` with the decoder's layout and ``cache_len`` slots."""
         if self.paged:
-            return PagedKVCache(self.batch_size, self.cache_len, page_size=self.page_size,
-                                dtype=model.dtype, device=model.device)
+            return PagedKVCache(
+                self.batch_size,
+                self.cache_len,
+                page_size=self.page_size,
+                dtype=model.dtype,
+                device=model.device,
+            )
         return KVCache(self.batch_size, self.cache_len, dtype=model.dtype, device=model.device)
 
 

@@ -33,12 +33,21 @@ class AdaptiveLength:
     adaptation off.
     """
 
-    def __init__(self, k: int, *, k_min: int = 1, k_max: int | None = None,
-                 cost_ratio: float | None = None, decay: float = 0.9, enabled: bool = True):
+    def __init__(
+        self,
+        k: int,
+        *,
+        k_min: int = 1,
+        k_max: int | None = None,
+        cost_ratio: float | None = None,
+        decay: float = 0.9,
+        enabled: bool = True,
+    ):
         k_max = max(k, k_min) * 2 if k_max is None else k_max
         if not 1 <= k_min <= k <= k_max:
-            raise ValueError(f"AdaptiveLength: need 1 <= k_min <= k <= k_max, got k_min={k_min}, "
-                             f"k={k}, k_max={k_max}")
+            raise ValueError(
+                f"AdaptiveLength: need 1 <= k_min <= k <= k_max, got k_min={k_min}, k={k}, k_max={k_max}"
+            )
         if cost_ratio is not None and cost_ratio < 0:
             raise ValueError(f"AdaptiveLength: cost_ratio must be >= 0, got {cost_ratio}")
         self.k, self.k_min, self.k_max = int(k), int(k_min), int(k_max)

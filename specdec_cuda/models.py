@@ -46,13 +46,19 @@ class SpecModel(Protocol):
     device: torch.device
     dtype: torch.dtype
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                cache: KVCache | PagedKVCache, tree_mask: torch.Tensor) -> torch.Tensor: ...
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | PagedKVCache,
+        tree_mask: torch.Tensor,
+    ) -> torch.Tensor: ...
 
 
 # ---------------------------------------------------------------------------
 # Hugging Face adapter.
 # ---------------------------------------------------------------------------
+
 
 class _Active(threading.local):
     """The cache and mask of the HF forward running on this thread, if any."""
@@ -65,8 +71,9 @@ _ACTIVE = _Active()
 _REGISTERED = False
 
 
-def _specdec_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                       scaling: float | None = None, **kwargs):
+def _specdec_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs
+):
     """transformers attention function: our cache + tree attention inside an
     :class:`HFModel` forward, transformers' SDPA outside one (so the wrapped model
     still works with ``generate``)."""
@@ -74,15 +81,20 @@ def _specdec_attention(module, query, key, value, attention_mask, dropout: float
     if cache is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     layer = getattr(module, "layer_idx", None)
     if layer is None:
-        raise TypeError(f"specdec_cuda.HFModel: attention module {type(module).__name__} has no "
-                        "layer_idx; this architecture is not supported")
+        raise TypeError(
+            f"specdec_cuda.HFModel: attention module {type(module).__name__} has no "
+            "layer_idx; this architecture is not supported"
+        )
     if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
-        raise NotImplementedError("specdec_cuda.HFModel: attention with softcap or a sliding "
-                                  "window is not supported by tree_attention")
+        raise NotImplementedError(
+            "specdec_cuda.HFModel: attention with softcap or a sliding "
+            "window is not supported by tree_attention"
+        )
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     cache.write(layer, key, value)  # [B, Hkv, N, D]
     out = cache.attend(layer, query.transpose(1, 2), _ACTIVE.mask, scale)  # [B, N, Hq, D]
@@ -135,15 +147,17 @@ class HFModel:
         if not _is_hf_model(model):
             raise TypeError(f"HFModel: expected a transformers PreTrainedModel, got {type(model).__name__}")
         if model.get_output_embeddings() is None:
-            raise TypeError(f"HFModel: {type(model).__name__} has no LM head; pass a causal LM "
-                            "(AutoModelForCausalLM)")
+            raise TypeError(
+                f"HFModel: {type(model).__name__} has no LM head; pass a causal LM (AutoModelForCausalLM)"
+            )
         config = model.config
         if getattr(config, "is_encoder_decoder", False):
             raise TypeError("HFModel: encoder-decoder models are not supported")
         layer_types = getattr(config, "layer_types", None)
         if layer_types is not None and any(t != "full_attention" for t in layer_types):
-            raise NotImplementedError(f"HFModel: layer types {sorted(set(layer_types))} include "
-                                      "attention other than full attention")
+            raise NotImplementedError(
+                f"HFModel: layer types {sorted(set(layer_types))} include attention other than full attention"
+            )
         if getattr(config, "attn_logit_softcapping", None) is not None:
             raise NotImplementedError("HFModel: attention logit softcapping is not supported")
         _register()
@@ -159,8 +173,13 @@ class HFModel:
     def config(self):
         return self.model.config
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                cache: KVCache | PagedKVCache, tree_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | PagedKVCache,
+        tree_mask: torch.Tensor,
+    ) -> torch.Tensor:
         if _ACTIVE.cache is not None:
             raise RuntimeError("HFModel.forward: nested forwards on one thread are not supported")
         _ACTIVE.cache, _ACTIVE.mask = cache, tree_mask
@@ -169,8 +188,13 @@ class HFModel:
         batch, nodes = tokens.shape
         dummy = self._ones.expand(batch, 1, nodes, nodes)
         try:
-            out = self.model(input_ids=tokens, position_ids=positions, attention_mask=dummy,
-                             use_cache=False, return_dict=True)
+            out = self.model(
+                input_ids=tokens,
+                position_ids=positions,
+                attention_mask=dummy,
+                use_cache=False,
+                return_dict=True,
+            )
         finally:
             _ACTIVE.cache, _ACTIVE.mask = None, None
         return out.logits

@@ -183,9 +183,7 @@ def tree_attention_paged(
     ``s % page_size``.  The blocks holding slots ``[0, cache_lens[b] + N)`` must be valid
     pages; ``cache_lens[b] + N <= max_blocks * page_size``.
     """
-    return torch.ops.specdec.tree_attention_paged(
-        q, k_pages, v_pages, block_tables, cache_lens, mask, scale
-    )
+    return torch.ops.specdec.tree_attention_paged(q, k_pages, v_pages, block_tables, cache_lens, mask, scale)
 
 
 # ---------------------------------------------------------------------------
@@ -315,9 +313,7 @@ def _kv_compact_fake(caches, cache_lens, accept_nodes, num_accepted) -> None:
 
 
 @torch.library.register_fake("specdec::kv_compact_paged_")
-def _kv_compact_paged_fake(
-    k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted
-) -> None:
+def _kv_compact_paged_fake(k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted) -> None:
     return None
 
 
@@ -325,8 +321,10 @@ def _kv_compact_paged_fake(
 def _build_tree_fake(parents):
     batch, nodes = parents.shape
     words = (nodes + 31) // 32
-    return (parents.new_empty((batch, nodes, words), dtype=torch.int32),
-            parents.new_empty((batch, nodes), dtype=torch.int32))
+    return (
+        parents.new_empty((batch, nodes, words), dtype=torch.int32),
+        parents.new_empty((batch, nodes), dtype=torch.int32),
+    )
 
 
 @torch.library.register_fake("specdec::tree_attention")
@@ -364,6 +362,5 @@ def _rejection_sample_fake(tokens, parents, draft_probs, target_probs, seed, off
 
 
 @torch.library.register_fake("specdec::typical_accept")
-def _typical_accept_fake(tokens, parents, target_probs, posterior_threshold, posterior_alpha,
-                         seed, offset):
+def _typical_accept_fake(tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset):
     return _verdict_fake(tokens)

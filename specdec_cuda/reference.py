@@ -13,9 +13,19 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
-    "kv_compact_", "kv_compact_paged_", "build_tree", "tree_attention", "tree_attention_paged",
-    "unpack_tree_mask", "verify_greedy", "rejection_sample", "typical_accept",
-    "sampling_probs", "verify_greedy_chain", "rejection_sample_chain", "sampling_probs_vectorized",
+    "kv_compact_",
+    "kv_compact_paged_",
+    "build_tree",
+    "tree_attention",
+    "tree_attention_paged",
+    "unpack_tree_mask",
+    "verify_greedy",
+    "rejection_sample",
+    "typical_accept",
+    "sampling_probs",
+    "verify_greedy_chain",
+    "rejection_sample_chain",
+    "sampling_probs_vectorized",
 ]
 
 
@@ -101,8 +111,14 @@ def unpack_tree_mask(mask: torch.Tensor, nodes: int) -> torch.Tensor:
     return bits.flatten(-2)[..., :nodes].bool()
 
 
-def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   cache_lens: torch.Tensor, mask: torch.Tensor, scale: float):
+def tree_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_lens: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+):
     """Reference for :func:`specdec_cuda.ops.tree_attention`, in float64 with a dense mask.
 
     Query i of sequence b attends to the prefix slots ``[0, cache_lens[b])`` and to the
@@ -131,9 +147,15 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)
 
 
-def tree_attention_paged(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor,
-                         block_tables: torch.Tensor, cache_lens: torch.Tensor, mask: torch.Tensor,
-                         scale: float):
+def tree_attention_paged(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    block_tables: torch.Tensor,
+    cache_lens: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+):
     """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather pages, then attend."""
     page_size = k_pages.shape[1]
     slots = block_tables.shape[1] * page_size
@@ -215,9 +237,14 @@ def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: to
     return _outputs(paths, nexts, nodes, tokens.device)
 
 
-def rejection_sample(tokens: torch.Tensor, parents: torch.Tensor,
-                     draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
-                     seed: torch.Tensor, offset: torch.Tensor):
+def rejection_sample(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+):
     """Reference for :func:`specdec_cuda.ops.rejection_sample` (see the rules above)."""
     from . import _philox
 
@@ -268,9 +295,15 @@ def rejection_sample(tokens: torch.Tensor, parents: torch.Tensor,
     return _outputs(paths, nexts, nodes, tokens.device)
 
 
-def typical_accept(tokens: torch.Tensor, parents: torch.Tensor, target_probs: torch.Tensor,
-                   posterior_threshold: float, posterior_alpha: float,
-                   seed: torch.Tensor, offset: torch.Tensor):
+def typical_accept(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    posterior_threshold: float,
+    posterior_alpha: float,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+):
     """Reference for :func:`specdec_cuda.ops.typical_accept` (Medusa's typical acceptance).
 
     Child c of an accepted node u is accepted iff
@@ -311,8 +344,9 @@ def typical_accept(tokens: torch.Tensor, parents: torch.Tensor, target_probs: to
     return _outputs(paths, nexts, nodes, tokens.device)
 
 
-def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                   top_p: torch.Tensor) -> torch.Tensor:
+def sampling_probs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
     """Reference for :func:`specdec_cuda.ops.sampling_probs`, in float64.
 
     Per row b (and every position of a [B, N, V] input): temperature 0 gives the
@@ -372,8 +406,13 @@ def verify_greedy_chain(tokens: torch.Tensor, target_argmax: torch.Tensor):
     return accept, num, next_token
 
 
-def rejection_sample_chain(tokens: torch.Tensor, draft_probs: torch.Tensor | None,
-                           target_probs: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor):
+def rejection_sample_chain(
+    tokens: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+):
     """Vectorised :func:`rejection_sample` for chains, engine style.
 
     Every position's acceptance test and residual ``normalise(max(p - q, 0))`` is
@@ -408,7 +447,7 @@ def rejection_sample_chain(tokens: torch.Tensor, draft_probs: torch.Tensor | Non
     mass = weights.sum(1, keepdim=True)
     weights = torch.where(mass > 0, weights, p[rows, drafted])  # no residual mass: the target
     cdf = torch.cumsum(weights, 1)
-    target = u[:, nodes:nodes + 1] * cdf[:, -1:]
+    target = u[:, nodes : nodes + 1] * cdf[:, -1:]
     next_token = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=weights.shape[1] - 1)
     num = (drafted + 1).to(torch.int32)
     j = torch.arange(nodes, device=device)
@@ -416,8 +455,9 @@ def rejection_sample_chain(tokens: torch.Tensor, draft_probs: torch.Tensor | Non
     return accept, num, next_token
 
 
-def sampling_probs_vectorized(logits: torch.Tensor, temperature: torch.Tensor,
-                              top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def sampling_probs_vectorized(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
     """Engine-style float32 temperature / top-k / top-p (sort based), over all rows at once.
 
     Same rule as :func:`sampling_probs` up to float32 rounding at the top-p

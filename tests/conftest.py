@@ -57,7 +57,6 @@ def random_parents(gen: torch.Generator, nodes: int, shape: str) -> list[int]:
     return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, nodes)]
 
 
-
 def on(device, **tensors):
     """The keyword arguments with every tensor moved to ``device``."""
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()}
@@ -75,10 +74,12 @@ def set_arg(name, fn):
 
 def poke_arg(name, index, value):
     """A mutation writing one element of a (cloned) tensor argument."""
+
     def mutate(a):
         t = a[name].clone()
         t[index] = value
         a[name] = t
+
     return mutate
 
 

@@ -31,9 +31,9 @@ TYPICAL_PARAMS = [(0.09, 0.3), (0.3, 0.5), (0.0, 0.0), (2.0, 0.9)]
 # ---------------------------------------------------------------------------
 
 
-
-def random_probs(gen: torch.Generator, batch: int, nodes: int, vocab: int,
-                 like: torch.Tensor | None = None) -> torch.Tensor:
+def random_probs(
+    gen: torch.Generator, batch: int, nodes: int, vocab: int, like: torch.Tensor | None = None
+) -> torch.Tensor:
     """float32 [B, N, V] rows: softmax(randn * scale), scale ~ U[0.3, 3] per row; some rows
     one-hot, some with exact zeros; when `like` is given, some rows are copied from it
     (draft == target: the residual has no mass and the kernels fall back to the target)."""
@@ -78,14 +78,16 @@ def random_seeds(gen, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def random_case(gen, batch: int, nodes: int, vocab: int, shape: str):
-    parents = torch.tensor([random_parents(gen, nodes, shape) for _ in range(batch)],
-                           dtype=torch.int32).view(batch, nodes)
+    parents = torch.tensor([random_parents(gen, nodes, shape) for _ in range(batch)], dtype=torch.int32).view(
+        batch, nodes
+    )
     target = random_probs(gen, batch, nodes, vocab)
     draft = random_probs(gen, batch, nodes, vocab, like=target)
     tokens = random_tokens(gen, parents, draft)
     seed, offset = random_seeds(gen, batch)
-    return dict(tokens=tokens, parents=parents, draft_probs=draft, target_probs=target,
-                seed=seed, offset=offset)
+    return dict(
+        tokens=tokens, parents=parents, draft_probs=draft, target_probs=target, seed=seed, offset=offset
+    )
 
 
 def greedy_argmax(gen, tokens: torch.Tensor, parents: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -219,8 +221,15 @@ def test_typical_threshold_is_not_rounded_to_float32(device):
     tokens = torch.tensor([[1, 0]], dtype=torch.int64)
     parents = torch.tensor([[-1, 0]], dtype=torch.int32)
     seed, offset = torch.tensor([3], dtype=torch.int64), torch.tensor([4], dtype=torch.int64)
-    args = dict(tokens=tokens, parents=parents, target_probs=target, posterior_threshold=0.3,
-                posterior_alpha=10.0, seed=seed, offset=offset)
+    args = dict(
+        tokens=tokens,
+        parents=parents,
+        target_probs=target,
+        posterior_threshold=0.3,
+        posterior_alpha=10.0,
+        seed=seed,
+        offset=offset,
+    )
     expected = reference.typical_accept(**args)
     assert expected[1].tolist() == [2]  # the reference accepts node 1
     got = ops.typical_accept(**on(device, **args))
@@ -238,8 +247,9 @@ def test_rejection_zero_residual_falls_back_to_target(device):
     parents = torch.tensor([[-1, 0, 0]], dtype=torch.int32)
     for s in range(-20, 20):
         seed, offset = torch.tensor([s * 1000003], dtype=torch.int64), torch.tensor([s], dtype=torch.int64)
-        args = dict(tokens=tokens, parents=parents, draft_probs=onehot, target_probs=onehot,
-                    seed=seed, offset=offset)
+        args = dict(
+            tokens=tokens, parents=parents, draft_probs=onehot, target_probs=onehot, seed=seed, offset=offset
+        )
         expected = reference.rejection_sample(**args)
         assert expected[0].tolist() == [[0, 2, -1]] and expected[2].tolist() == [2]
         assert_verdict_equal(ops.rejection_sample(**on(device, **args)), expected)
@@ -255,11 +265,14 @@ def test_same_seed_same_result_different_offset_differs(device, gen):
     other = d["offset"] + 1
     for name, call in {
         "rejection_sample+draft": lambda off: ops.rejection_sample(
-            d["tokens"], d["parents"], d["draft_probs"], d["target_probs"], d["seed"], off),
+            d["tokens"], d["parents"], d["draft_probs"], d["target_probs"], d["seed"], off
+        ),
         "rejection_sample": lambda off: ops.rejection_sample(
-            d["tokens"], d["parents"], None, d["target_probs"], d["seed"], off),
+            d["tokens"], d["parents"], None, d["target_probs"], d["seed"], off
+        ),
         "typical_accept": lambda off: ops.typical_accept(
-            d["tokens"], d["parents"], d["target_probs"], 0.09, 0.3, d["seed"], off),
+            d["tokens"], d["parents"], d["target_probs"], 0.09, 0.3, d["seed"], off
+        ),
     }.items():
         first, again, shifted = call(d["offset"]), call(d["offset"]), call(other)
         assert_verdict_equal(first, again)
@@ -267,15 +280,21 @@ def test_same_seed_same_result_different_offset_differs(device, gen):
         assert int(differs.sum()) > 0, f"{name}: a new offset changed no row"
         # Row b depends on its own (seed, offset) only: a batch of one gives the same row.
         b = 5
-        sub = {k: (v[b:b + 1] if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+        sub = {k: (v[b : b + 1] if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
         if name == "typical_accept":
-            one = ops.typical_accept(sub["tokens"], sub["parents"], sub["target_probs"], 0.09, 0.3,
-                                     sub["seed"], sub["offset"])
+            one = ops.typical_accept(
+                sub["tokens"], sub["parents"], sub["target_probs"], 0.09, 0.3, sub["seed"], sub["offset"]
+            )
         else:
-            one = ops.rejection_sample(sub["tokens"], sub["parents"],
-                                       sub["draft_probs"] if "draft" in name else None,
-                                       sub["target_probs"], sub["seed"], sub["offset"])
-        assert_verdict_equal(one, tuple(t[b:b + 1] for t in first))
+            one = ops.rejection_sample(
+                sub["tokens"],
+                sub["parents"],
+                sub["draft_probs"] if "draft" in name else None,
+                sub["target_probs"],
+                sub["seed"],
+                sub["offset"],
+            )
+        assert_verdict_equal(one, tuple(t[b : b + 1] for t in first))
 
 
 # ---------------------------------------------------------------------------
@@ -295,8 +314,9 @@ def _small_case(device, seed=0, batch=3, nodes=6, vocab=11):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-@pytest.mark.parametrize("op", ["verify_greedy", "rejection_sample", "rejection_sample_no_draft",
-                                "typical_accept"])
+@pytest.mark.parametrize(
+    "op", ["verify_greedy", "rejection_sample", "rejection_sample_no_draft", "typical_accept"]
+)
 def test_empty_batch(device, op):
     nodes, vocab = 4, 9
     i64 = dict(dtype=torch.int64, device=device)
@@ -309,8 +329,9 @@ def test_empty_batch(device, op):
     elif op == "typical_accept":
         out = ops.typical_accept(tokens, parents, probs, 0.09, 0.3, seed, offset)
     else:
-        out = ops.rejection_sample(tokens, parents, probs if op == "rejection_sample" else None,
-                                   probs, seed, offset)
+        out = ops.rejection_sample(
+            tokens, parents, probs if op == "rejection_sample" else None, probs, seed, offset
+        )
     accept, num, nxt = out
     assert accept.shape == (0, nodes) and accept.dtype == torch.int32
     assert num.shape == (0,) and num.dtype == torch.int32
@@ -319,19 +340,24 @@ def test_empty_batch(device, op):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-@pytest.mark.parametrize("op", ["verify_greedy", "rejection_sample", "rejection_sample_no_draft",
-                                "typical_accept"])
+@pytest.mark.parametrize(
+    "op", ["verify_greedy", "rejection_sample", "rejection_sample_no_draft", "typical_accept"]
+)
 def test_opcheck(device, op):
     c = _small_case(device)
     if op == "verify_greedy":
         name, args = "verify_greedy", (c["tokens"], c["parents"], c["target_argmax"])
     elif op == "typical_accept":
-        name, args = "typical_accept", (c["tokens"], c["parents"], c["target_probs"], 0.09, 0.3,
-                                        c["seed"], c["offset"])
+        name, args = (
+            "typical_accept",
+            (c["tokens"], c["parents"], c["target_probs"], 0.09, 0.3, c["seed"], c["offset"]),
+        )
     else:
         draft = c["draft_probs"] if op == "rejection_sample" else None
-        name, args = "rejection_sample", (c["tokens"], c["parents"], draft, c["target_probs"],
-                                          c["seed"], c["offset"])
+        name, args = (
+            "rejection_sample",
+            (c["tokens"], c["parents"], draft, c["target_probs"], c["seed"], c["offset"]),
+        )
     torch.library.opcheck(getattr(torch.ops.specdec, name).default, args)
 
 
@@ -344,8 +370,17 @@ def test_torch_compile_fullgraph(device):
         target = ops.sampling_probs(logits, temperature, top_k, top_p)
         return ops.rejection_sample(tokens, parents, draft, target, seed, offset), target
 
-    args = (c["logits"], c["temperature"], c["top_k"], c["top_p"], c["tokens"], c["parents"],
-            c["draft_probs"], c["seed"], c["offset"])
+    args = (
+        c["logits"],
+        c["temperature"],
+        c["top_k"],
+        c["top_p"],
+        c["tokens"],
+        c["parents"],
+        c["draft_probs"],
+        c["seed"],
+        c["offset"],
+    )
     eager = step(*args)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
     assert_verdict_equal(compiled[0], eager[0])
@@ -358,13 +393,22 @@ def test_torch_compile_fullgraph_verifiers(device):
     c = _small_case(device)
 
     def step(tokens, parents, draft, target, argmax, seed, offset):
-        return (ops.verify_greedy(tokens, parents, argmax),
-                ops.rejection_sample(tokens, parents, draft, target, seed, offset),
-                ops.rejection_sample(tokens, parents, None, target, seed, offset + 1),
-                ops.typical_accept(tokens, parents, target, 0.09, 0.3, seed, offset))
+        return (
+            ops.verify_greedy(tokens, parents, argmax),
+            ops.rejection_sample(tokens, parents, draft, target, seed, offset),
+            ops.rejection_sample(tokens, parents, None, target, seed, offset + 1),
+            ops.typical_accept(tokens, parents, target, 0.09, 0.3, seed, offset),
+        )
 
-    args = (c["tokens"], c["parents"], c["draft_probs"], c["target_probs"], c["target_argmax"],
-            c["seed"], c["offset"])
+    args = (
+        c["tokens"],
+        c["parents"],
+        c["draft_probs"],
+        c["target_probs"],
+        c["target_argmax"],
+        c["seed"],
+        c["offset"],
+    )
     eager = step(*args)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
     for e, g in zip(eager, compiled):
@@ -394,80 +438,150 @@ def _good_args(op, device):
         arg = torch.tensor([[1, 4, 0, 0], [2, 5, 0, 3]], dtype=torch.int64, device=device)
         return dict(tokens=tokens, parents=parents, target_argmax=arg)
     if op == "rejection_sample":
-        return dict(tokens=tokens, parents=parents, draft_probs=draft, target_probs=target,
-                    seed=seed, offset=offset)
+        return dict(
+            tokens=tokens, parents=parents, draft_probs=draft, target_probs=target, seed=seed, offset=offset
+        )
     if op == "typical_accept":
-        return dict(tokens=tokens, parents=parents, target_probs=target, posterior_threshold=0.09,
-                    posterior_alpha=0.3, seed=seed, offset=offset)
+        return dict(
+            tokens=tokens,
+            parents=parents,
+            target_probs=target,
+            posterior_threshold=0.09,
+            posterior_alpha=0.3,
+            seed=seed,
+            offset=offset,
+        )
     raise AssertionError(f"no good arguments for {op}")
-
-
 
 
 # Tree and seed checks shared by the three verifiers: (mutation, exception, fragment).
 TREE_CASES = {
-    "tokens int32": (set_arg("tokens", lambda t: t.int()), TypeError,
-                     "tokens must have dtype int64, got int32"),
-    "parents int64": (set_arg("parents", lambda t: t.long()), TypeError,
-                      "parents must have dtype int32, got int64"),
+    "tokens int32": (
+        set_arg("tokens", lambda t: t.int()),
+        TypeError,
+        "tokens must have dtype int64, got int32",
+    ),
+    "parents int64": (
+        set_arg("parents", lambda t: t.long()),
+        TypeError,
+        "parents must have dtype int32, got int64",
+    ),
     "tokens 1-D": (set_arg("tokens", lambda t: t[0]), ValueError, "tokens must be a 2-D tensor"),
-    "parents shape": (set_arg("parents", lambda t: t[:, :3].contiguous()), ValueError,
-                      "parents must have the shape of tokens"),
-    "no nodes": (lambda a: a.update(tokens=a["tokens"][:, :0].contiguous(),
-                                    parents=a["parents"][:, :0].contiguous(),
-                                    **({"target_argmax": a["target_argmax"][:, :0].contiguous()}
-                                       if "target_argmax" in a else {}),
-                                    **({"target_probs": a["target_probs"][:, :0].contiguous()}
-                                       if "target_probs" in a else {}),
-                                    **({"draft_probs": a["draft_probs"][:, :0].contiguous()}
-                                       if "draft_probs" in a else {})),
-                 ValueError, "tokens must hold at least the root node"),
-    "root parent not -1": (poke_arg("parents", (1, 0), 0), ValueError,
-                           "parents[1, 0] = 0: node 0 is the root"),
+    "parents shape": (
+        set_arg("parents", lambda t: t[:, :3].contiguous()),
+        ValueError,
+        "parents must have the shape of tokens",
+    ),
+    "no nodes": (
+        lambda a: a.update(
+            tokens=a["tokens"][:, :0].contiguous(),
+            parents=a["parents"][:, :0].contiguous(),
+            **({"target_argmax": a["target_argmax"][:, :0].contiguous()} if "target_argmax" in a else {}),
+            **({"target_probs": a["target_probs"][:, :0].contiguous()} if "target_probs" in a else {}),
+            **({"draft_probs": a["draft_probs"][:, :0].contiguous()} if "draft_probs" in a else {}),
+        ),
+        ValueError,
+        "tokens must hold at least the root node",
+    ),
+    "root parent not -1": (
+        poke_arg("parents", (1, 0), 0),
+        ValueError,
+        "parents[1, 0] = 0: node 0 is the root",
+    ),
     "root parent not -1 row 0": (poke_arg("parents", (0, 0), 2), ValueError, "parents[0, 0] = 2"),
-    "parent not before node": (poke_arg("parents", (0, 2), 2), ValueError,
-                               "parents[0, 2] = 2 is outside [0, 2)"),
-    "parent negative": (poke_arg("parents", (1, 3), -1), ValueError,
-                        "parents[1, 3] = -1 is outside [0, 3)"),
-    "tokens non-contiguous": (set_arg("tokens", lambda t: torch.stack([t, t], -1)[..., 0]),
-                              ValueError, "tokens must be contiguous"),
+    "parent not before node": (
+        poke_arg("parents", (0, 2), 2),
+        ValueError,
+        "parents[0, 2] = 2 is outside [0, 2)",
+    ),
+    "parent negative": (poke_arg("parents", (1, 3), -1), ValueError, "parents[1, 3] = -1 is outside [0, 3)"),
+    "tokens non-contiguous": (
+        set_arg("tokens", lambda t: torch.stack([t, t], -1)[..., 0]),
+        ValueError,
+        "tokens must be contiguous",
+    ),
 }
 
 PROB_TREE_CASES = {  # verifiers that know V (rejection_sample, typical_accept)
-    "token >= V": (poke_arg("tokens", (1, 2), 7), IndexError,
-                   "tokens[1, 2] = 7 is outside the vocabulary [0, V)"),
-    "token negative": (poke_arg("tokens", (0, 3), -1), IndexError,
-                       "tokens[0, 3] = -1 is outside the vocabulary"),
-    "target_probs wrong N": (set_arg("target_probs", lambda t: t[:, :3].contiguous()), ValueError,
-                             "target_probs.size(1) must equal N (tokens.size(1)) = 4"),
-    "target_probs wrong B": (set_arg("target_probs", lambda t: t[:1].contiguous()), ValueError,
-                             "target_probs.size(0) must equal B (tokens.size(0)) = 2"),
-    "target_probs 2-D": (set_arg("target_probs", lambda t: t[:, 0].contiguous()), ValueError,
-                         "target_probs must be a 3-D tensor [B, N, V]"),
-    "target_probs float64": (set_arg("target_probs", lambda t: t.double()), TypeError,
-                             "target_probs must have dtype float32, got float64"),
-    "target_probs float16": (set_arg("target_probs", lambda t: t.half()), TypeError,
-                             "target_probs must have dtype float32, got float16"),
-    "target_probs non-contiguous": (set_arg("target_probs", noncontig), ValueError,
-                                    "target_probs must be contiguous"),
+    "token >= V": (
+        poke_arg("tokens", (1, 2), 7),
+        IndexError,
+        "tokens[1, 2] = 7 is outside the vocabulary [0, V)",
+    ),
+    "token negative": (
+        poke_arg("tokens", (0, 3), -1),
+        IndexError,
+        "tokens[0, 3] = -1 is outside the vocabulary",
+    ),
+    "target_probs wrong N": (
+        set_arg("target_probs", lambda t: t[:, :3].contiguous()),
+        ValueError,
+        "target_probs.size(1) must equal N (tokens.size(1)) = 4",
+    ),
+    "target_probs wrong B": (
+        set_arg("target_probs", lambda t: t[:1].contiguous()),
+        ValueError,
+        "target_probs.size(0) must equal B (tokens.size(0)) = 2",
+    ),
+    "target_probs 2-D": (
+        set_arg("target_probs", lambda t: t[:, 0].contiguous()),
+        ValueError,
+        "target_probs must be a 3-D tensor [B, N, V]",
+    ),
+    "target_probs float64": (
+        set_arg("target_probs", lambda t: t.double()),
+        TypeError,
+        "target_probs must have dtype float32, got float64",
+    ),
+    "target_probs float16": (
+        set_arg("target_probs", lambda t: t.half()),
+        TypeError,
+        "target_probs must have dtype float32, got float16",
+    ),
+    "target_probs non-contiguous": (
+        set_arg("target_probs", noncontig),
+        ValueError,
+        "target_probs must be contiguous",
+    ),
     "seed int32": (set_arg("seed", lambda t: t.int()), TypeError, "seed must have dtype int64, got int32"),
-    "seed wrong length": (set_arg("seed", lambda t: t[:1].contiguous()), ValueError,
-                          "seed.size(0) must equal B (tokens.size(0)) = 2"),
+    "seed wrong length": (
+        set_arg("seed", lambda t: t[:1].contiguous()),
+        ValueError,
+        "seed.size(0) must equal B (tokens.size(0)) = 2",
+    ),
     "seed 2-D": (set_arg("seed", lambda t: t[:, None]), ValueError, "seed must be a 1-D tensor"),
-    "offset int32": (set_arg("offset", lambda t: t.int()), TypeError,
-                     "offset must have dtype int64, got int32"),
-    "offset wrong length": (set_arg("offset", lambda t: torch.cat([t, t])), ValueError,
-                            "offset.size(0) must equal B"),
+    "offset int32": (
+        set_arg("offset", lambda t: t.int()),
+        TypeError,
+        "offset must have dtype int64, got int32",
+    ),
+    "offset wrong length": (
+        set_arg("offset", lambda t: torch.cat([t, t])),
+        ValueError,
+        "offset.size(0) must equal B",
+    ),
     # Root rows are always read: the first child's test reads p(root, its token) = (1, 0, 2).
-    "target_probs NaN in root row": (poke_arg("target_probs", (1, 0, 2), NAN), ValueError,
-                                     "target_probs[1, 0, 2]"),
-    "target_probs negative in root row": (poke_arg("target_probs", (0, 0, 1), -0.25), ValueError,
-                                          "target_probs[0, 0, 1]"),
+    "target_probs NaN in root row": (
+        poke_arg("target_probs", (1, 0, 2), NAN),
+        ValueError,
+        "target_probs[1, 0, 2]",
+    ),
+    "target_probs negative in root row": (
+        poke_arg("target_probs", (0, 0, 1), -0.25),
+        ValueError,
+        "target_probs[0, 0, 1]",
+    ),
     # Nothing to draw from: the root row has no mass (its children all have p = 0).
-    "target_probs root row all zero": (poke_arg("target_probs", (1, 0), 0.0), ValueError,
-                                       "target_probs[1, 0] has no probability mass"),
-    "target_probs inf in root row": (poke_arg("target_probs", (1, 0, 2), INF), ValueError,
-                                     "target_probs[1, 0, 2]"),
+    "target_probs root row all zero": (
+        poke_arg("target_probs", (1, 0), 0.0),
+        ValueError,
+        "target_probs[1, 0] has no probability mass",
+    ),
+    "target_probs inf in root row": (
+        poke_arg("target_probs", (1, 0, 2), INF),
+        ValueError,
+        "target_probs[1, 0, 2]",
+    ),
 }
 
 BAD_CASES = {}
@@ -477,41 +591,84 @@ for _op in ("verify_greedy", "rejection_sample", "typical_accept"):
 for _op in ("rejection_sample", "typical_accept"):
     for _name, _case in PROB_TREE_CASES.items():
         BAD_CASES[f"{_op}: {_name}"] = _case
-BAD_CASES.update({
-    # verify_greedy
-    "verify_greedy: target_argmax negative": (poke_arg("target_argmax", (1, 3), -2), IndexError,
-                                              "target_argmax[1, 3] = -2 is negative"),
-    "verify_greedy: target_argmax int32": (set_arg("target_argmax", lambda t: t.int()), TypeError,
-                                           "target_argmax must have dtype int64, got int32"),
-    "verify_greedy: target_argmax shape": (set_arg("target_argmax", lambda t: t[:, :2].contiguous()),
-                                           ValueError, "target_argmax must have the shape of tokens"),
-    "verify_greedy: token negative": (poke_arg("tokens", (0, 3), -1), IndexError, "tokens[0, 3] = -1"),
-    # rejection_sample with draft probabilities
-    "rejection_sample: draft_probs wrong V": (set_arg("draft_probs", lambda t: t[..., :6].contiguous()),
-                                              ValueError,
-                                              "draft_probs.size(2) must equal V (target_probs.size(2)) = 7"),
-    "rejection_sample: draft_probs wrong N": (set_arg("draft_probs", lambda t: t[:, :2].contiguous()),
-                                              ValueError, "draft_probs.size(1) must equal N"),
-    "rejection_sample: draft_probs float64": (set_arg("draft_probs", lambda t: t.double()), TypeError,
-                                              "draft_probs must have dtype float32, got float64"),
-    "rejection_sample: draft_probs non-contiguous": (set_arg("draft_probs", noncontig), ValueError,
-                                                     "draft_probs must be contiguous"),
-    "rejection_sample: draft_probs NaN in root row": (poke_arg("draft_probs", (1, 0, 2), NAN),
-                                                      ValueError, "draft_probs[1, 0, 2] is NaN"),
-    "rejection_sample: draft_probs negative in root row": (poke_arg("draft_probs", (0, 0, 1), -0.5),
-                                                           ValueError, "draft_probs[0, 0, 1] is NaN"),
-    # typical_accept parameters
-    "typical_accept: threshold NaN": (lambda a: a.update(posterior_threshold=NAN), ValueError,
-                                      "posterior_threshold must be finite and >= 0, got nan"),
-    "typical_accept: threshold negative": (lambda a: a.update(posterior_threshold=-0.1), ValueError,
-                                           "posterior_threshold must be finite and >= 0"),
-    "typical_accept: threshold inf": (lambda a: a.update(posterior_threshold=INF), ValueError,
-                                      "posterior_threshold"),
-    "typical_accept: alpha NaN": (lambda a: a.update(posterior_alpha=NAN), ValueError,
-                                  "posterior_alpha must be finite and >= 0"),
-    "typical_accept: alpha negative": (lambda a: a.update(posterior_alpha=-1.0), ValueError,
-                                       "posterior_alpha"),
-})
+BAD_CASES.update(
+    {
+        # verify_greedy
+        "verify_greedy: target_argmax negative": (
+            poke_arg("target_argmax", (1, 3), -2),
+            IndexError,
+            "target_argmax[1, 3] = -2 is negative",
+        ),
+        "verify_greedy: target_argmax int32": (
+            set_arg("target_argmax", lambda t: t.int()),
+            TypeError,
+            "target_argmax must have dtype int64, got int32",
+        ),
+        "verify_greedy: target_argmax shape": (
+            set_arg("target_argmax", lambda t: t[:, :2].contiguous()),
+            ValueError,
+            "target_argmax must have the shape of tokens",
+        ),
+        "verify_greedy: token negative": (poke_arg("tokens", (0, 3), -1), IndexError, "tokens[0, 3] = -1"),
+        # rejection_sample with draft probabilities
+        "rejection_sample: draft_probs wrong V": (
+            set_arg("draft_probs", lambda t: t[..., :6].contiguous()),
+            ValueError,
+            "draft_probs.size(2) must equal V (target_probs.size(2)) = 7",
+        ),
+        "rejection_sample: draft_probs wrong N": (
+            set_arg("draft_probs", lambda t: t[:, :2].contiguous()),
+            ValueError,
+            "draft_probs.size(1) must equal N",
+        ),
+        "rejection_sample: draft_probs float64": (
+            set_arg("draft_probs", lambda t: t.double()),
+            TypeError,
+            "draft_probs must have dtype float32, got float64",
+        ),
+        "rejection_sample: draft_probs non-contiguous": (
+            set_arg("draft_probs", noncontig),
+            ValueError,
+            "draft_probs must be contiguous",
+        ),
+        "rejection_sample: draft_probs NaN in root row": (
+            poke_arg("draft_probs", (1, 0, 2), NAN),
+            ValueError,
+            "draft_probs[1, 0, 2] is NaN",
+        ),
+        "rejection_sample: draft_probs negative in root row": (
+            poke_arg("draft_probs", (0, 0, 1), -0.5),
+            ValueError,
+            "draft_probs[0, 0, 1] is NaN",
+        ),
+        # typical_accept parameters
+        "typical_accept: threshold NaN": (
+            lambda a: a.update(posterior_threshold=NAN),
+            ValueError,
+            "posterior_threshold must be finite and >= 0, got nan",
+        ),
+        "typical_accept: threshold negative": (
+            lambda a: a.update(posterior_threshold=-0.1),
+            ValueError,
+            "posterior_threshold must be finite and >= 0",
+        ),
+        "typical_accept: threshold inf": (
+            lambda a: a.update(posterior_threshold=INF),
+            ValueError,
+            "posterior_threshold",
+        ),
+        "typical_accept: alpha NaN": (
+            lambda a: a.update(posterior_alpha=NAN),
+            ValueError,
+            "posterior_alpha must be finite and >= 0",
+        ),
+        "typical_accept: alpha negative": (
+            lambda a: a.update(posterior_alpha=-1.0),
+            ValueError,
+            "posterior_alpha",
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
@@ -532,6 +689,7 @@ def test_bad_input(device, case):
 def test_bad_input_table_names_arguments():
     """Every fragment of the table names an argument of its op (a typo guard)."""
     import inspect
+
     for case, (_, _, fragment) in BAD_CASES.items():
         op = case.split(":")[0]
         params = inspect.signature(getattr(ops, op)).parameters

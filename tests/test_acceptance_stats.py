@@ -54,7 +54,6 @@ CONFIGS = {
 }
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Single-threaded CPU work: these are many small ops, and on a 2-core machine shared
@@ -76,8 +75,11 @@ def chi2_sf(stat: float, df: int) -> float:
         return 1.0 if stat == 0.0 else 0.0
     if stat == float("inf"):
         return 0.0
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64),
-                                         torch.tensor(stat / 2.0, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)
+        )
+    )
 
 
 @dataclasses.dataclass
@@ -200,7 +202,7 @@ def build_tree(kind: str, model: Model, roots: torch.Tensor, gen) -> torch.Tenso
         # Distinct top tokens of the draft: top-3 after the root, top-2 after each child.
         tokens[:, 1:4] = torch.topk(model.Q64[roots], 3, dim=-1).indices
         for c in (1, 2, 3):
-            tokens[:, 2 * c + 2:2 * c + 4] = torch.topk(model.Q64[tokens[:, c]], 2, dim=-1).indices
+            tokens[:, 2 * c + 2 : 2 * c + 4] = torch.topk(model.Q64[tokens[:, c]], 2, dim=-1).indices
         return tokens
     # Drafts drawn independently from Q[token of the parent] (siblings are iid).
     for i in range(1, len(parents)):
@@ -231,15 +233,22 @@ def op_step(kind: str, model: Model, device: str):
         tokens = build_tree(kind, model, roots, gen)
         t = tokens.to(device)
         parents = parents_row.expand(tokens.shape[0], -1).contiguous().to(device)
-        verdict = ops.rejection_sample(t, parents, Q[t].contiguous() if use_draft else None,
-                                       P[t].contiguous(), seeds.to(device), offsets.to(device))
+        verdict = ops.rejection_sample(
+            t,
+            parents,
+            Q[t].contiguous() if use_draft else None,
+            P[t].contiguous(),
+            seeds.to(device),
+            offsets.to(device),
+        )
         return emitted_of(tokens, verdict)
 
     return step, len(TREE_PARENTS[kind])
 
 
-def run_sequences(step, nodes: int, roots: torch.Tensor, seeds: torch.Tensor, base_offset: int,
-                  gen) -> torch.Tensor:
+def run_sequences(
+    step, nodes: int, roots: torch.Tensor, seeds: torch.Tensor, base_offset: int, gen
+) -> torch.Tensor:
     """The first M emitted tokens of every row, [R, M].
 
     A step emits between 1 and depth + 1 tokens.  Rows that have fewer than M
@@ -289,8 +298,9 @@ class Counts:
         self.pair.view(-1).index_add_(0, roots * V * V + seq[:, 0] * V + seq[:, 1], ones)
         prev = torch.cat([roots[:, None], seq[:, :-1]], 1)
         j = torch.arange(M)[None, :]
-        self.trans.view(-1).index_add_(0, ((j * V + prev) * V + seq).view(-1),
-                                       torch.ones(seq.numel(), dtype=torch.int64))
+        self.trans.view(-1).index_add_(
+            0, ((j * V + prev) * V + seq).view(-1), torch.ones(seq.numel(), dtype=torch.int64)
+        )
 
 
 def statistics(counts: Counts, P64: torch.Tensor) -> dict[str, Chi2]:
@@ -336,8 +346,7 @@ def test_rejection_sample_is_lossless(device, kind, config, seed):
     step, nodes = op_step(kind, model, device)
     counts = collect(step, nodes, seed)
     stats = statistics(counts, model.P64)
-    text = report(f"rejection_sample {kind} {config} on {device} "
-                  "(sampling_probs: the op)", stats)
+    text = report(f"rejection_sample {kind} {config} on {device} (sampling_probs: the op)", stats)
     for name, s in stats.items():
         assert s.forbidden == 0, text
         assert s.p > ALPHA, f"{name}: {text}"
@@ -427,8 +436,7 @@ def test_models_differ():
     for config in CONFIGS:
         m = make_model(config)
         tv = 0.5 * (m.P64 - m.Q64).abs().sum(-1)
-        print(f"\n{config}: total variation P vs Q per previous token: "
-              f"{[round(float(x), 3) for x in tv]}")
+        print(f"\n{config}: total variation P vs Q per previous token: {[round(float(x), 3) for x in tv]}")
         assert float(tv.min()) > 0.05
         if config != "T1":
             assert bool((m.P == 0).any()) and bool((m.Q == 0).any())

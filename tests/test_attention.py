@@ -82,8 +82,9 @@ def make_inputs(gen, *, batch, nodes, hq, hkv, dim, slots, shape, dtype, device)
     return q, k, v, lens, mask
 
 
-def block_tables_for(gen, lens: torch.Tensor, nodes: int, page_size: int, max_blocks: int,
-                     spare: int = 2) -> tuple[torch.Tensor, int]:
+def block_tables_for(
+    gen, lens: torch.Tensor, nodes: int, page_size: int, max_blocks: int, spare: int = 2
+) -> tuple[torch.Tensor, int]:
     """Shuffled distinct pages for the blocks each row needs (slots [0, lens[b] + N)),
     -1 in every entry past them; `spare` pages nobody uses."""
     needed = [-(-(int(n) + nodes) // page_size) for n in lens.cpu()]
@@ -92,7 +93,7 @@ def block_tables_for(gen, lens: torch.Tensor, nodes: int, page_size: int, max_bl
     tables = torch.full((len(needed), max_blocks), -1, dtype=torch.int32)
     used = 0
     for b, n in enumerate(needed):
-        tables[b, :n] = perm[used: used + n]
+        tables[b, :n] = perm[used : used + n]
         used += n
     return tables, num_pages
 
@@ -112,8 +113,9 @@ def paged_to_contiguous(pages: torch.Tensor, tables: torch.Tensor) -> torch.Tens
 
 def reference64(q, k, v, lens, mask, scale):
     """The reference on the op's inputs upcast to float64, on the CPU."""
-    return reference.tree_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(),
-                                    lens.cpu(), mask.cpu(), scale)
+    return reference.tree_attention(
+        q.cpu().double(), k.cpu().double(), v.cpu().double(), lens.cpu(), mask.cpu(), scale
+    )
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -176,14 +178,24 @@ CASES = [
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("batch,nodes,hq,hkv,dim,slots,shape,scale", CASES)
-def test_matches_reference(device, dtype, batch, nodes, hq, hkv, dim, slots, shape, scale, gen,
-                           record_property):
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape=shape, dtype=dtype, device=device)
-    scale = dim ** -0.5 if scale is None else scale
+def test_matches_reference(
+    device, dtype, batch, nodes, hq, hkv, dim, slots, shape, scale, gen, record_property
+):
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape=shape,
+        dtype=dtype,
+        device=device,
+    )
+    scale = dim**-0.5 if scale is None else scale
     before = [t.clone() for t in (q, k, v, lens, mask)]
-    out, lse = ops.tree_attention(q=q, k_cache=k, v_cache=v, cache_lens=lens, mask=mask,
-                                  scale=scale)
+    out, lse = ops.tree_attention(q=q, k_cache=k, v_cache=v, cache_lens=lens, mask=mask, scale=scale)
     for t, b in zip((q, k, v, lens, mask), before):
         assert torch.equal(t, b), "an input was modified"
     check_against_reference(out, lse, q, k, v, lens, mask, scale, record_property)
@@ -194,37 +206,58 @@ def test_matches_reference(device, dtype, batch, nodes, hq, hkv, dim, slots, sha
 # merged by lse); anything else the SIMT kernel.  Both are checked here.
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("batch,nodes,hq,hkv,dim,slots,shape", [
-    pytest.param(2, 64, 32, 8, 128, 6000, "random", id="b2-n64-gqa4-d128-s6000"),
-    pytest.param(1, 16, 32, 8, 128, 40000, "chain", id="b1-n16-gqa4-d128-s40000"),
-    pytest.param(4, 128, 8, 1, 64, 3000, "wide", id="b4-n128-gqa8-d64-tiles"),
-    pytest.param(2, 24, 16, 2, 256, 5000, "deep", id="b2-n24-gqa8-d256"),
-])
-def test_cuda_tensor_core_long_prefix(dtype, batch, nodes, hq, hkv, dim, slots, shape, gen,
-                                      record_property):
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape=shape, dtype=dtype, device="cuda")
-    out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
-    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+@pytest.mark.parametrize(
+    "batch,nodes,hq,hkv,dim,slots,shape",
+    [
+        pytest.param(2, 64, 32, 8, 128, 6000, "random", id="b2-n64-gqa4-d128-s6000"),
+        pytest.param(1, 16, 32, 8, 128, 40000, "chain", id="b1-n16-gqa4-d128-s40000"),
+        pytest.param(4, 128, 8, 1, 64, 3000, "wide", id="b4-n128-gqa8-d64-tiles"),
+        pytest.param(2, 24, 16, 2, 256, 5000, "deep", id="b2-n24-gqa8-d256"),
+    ],
+)
+def test_cuda_tensor_core_long_prefix(dtype, batch, nodes, hq, hkv, dim, slots, shape, gen, record_property):
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape=shape,
+        dtype=dtype,
+        device="cuda",
+    )
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, record_property)
 
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("dim,misaligned", [(36, False), (64, True)], ids=["d36", "misaligned-q"])
-def test_cuda_half_inputs_the_tensor_cores_cannot_take(dtype, dim, misaligned, gen,
-                                                       record_property):
+def test_cuda_half_inputs_the_tensor_cores_cannot_take(dtype, dim, misaligned, gen, record_property):
     """D not a multiple of 8, or q starting 2 bytes past a 16-byte boundary: the SIMT kernel."""
     batch, nodes, hq, hkv, slots = 3, 20, 8, 2, 300
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape="random", dtype=dtype, device="cuda")
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="random",
+        dtype=dtype,
+        device="cuda",
+    )
     if misaligned:
         storage = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")
         shifted = storage[1:].view(q.shape)
         shifted.copy_(q)
         assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous()
         q = shifted
-    out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
-    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, record_property)
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
@@ -232,8 +265,18 @@ def test_cuda_half_inputs_the_tensor_cores_cannot_take(dtype, dim, misaligned, g
 def test_large_scores_are_stable(device, dtype, gen, record_property):
     """Scores of tens to hundreds (scale 1, q scaled by 8): the softmax must subtract its running
     maximum; nothing overflows to inf/NaN, and lse is large and finite."""
-    q, k, v, lens, mask = make_inputs(gen, batch=3, nodes=20, hq=4, hkv=2, dim=64, slots=150,
-                                      shape="random", dtype=torch.float32, device=device)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=3,
+        nodes=20,
+        hq=4,
+        hkv=2,
+        dim=64,
+        slots=150,
+        shape="random",
+        dtype=torch.float32,
+        device=device,
+    )
     q = (q * 8).to(dtype)
     k, v = k.to(dtype), v.to(dtype)
     out, lse = ops.tree_attention(q, k, v, lens, mask, 1.0)
@@ -263,8 +306,18 @@ def test_arbitrary_masks(device, dtype, gen, record_property):
     """Any packed mask is honoured bit by bit (not only ancestor masks), across word
     boundaries; a row with no prefix and no bit set sees nothing: zeros and lse = -inf."""
     batch, nodes, hq, hkv, dim, slots = 3, 70, 4, 2, 32, 160
-    q, k, v, lens, _ = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                   slots=slots, shape="chain", dtype=dtype, device=device)
+    q, k, v, lens, _ = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="chain",
+        dtype=dtype,
+        device=device,
+    )
     bits = torch.rand(batch, nodes, nodes, generator=gen) < 0.4
     bits[1, 5] = False  # cache_lens[1] > 0 (set below): row 5 sees only the prefix
     bits[0, 7] = False  # cache_lens[0] == 0: rows 7 and 69 see nothing at all
@@ -273,8 +326,8 @@ def test_arbitrary_masks(device, dtype, gen, record_property):
     bits[0, 8, 8] = True  # row 8 sees only itself
     mask = pack_mask(bits).to(device)
     lens = torch.tensor([0, 40, slots - nodes], dtype=torch.int32, device=device)
-    out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
-    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, record_property)
     for row in (7, 69):
         assert torch.equal(out[0, row].cpu(), torch.zeros(hq, dim, dtype=dtype))
         assert bool((lse[0, row] == float("-inf")).all())
@@ -286,9 +339,18 @@ def test_mask_padding_bits_past_n(device, gen):
     """Bits j >= N of the last mask word name no node.  The reference ignores them; the op
     must either ignore them too or reject the mask -- never attend slots past the tree."""
     nodes, slots = 5, 40
-    q, k, v, lens, mask = make_inputs(gen, batch=2, nodes=nodes, hq=2, hkv=1, dim=16,
-                                      slots=slots, shape="random", dtype=torch.float32,
-                                      device=device)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=2,
+        nodes=nodes,
+        hq=2,
+        hkv=1,
+        dim=16,
+        slots=slots,
+        shape="random",
+        dtype=torch.float32,
+        device=device,
+    )
     dirty = mask | torch.tensor(-(1 << nodes), dtype=torch.int32, device=device)  # bits N..31
     try:
         out, lse = ops.tree_attention(q, k, v, lens, dirty, 0.25)
@@ -306,8 +368,18 @@ def test_slots_past_the_tree_are_never_read(device, dtype, gen):
     """K/V slots at or past cache_lens[b] + N hold NaN (as uninitialised cache memory may):
     the output must not see them."""
     batch, nodes, slots = 3, 37, 128
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=4, hkv=2, dim=64,
-                                      slots=slots, shape="random", dtype=dtype, device=device)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=4,
+        hkv=2,
+        dim=64,
+        slots=slots,
+        shape="random",
+        dtype=dtype,
+        device=device,
+    )
     lens = torch.tensor([0, 19, 50], dtype=torch.int32, device=device)
     for b in range(batch):
         end = int(lens[b]) + nodes
@@ -325,10 +397,14 @@ def test_slots_past_the_tree_are_never_read(device, dtype, gen):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("page_size", [1, 16, 64])
-@pytest.mark.parametrize("batch,nodes,hq,hkv,dim,slots", [(3, 33, 8, 2, 64, 200), (3, 6, 4, 2, 32, 40)],
-                         ids=["gemm-path", "direct-path"])
-def test_paged_matches_reference(device, dtype, page_size, batch, nodes, hq, hkv, dim, slots, gen,
-                                 record_property):
+@pytest.mark.parametrize(
+    "batch,nodes,hq,hkv,dim,slots",
+    [(3, 33, 8, 2, 64, 200), (3, 6, 4, 2, 32, 40)],
+    ids=["gemm-path", "direct-path"],
+)
+def test_paged_matches_reference(
+    device, dtype, page_size, batch, nodes, hq, hkv, dim, slots, gen, record_property
+):
     max_blocks = -(-slots // page_size)
     parents = tree_batch(gen, batch, nodes, "random")
     mask, _ = ops.build_tree(parents.to(device))
@@ -338,15 +414,22 @@ def test_paged_matches_reference(device, dtype, page_size, batch, nodes, hq, hkv
     kp = randn(gen, (num_pages, page_size, hkv, dim), dtype, device)
     vp = randn(gen, (num_pages, page_size, hkv, dim), dtype, device)
     tables, lens = tables.to(device), lens.to(device)
-    out, lse = ops.tree_attention_paged(q=q, k_pages=kp, v_pages=vp, block_tables=tables,
-                                        cache_lens=lens, mask=mask, scale=dim ** -0.5)
+    out, lse = ops.tree_attention_paged(
+        q=q, k_pages=kp, v_pages=vp, block_tables=tables, cache_lens=lens, mask=mask, scale=dim**-0.5
+    )
     k = paged_to_contiguous(kp, tables)
     v = paged_to_contiguous(vp, tables)
-    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5, record_property)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, record_property)
     # The reference's own paged path agrees.
-    ref_out, _ = reference.tree_attention_paged(q.cpu().double(), kp.cpu().double(),
-                                                vp.cpu().double(), tables.cpu(), lens.cpu(),
-                                                mask.cpu(), dim ** -0.5)
+    ref_out, _ = reference.tree_attention_paged(
+        q.cpu().double(),
+        kp.cpu().double(),
+        vp.cpu().double(),
+        tables.cpu(),
+        lens.cpu(),
+        mask.cpu(),
+        dim**-0.5,
+    )
     assert rel_err(out, ref_out) < OUT_RTOL[dtype]
 
 
@@ -372,18 +455,27 @@ def test_paged_unused_pages_never_read(device, page_size, hq, dim, slots, gen):
             kp[page, off] = torch.randn(hkv, dim, generator=gen).to(dtype)
             vp[page, off] = torch.randn(hkv, dim, generator=gen).to(dtype)
     kp, vp, tables, lens = kp.to(device), vp.to(device), tables.to(device), lens.to(device)
-    out, lse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim ** -0.5)
+    out, lse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
     k, v = paged_to_contiguous(kp, tables), paged_to_contiguous(vp, tables)
-    check_against_reference(out, lse, q, k, v, lens, mask, dim ** -0.5)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5)
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_paged_equals_contiguous_layout(device, gen):
     """The same cache in both layouts gives the same result (to float32 rounding)."""
     batch, nodes, hq, hkv, dim, slots, page_size = 3, 40, 4, 4, 64, 96, 16
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape="wide", dtype=torch.float32,
-                                      device=device)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="wide",
+        dtype=torch.float32,
+        device=device,
+    )
     tables, num_pages = block_tables_for(gen, lens, nodes, page_size, slots // page_size)
     tables = tables.to(device)
     kp = torch.zeros(num_pages, page_size, hkv, dim, device=device)
@@ -392,8 +484,8 @@ def test_paged_equals_contiguous_layout(device, gen):
         for blk in range(slots // page_size):
             page = int(tables[b, blk])
             if page >= 0:
-                kp[page] = k[b, :, blk * page_size:(blk + 1) * page_size].transpose(0, 1)
-                vp[page] = v[b, :, blk * page_size:(blk + 1) * page_size].transpose(0, 1)
+                kp[page] = k[b, :, blk * page_size : (blk + 1) * page_size].transpose(0, 1)
+                vp[page] = v[b, :, blk * page_size : (blk + 1) * page_size].transpose(0, 1)
     out_c, lse_c = ops.tree_attention(q, k, v, lens, mask, 0.2)
     out_p, lse_p = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, 0.2)
     assert rel_err(out_p, out_c) < 1e-5
@@ -412,14 +504,26 @@ def test_outputs_fully_written_and_deterministic(device, dtype, gen):
     hold whatever the allocator handed out).  Freed NaN-filled blocks of the outputs'
     sizes are left behind first, so that stale memory shows."""
     batch, nodes, hq, hkv, dim, slots = 3, 45, 8, 2, 64, 120
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape="random", dtype=dtype, device=device)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="random",
+        dtype=dtype,
+        device=device,
+    )
     results = []
     for _ in range(2):
-        junk = [torch.full_like(q, float("nan")),
-                torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=device)]
+        junk = [
+            torch.full_like(q, float("nan")),
+            torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=device),
+        ]
         del junk
-        results.append(ops.tree_attention(q, k, v, lens, mask, dim ** -0.5))
+        results.append(ops.tree_attention(q, k, v, lens, mask, dim**-0.5))
     (o1, l1), (o2, l2) = results
     assert not torch.isnan(o1).any() and not torch.isnan(l1).any()
     assert torch.equal(o1, o2) and torch.equal(l1, l2)
@@ -427,8 +531,8 @@ def test_outputs_fully_written_and_deterministic(device, dtype, gen):
     kp = randn(gen, (num_pages, 16, hkv, dim), dtype, device)
     vp = randn(gen, (num_pages, 16, hkv, dim), dtype, device)
     tables = tables.to(device)
-    p1 = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim ** -0.5)
-    p2 = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim ** -0.5)
+    p1 = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
+    p2 = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
     assert not torch.isnan(p1[0]).any() and not torch.isnan(p1[1]).any()
     assert torch.equal(p1[0], p2[0]) and torch.equal(p1[1], p2[1])
 
@@ -461,8 +565,8 @@ def test_row_that_sees_nothing(device, dtype, gen):
     for b, row in enumerate(tables.tolist()):
         for blk, page in enumerate(row):
             if page >= 0:
-                kp[page] = k[b, :, 4 * blk:4 * blk + 4].transpose(0, 1)
-                vp[page] = v[b, :, 4 * blk:4 * blk + 4].transpose(0, 1)
+                kp[page] = k[b, :, 4 * blk : 4 * blk + 4].transpose(0, 1)
+                vp[page] = v[b, :, 4 * blk : 4 * blk + 4].transpose(0, 1)
     pout, plse = ops.tree_attention_paged(q, kp, vp, tables.to(device), lens, mask, 0.3)
     check_against_reference(pout, plse, q, k, v, lens, mask, 0.3)
     assert torch.equal(pout[0, 3].cpu(), torch.zeros(hq, dim, dtype=dtype))
@@ -493,23 +597,44 @@ def test_empty_batch(device):
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_opcheck(device, gen):
-    q, k, v, lens, mask = make_inputs(gen, batch=3, nodes=12, hq=4, hkv=2, dim=32, slots=40,
-                                      shape="random", dtype=torch.float16, device=device)
-    torch.library.opcheck(torch.ops.specdec.tree_attention.default,
-                          (q, k, v, lens, mask, 32 ** -0.5))
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=3,
+        nodes=12,
+        hq=4,
+        hkv=2,
+        dim=32,
+        slots=40,
+        shape="random",
+        dtype=torch.float16,
+        device=device,
+    )
+    torch.library.opcheck(torch.ops.specdec.tree_attention.default, (q, k, v, lens, mask, 32**-0.5))
     tables, num_pages = block_tables_for(gen, lens, 12, 8, 5)
     kp = randn(gen, (num_pages, 8, 2, 32), torch.bfloat16, device)
     vp = randn(gen, (num_pages, 8, 2, 32), torch.bfloat16, device)
-    torch.library.opcheck(torch.ops.specdec.tree_attention_paged.default,
-                          (q.to(torch.bfloat16), kp, vp, tables.to(device), lens, mask, 0.5))
+    torch.library.opcheck(
+        torch.ops.specdec.tree_attention_paged.default,
+        (q.to(torch.bfloat16), kp, vp, tables.to(device), lens, mask, 0.5),
+    )
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_torch_compile_fullgraph(device, gen):
     batch, nodes, dim = 3, 20, 64
     parents = tree_batch(gen, batch, nodes, "random").to(device)
-    q, k, v, lens, _ = make_inputs(gen, batch=batch, nodes=nodes, hq=8, hkv=2, dim=dim, slots=64,
-                                   shape="chain", dtype=torch.float32, device=device)
+    q, k, v, lens, _ = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=8,
+        hkv=2,
+        dim=dim,
+        slots=64,
+        shape="chain",
+        dtype=torch.float32,
+        device=device,
+    )
     tables, num_pages = block_tables_for(gen, lens, nodes, 16, 4)
     tables = tables.to(device)
     kp = randn(gen, (num_pages, 16, 2, dim), torch.float32, device)
@@ -517,8 +642,8 @@ def test_torch_compile_fullgraph(device, gen):
 
     def step(parents, q, k, v, lens, kp, vp, tables):
         mask, depth = ops.build_tree(parents)
-        out, lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
-        pout, plse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim ** -0.5)
+        out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+        pout, plse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
         return out * 2, lse + depth[..., None], pout, plse
 
     args = (parents, q, k, v, lens, kp, vp, tables)
@@ -527,8 +652,9 @@ def test_torch_compile_fullgraph(device, gen):
     for got, want in zip(compiled, eager):
         assert torch.equal(got, want)
     mask, depth = reference.build_tree(parents.cpu())
-    check_against_reference(eager[0] / 2, eager[1] - depth[..., None].to(device),
-                            q, k, v, lens, mask, dim ** -0.5)
+    check_against_reference(
+        eager[0] / 2, eager[1] - depth[..., None].to(device), q, k, v, lens, mask, dim**-0.5
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -556,50 +682,101 @@ def _noncontig(t):
 
 
 BAD = {
-    "heads not a multiple": (lambda a, d: a.update(q=a["q"][:, :, :3].contiguous()),
-                             ValueError, "k_cache has 2 KV heads; q's 3 heads must be a multiple"),
-    "q head dim differs": (lambda a, d: a.update(q=a["q"][..., :8].contiguous()),
-                           ValueError, "k_cache head dim (16) must equal q's (8)"),
-    "v shape differs": (lambda a, d: a.update(v_cache=a["v_cache"][..., :8].contiguous()),
-                        ValueError, "v_cache must have the shape of k_cache [2, 2, 12, 16]"),
-    "k batch differs": (lambda a, d: a.update(k_cache=a["k_cache"][:1].contiguous(),
-                                              v_cache=a["v_cache"][:1].contiguous()),
-                        ValueError, "k_cache.size(0) must equal B"),
+    "heads not a multiple": (
+        lambda a, d: a.update(q=a["q"][:, :, :3].contiguous()),
+        ValueError,
+        "k_cache has 2 KV heads; q's 3 heads must be a multiple",
+    ),
+    "q head dim differs": (
+        lambda a, d: a.update(q=a["q"][..., :8].contiguous()),
+        ValueError,
+        "k_cache head dim (16) must equal q's (8)",
+    ),
+    "v shape differs": (
+        lambda a, d: a.update(v_cache=a["v_cache"][..., :8].contiguous()),
+        ValueError,
+        "v_cache must have the shape of k_cache [2, 2, 12, 16]",
+    ),
+    "k batch differs": (
+        lambda a, d: a.update(k_cache=a["k_cache"][:1].contiguous(), v_cache=a["v_cache"][:1].contiguous()),
+        ValueError,
+        "k_cache.size(0) must equal B",
+    ),
     "q 3-D": (lambda a, d: a.update(q=a["q"][0]), ValueError, "q must be a 4-D tensor"),
-    "k dtype differs from q": (lambda a, d: a.update(k_cache=a["k_cache"].half()),
-                               TypeError, "k_cache must have the dtype of q (float32), got float16"),
-    "v float64": (lambda a, d: a.update(v_cache=a["v_cache"].double()),
-                  TypeError, "v_cache must have the dtype of q (float32), got float64"),
-    "all float64": (lambda a, d: a.update(q=a["q"].double(), k_cache=a["k_cache"].double(),
-                                          v_cache=a["v_cache"].double()),
-                    TypeError, "q must have dtype float32, float16 or bfloat16, got float64"),
-    "mask wrong W": (lambda a, d: a.update(mask=torch.cat([a["mask"], a["mask"]], 2)),
-                     ValueError, "mask must have shape [2, 5, 1] for N = 5, got [2, 5, 2]"),
-    "mask wrong N": (lambda a, d: a.update(mask=a["mask"][:, :4].contiguous()),
-                     ValueError, "mask must have shape [2, 5, 1] for N = 5, got [2, 4, 1]"),
-    "mask int64": (lambda a, d: a.update(mask=a["mask"].long()),
-                   TypeError, "mask must have dtype int32, got int64"),
-    "cache_lens int64": (lambda a, d: a.update(cache_lens=a["cache_lens"].long()),
-                         TypeError, "cache_lens must have dtype int32, got int64"),
-    "cache_lens wrong length": (lambda a, d: a.update(cache_lens=_i32([3], d)),
-                                ValueError, "cache_lens.size(0) must equal B"),
-    "cache_lens + N > S": (lambda a, d: a.update(cache_lens=_i32([3, 8], d)),
-                           IndexError, "cache_lens[1] = 8: cache_lens + N (N = 5) must be within [0, 12]"),
-    "cache_lens negative": (lambda a, d: a.update(cache_lens=_i32([-1, 7], d)),
-                            IndexError, "cache_lens[0] = -1"),
-    "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])),
-                         ValueError, "q must be contiguous"),
-    "k non-contiguous": (lambda a, d: a.update(k_cache=_noncontig(a["k_cache"])),
-                         ValueError, "k_cache must be contiguous"),
+    "k dtype differs from q": (
+        lambda a, d: a.update(k_cache=a["k_cache"].half()),
+        TypeError,
+        "k_cache must have the dtype of q (float32), got float16",
+    ),
+    "v float64": (
+        lambda a, d: a.update(v_cache=a["v_cache"].double()),
+        TypeError,
+        "v_cache must have the dtype of q (float32), got float64",
+    ),
+    "all float64": (
+        lambda a, d: a.update(
+            q=a["q"].double(), k_cache=a["k_cache"].double(), v_cache=a["v_cache"].double()
+        ),
+        TypeError,
+        "q must have dtype float32, float16 or bfloat16, got float64",
+    ),
+    "mask wrong W": (
+        lambda a, d: a.update(mask=torch.cat([a["mask"], a["mask"]], 2)),
+        ValueError,
+        "mask must have shape [2, 5, 1] for N = 5, got [2, 5, 2]",
+    ),
+    "mask wrong N": (
+        lambda a, d: a.update(mask=a["mask"][:, :4].contiguous()),
+        ValueError,
+        "mask must have shape [2, 5, 1] for N = 5, got [2, 4, 1]",
+    ),
+    "mask int64": (
+        lambda a, d: a.update(mask=a["mask"].long()),
+        TypeError,
+        "mask must have dtype int32, got int64",
+    ),
+    "cache_lens int64": (
+        lambda a, d: a.update(cache_lens=a["cache_lens"].long()),
+        TypeError,
+        "cache_lens must have dtype int32, got int64",
+    ),
+    "cache_lens wrong length": (
+        lambda a, d: a.update(cache_lens=_i32([3], d)),
+        ValueError,
+        "cache_lens.size(0) must equal B",
+    ),
+    "cache_lens + N > S": (
+        lambda a, d: a.update(cache_lens=_i32([3, 8], d)),
+        IndexError,
+        "cache_lens[1] = 8: cache_lens + N (N = 5) must be within [0, 12]",
+    ),
+    "cache_lens negative": (
+        lambda a, d: a.update(cache_lens=_i32([-1, 7], d)),
+        IndexError,
+        "cache_lens[0] = -1",
+    ),
+    "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])), ValueError, "q must be contiguous"),
+    "k non-contiguous": (
+        lambda a, d: a.update(k_cache=_noncontig(a["k_cache"])),
+        ValueError,
+        "k_cache must be contiguous",
+    ),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
     "scale inf": (lambda a, d: a.update(scale=float("inf")), ValueError, "scale must be finite"),
-    "head dim too large": (lambda a, d: a.update(q=a["q"].repeat(1, 1, 1, 20),
-                                                 k_cache=a["k_cache"].repeat(1, 1, 1, 20),
-                                                 v_cache=a["v_cache"].repeat(1, 1, 1, 20)),
-                           ValueError, "q head dim must be in [1, 256], got 320"),
-    "no nodes": (lambda a, d: a.update(q=a["q"][:, :0].contiguous(),
-                                       mask=a["mask"][:, :0, :0].contiguous()),
-                 ValueError, "q must hold at least the root node"),
+    "head dim too large": (
+        lambda a, d: a.update(
+            q=a["q"].repeat(1, 1, 1, 20),
+            k_cache=a["k_cache"].repeat(1, 1, 1, 20),
+            v_cache=a["v_cache"].repeat(1, 1, 1, 20),
+        ),
+        ValueError,
+        "q head dim must be in [1, 256], got 320",
+    ),
+    "no nodes": (
+        lambda a, d: a.update(q=a["q"][:, :0].contiguous(), mask=a["mask"][:, :0, :0].contiguous()),
+        ValueError,
+        "q must hold at least the root node",
+    ),
 }
 
 
@@ -623,33 +800,67 @@ def _good_paged(device):
     vp = torch.randn(8, 4, 2, 16, generator=g).to(device)
     # Sequence 0 needs slots [0, 8): blocks 0-1; sequence 1 slots [0, 12): blocks 0-2.
     tables = torch.tensor([[5, 2, -1, -1], [0, 7, 3, -1]], dtype=torch.int32, device=device)
-    return dict(q=a["q"], k_pages=kp, v_pages=vp, block_tables=tables,
-                cache_lens=a["cache_lens"], mask=a["mask"], scale=0.25)
+    return dict(
+        q=a["q"],
+        k_pages=kp,
+        v_pages=vp,
+        block_tables=tables,
+        cache_lens=a["cache_lens"],
+        mask=a["mask"],
+        scale=0.25,
+    )
 
 
 BAD_PAGED = {
-    "needed block out of range": (lambda a, d: a["block_tables"].__setitem__((1, 2), 8),
-                                  IndexError, "block_tables[1, 2] = 8 is outside [0, 8)"),
-    "needed block negative": (lambda a, d: a["block_tables"].__setitem__((0, 1), -1),
-                              IndexError, "block_tables[0, 1] = -1 is outside [0, 8)"),
-    "tables int64": (lambda a, d: a.update(block_tables=a["block_tables"].long()),
-                     TypeError, "block_tables must have dtype int32, got int64"),
-    "tables wrong batch": (lambda a, d: a.update(block_tables=a["block_tables"][:1].contiguous()),
-                           ValueError, "block_tables.size(0) must equal B"),
-    "v_pages shape differs": (lambda a, d: a.update(v_pages=a["v_pages"][:, :2].contiguous()),
-                              ValueError, "v_pages must have the shape of k_pages"),
-    "k_pages dtype differs": (lambda a, d: a.update(k_pages=a["k_pages"].half(),
-                                                    v_pages=a["v_pages"].half()),
-                              TypeError, "k_pages must have the dtype of q (float32), got float16"),
-    "pages heads not dividing": (lambda a, d: a.update(k_pages=a["k_pages"][:, :, :1].repeat(1, 1, 3, 1),
-                                                       v_pages=a["v_pages"][:, :, :1].repeat(1, 1, 3, 1)),
-                                 ValueError, "k_pages has 3 KV heads; q's 4 heads must be a multiple"),
-    "capacity too small": (lambda a, d: a.update(block_tables=a["block_tables"][:, :2].contiguous()),
-                           IndexError, "cache_lens[1] = 7: cache_lens + N (N = 5) must be within [0, 8]"),
-    "mask int64": (lambda a, d: a.update(mask=a["mask"].long()),
-                   TypeError, "mask must have dtype int32, got int64"),
-    "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])),
-                         ValueError, "q must be contiguous"),
+    "needed block out of range": (
+        lambda a, d: a["block_tables"].__setitem__((1, 2), 8),
+        IndexError,
+        "block_tables[1, 2] = 8 is outside [0, 8)",
+    ),
+    "needed block negative": (
+        lambda a, d: a["block_tables"].__setitem__((0, 1), -1),
+        IndexError,
+        "block_tables[0, 1] = -1 is outside [0, 8)",
+    ),
+    "tables int64": (
+        lambda a, d: a.update(block_tables=a["block_tables"].long()),
+        TypeError,
+        "block_tables must have dtype int32, got int64",
+    ),
+    "tables wrong batch": (
+        lambda a, d: a.update(block_tables=a["block_tables"][:1].contiguous()),
+        ValueError,
+        "block_tables.size(0) must equal B",
+    ),
+    "v_pages shape differs": (
+        lambda a, d: a.update(v_pages=a["v_pages"][:, :2].contiguous()),
+        ValueError,
+        "v_pages must have the shape of k_pages",
+    ),
+    "k_pages dtype differs": (
+        lambda a, d: a.update(k_pages=a["k_pages"].half(), v_pages=a["v_pages"].half()),
+        TypeError,
+        "k_pages must have the dtype of q (float32), got float16",
+    ),
+    "pages heads not dividing": (
+        lambda a, d: a.update(
+            k_pages=a["k_pages"][:, :, :1].repeat(1, 1, 3, 1),
+            v_pages=a["v_pages"][:, :, :1].repeat(1, 1, 3, 1),
+        ),
+        ValueError,
+        "k_pages has 3 KV heads; q's 4 heads must be a multiple",
+    ),
+    "capacity too small": (
+        lambda a, d: a.update(block_tables=a["block_tables"][:, :2].contiguous()),
+        IndexError,
+        "cache_lens[1] = 7: cache_lens + N (N = 5) must be within [0, 8]",
+    ),
+    "mask int64": (
+        lambda a, d: a.update(mask=a["mask"].long()),
+        TypeError,
+        "mask must have dtype int32, got int64",
+    ),
+    "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])), ValueError, "q must be contiguous"),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
 }
 
@@ -675,8 +886,7 @@ def test_device_mismatch_is_reported():
         ops.tree_attention(**args)
     args = _good_paged("cuda")
     args["block_tables"] = args["block_tables"].cpu()
-    with pytest.raises(ValueError,
-                       match=r"specdec::tree_attention_paged: block_tables must be on cuda"):
+    with pytest.raises(ValueError, match=r"specdec::tree_attention_paged: block_tables must be on cuda"):
         ops.tree_attention_paged(**args)
 
 
@@ -687,22 +897,33 @@ def test_device_mismatch_is_reported():
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("nodes,hq,hkv,dim", [(5, 4, 4, 64), (33, 8, 1, 128), (64, 8, 2, 256),
-                                              (17, 4, 1, 80)])
+@pytest.mark.parametrize(
+    "nodes,hq,hkv,dim", [(5, 4, 4, 64), (33, 8, 1, 128), (64, 8, 2, 256), (17, 4, 1, 80)]
+)
 def test_cpu_and_cuda_agree(dtype, nodes, hq, hkv, dim, gen):
-    q, k, v, lens, mask = make_inputs(gen, batch=3, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=300, shape="random", dtype=dtype, device="cpu")
-    cpu_out, cpu_lse = ops.tree_attention(q, k, v, lens, mask, dim ** -0.5)
-    gpu_out, gpu_lse = ops.tree_attention(q.cuda(), k.cuda(), v.cuda(), lens.cuda(), mask.cuda(),
-                                          dim ** -0.5)
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=3,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=300,
+        shape="random",
+        dtype=dtype,
+        device="cpu",
+    )
+    cpu_out, cpu_lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+    gpu_out, gpu_lse = ops.tree_attention(q.cuda(), k.cuda(), v.cuda(), lens.cuda(), mask.cuda(), dim**-0.5)
     assert rel_err(gpu_out, cpu_out) < OUT_RTOL[dtype]
     check_lse(gpu_lse, cpu_lse, LSE_TOL[dtype])
     tables, num_pages = block_tables_for(gen, lens, nodes, 16, -(-300 // 16))
     kp = randn(gen, (num_pages, 16, hkv, dim), dtype, "cpu")
     vp = randn(gen, (num_pages, 16, hkv, dim), dtype, "cpu")
-    cpu_p = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim ** -0.5)
-    gpu_p = ops.tree_attention_paged(q.cuda(), kp.cuda(), vp.cuda(), tables.cuda(), lens.cuda(),
-                                     mask.cuda(), dim ** -0.5)
+    cpu_p = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
+    gpu_p = ops.tree_attention_paged(
+        q.cuda(), kp.cuda(), vp.cuda(), tables.cuda(), lens.cuda(), mask.cuda(), dim**-0.5
+    )
     assert rel_err(gpu_p[0], cpu_p[0]) < OUT_RTOL[dtype]
     check_lse(gpu_p[1], cpu_p[1], LSE_TOL[dtype])
 
@@ -714,18 +935,30 @@ def test_cuda_graph_capture_and_replay(dtype):
     inputs -- queries, prefix lengths, mask -- change in place between replays."""
     gen = torch.Generator().manual_seed(31)
     batch, nodes, hq, hkv, dim, slots, page_size = 4, 33, 8, 2, 128, 256, 16
-    q, k, v, lens, mask = make_inputs(gen, batch=batch, nodes=nodes, hq=hq, hkv=hkv, dim=dim,
-                                      slots=slots, shape="random", dtype=dtype, device="cuda")
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="random",
+        dtype=dtype,
+        device="cuda",
+    )
     max_blocks = slots // page_size
     tables = torch.randperm(batch * max_blocks, generator=gen, dtype=torch.int32)
     tables = tables.view(batch, max_blocks).cuda()
     kp = randn(gen, (batch * max_blocks, page_size, hkv, dim), dtype, "cuda")
     vp = randn(gen, (batch * max_blocks, page_size, hkv, dim), dtype, "cuda")
-    scale = dim ** -0.5
+    scale = dim**-0.5
 
     def step():
-        return (ops.tree_attention(q, k, v, lens, mask, scale),
-                ops.tree_attention_paged(q, kp, vp, tables, lens, mask, scale))
+        return (
+            ops.tree_attention(q, k, v, lens, mask, scale),
+            ops.tree_attention_paged(q, kp, vp, tables, lens, mask, scale),
+        )
 
     graph, ((out, lse), (pout, plse)) = cuda_graph_capture(step)
     for it in range(3):

@@ -34,8 +34,9 @@ def make_tokenizer(vocab: int, extra: str = ""):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS + ([extra] if extra else []), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
@@ -47,9 +48,16 @@ def save_pair(root: Path, tok, *, draft_tok=None, seed: int = 0) -> tuple[Path, 
     for name, layers in (("target", 2), ("draft", 1)):
         torch.manual_seed(seed)
         t = tok if name == "target" or draft_tok is None else draft_tok
-        cfg = LlamaConfig(vocab_size=len(t), hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                          eos_token_id=t.eos_token_id, max_position_embeddings=256)
+        cfg = LlamaConfig(
+            vocab_size=len(t),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            eos_token_id=t.eos_token_id,
+            max_position_embeddings=256,
+        )
         model = LlamaForCausalLM(cfg)
         path = root / name
         model.save_pretrained(path)
@@ -68,57 +76,109 @@ def pair(tmp_path_factory):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "specdec_cuda", *args], capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "specdec_cuda", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.parametrize("drafter", ["chain", "tree", "dynamic", "lookup", "none"])
 def test_generate_streams_the_greedy_text(pair, drafter, capsys):
     _, target, draft, tok = pair
     prompt = "def add(a, b):\n"
-    rc = cli.main(["generate", "--target", str(target), "--draft", str(draft), "--prompt", prompt,
-                   "--drafter", drafter, "--max-new-tokens", "20", "--device", "cpu"])
+    rc = cli.main(
+        [
+            "generate",
+            "--target",
+            str(target),
+            "--draft",
+            str(draft),
+            "--prompt",
+            prompt,
+            "--drafter",
+            drafter,
+            "--max-new-tokens",
+            "20",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     ids = tok(prompt, return_tensors="pt").input_ids
-    ref = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.eos_token_id,
-                         eos_token_id=tok.eos_token_id)
-    text = tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+    ref = model.generate(
+        ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id
+    )
+    text = tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
     assert out.startswith(prompt + text), (out, text)
     assert f"[{drafter}]" in out and "tau" in out and "time by phase" in out
 
 
 def test_generate_sampling_with_a_tree(pair, capsys):
     _, target, draft, _ = pair
-    rc = cli.main(["generate", "--target", str(target), "--draft", str(draft), "--prompt", "import",
-                   "--tree", "[[0], [1], [0, 0]]", "--temperature", "0.8", "--top-p", "0.9",
-                   "--seed", "3", "--max-new-tokens", "12", "--paged"])
+    rc = cli.main(
+        [
+            "generate",
+            "--target",
+            str(target),
+            "--draft",
+            str(draft),
+            "--prompt",
+            "import",
+            "--tree",
+            "[[0], [1], [0, 0]]",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--paged",
+        ]
+    )
     assert rc == 0
     assert "[tree]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--target", "{missing}", "--prompt", "x"], "no such directory"),
-    (["--target", "{root}", "--prompt", "x"], "not a Hugging Face checkpoint"),
-    (["--target", "{target}", "--draft", "{other}", "--prompt", "x"], "tokenizers differ"),
-    (["--target", "{target}", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-    (["--target", "{target}", "--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
-    (["--target", "{target}", "--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--target", "{target}", "--prompt", "x", "--k", "0"], "--k must be >= 1"),
-    (["--target", "{target}", "--prompt", "x", "--drafter", "chain"], "--drafter chain needs --draft"),
-    (["--target", "{target}", "--draft", "{draft}", "--prompt", "x", "--tree", "[[1, 0]]"],
-     "needs its parent"),
-    (["--target", "{target}", "--draft", "{draft}", "--prompt", "x", "--tree", "[[0]"],
-     "not a JSON choice list"),
-    (["--target", "{target}", "--prompt", ""], "--prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target", "{missing}", "--prompt", "x"], "no such directory"),
+        (["--target", "{root}", "--prompt", "x"], "not a Hugging Face checkpoint"),
+        (["--target", "{target}", "--draft", "{other}", "--prompt", "x"], "tokenizers differ"),
+        (["--target", "{target}", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--target", "{target}", "--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["--target", "{target}", "--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--target", "{target}", "--prompt", "x", "--k", "0"], "--k must be >= 1"),
+        (["--target", "{target}", "--prompt", "x", "--drafter", "chain"], "--drafter chain needs --draft"),
+        (
+            ["--target", "{target}", "--draft", "{draft}", "--prompt", "x", "--tree", "[[1, 0]]"],
+            "needs its parent",
+        ),
+        (
+            ["--target", "{target}", "--draft", "{draft}", "--prompt", "x", "--tree", "[[0]"],
+            "not a JSON choice list",
+        ),
+        (["--target", "{target}", "--prompt", ""], "--prompt is empty"),
+    ],
+)
 def test_generate_errors_are_one_line(pair, other_pair, tmp_path, args, message, capsys):
     root, target, draft, _ = pair
-    fill = dict(missing=str(tmp_path / "nope"), root=str(tmp_path), target=str(target),
-                draft=str(draft), other=str(other_pair))
+    fill = dict(
+        missing=str(tmp_path / "nope"),
+        root=str(tmp_path),
+        target=str(target),
+        draft=str(draft),
+        other=str(other_pair),
+    )
     rc = cli.main(["generate", *[a.format(**fill) for a in args]])
     assert rc == 2
     err = capsys.readouterr().err
@@ -149,12 +209,32 @@ def test_bad_flag_is_argparse_usage_error():
 
 def test_demo_writes_table_and_plot(pair, tmp_path, capsys):
     root, _, _, _ = pair
-    rc = cli.main(["demo", "--assets", str(root), "--prompts", "2", "--max-new-tokens", "12",
-                   "--max-k", "2", "--out", str(tmp_path / "res"), "--device", "cpu"])
+    rc = cli.main(
+        [
+            "demo",
+            "--assets",
+            str(root),
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--max-k",
+            "2",
+            "--out",
+            str(tmp_path / "res"),
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
-    for mode in ("plain decoding (transformers generate)", "chain K=4", "static tree",
-                 "dynamic tree", "prompt lookup"):
+    for mode in (
+        "plain decoding (transformers generate)",
+        "chain K=4",
+        "static tree",
+        "dynamic tree",
+        "prompt lookup",
+    ):
         assert mode in out
     assert " NO" not in out  # every mode's greedy output equals plain decoding
     assert (tmp_path / "res" / "demo.png").stat().st_size > 1000

@@ -36,9 +36,13 @@ def test_sampling_and_rejection_in_one_graph():
         graph.replay()
         torch.cuda.synchronize()
         expected = ops.rejection_sample(
-            tokens, parents,
+            tokens,
+            parents,
             ops.sampling_probs(logits_d, temperature, top_k, top_p),
-            ops.sampling_probs(logits_t, temperature, top_k, top_p), seed, offset)
+            ops.sampling_probs(logits_t, temperature, top_k, top_p),
+            seed,
+            offset,
+        )
         for got, want in zip(out, expected):
             assert torch.equal(got, want)
         assert bool(((out[2] >= 0) & (out[2] < vocab)).all())
@@ -54,8 +58,10 @@ def test_greedy_and_typical_capture():
     offset = torch.zeros(batch, dtype=torch.int64, device="cuda")
 
     def step():
-        return (ops.verify_greedy(tokens, parents, probs.argmax(-1)),
-                ops.typical_accept(tokens, parents, probs, 0.09, 0.3, seed, offset))
+        return (
+            ops.verify_greedy(tokens, parents, probs.argmax(-1)),
+            ops.typical_accept(tokens, parents, probs, 0.09, 0.3, seed, offset),
+        )
 
     graph, (greedy, typical) = cuda_graph_capture(step)
     graph.replay()

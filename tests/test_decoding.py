@@ -64,8 +64,14 @@ needs_hf = pytest.mark.skipif(transformers is None, reason="transformers is not 
 # Fixed seeds of the models' weights and of the prompts (the tests' conditions, e.g.
 # "the truncated draft is accepted often", are properties of these models).
 SEEDS = dict(
-    llama_target=1001, llama_indep_draft=1002, gpt2_target=2001, gpt2_indep_draft=2002,
-    toy_target=3001, toy_indep_draft=3002, stat_target=5, prompts=7,
+    llama_target=1001,
+    llama_indep_draft=1002,
+    gpt2_target=2001,
+    gpt2_indep_draft=2002,
+    toy_target=3001,
+    toy_indep_draft=3002,
+    stat_target=5,
+    prompts=7,
 )
 HF_VOCAB = 96
 TOY_VOCAB = 64
@@ -91,7 +97,7 @@ def _prompts(lens, vocab, seed=SEEDS["prompts"]):
 def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> str:
     a, b = a.tolist(), b.tolist()
     i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"first difference at {i}: got {a[i:i + 6]}, want {b[i:i + 6]} (lengths {len(a)}, {len(b)})"
+    return f"first difference at {i}: got {a[i : i + 6]}, want {b[i : i + 6]} (lengths {len(a)}, {len(b)})"
 
 
 def assert_rows_equal(got: list[torch.Tensor], want: list[torch.Tensor], what: str = "") -> None:
@@ -116,18 +122,35 @@ def _cached(key, build):
 def _llama(layers: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=HF_VOCAB, hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=1024, bos_token_id=None, eos_token_id=None,
-                          pad_token_id=None, tie_word_embeddings=False)
+        cfg = LlamaConfig(
+            vocab_size=HF_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+            tie_word_embeddings=False,
+        )
         return LlamaForCausalLM(cfg).eval()
 
 
 def _gpt2(layers: int, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        cfg = GPT2Config(vocab_size=HF_VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=256,
-                         bos_token_id=None, eos_token_id=None, initializer_range=0.05)
+        cfg = GPT2Config(
+            vocab_size=HF_VOCAB,
+            n_embd=32,
+            n_layer=layers,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=None,
+            eos_token_id=None,
+            initializer_range=0.05,
+        )
         return GPT2LMHeadModel(cfg).eval()
 
 
@@ -135,8 +158,11 @@ def _truncate(target, build, block_prefix: str, layers: int = 1):
     """A ``layers``-block copy of ``target``: its first blocks, embeddings, final norm
     and LM head (a draft that often agrees with the target)."""
     draft = build(layers, 0)
-    state = {k: v for k, v in target.state_dict().items()
-             if not k.startswith(block_prefix) or int(k[len(block_prefix):].split(".")[0]) < layers}
+    state = {
+        k: v
+        for k, v in target.state_dict().items()
+        if not k.startswith(block_prefix) or int(k[len(block_prefix) :].split(".")[0]) < layers
+    }
     draft.load_state_dict(state)
     return draft
 
@@ -170,9 +196,10 @@ class HFSetup:
             ids = prompt[None].to(self.device)
             # An explicit all-ones attention mask: with a pad_token_id set, generate
             # would otherwise mask out prompt tokens equal to it.
-            out = self.pristine.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=max(n, MAX_NEW))
-            have = out[0, prompt.numel():].cpu()
+            out = self.pristine.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max(n, MAX_NEW)
+            )
+            have = out[0, prompt.numel() :].cpu()
             assert have.numel() == max(n, MAX_NEW)
             self._refs[key] = have
         return have[:n]
@@ -267,7 +294,8 @@ def test_greedy_equals_hf_generate_independent_draft(drafter, cache):
     s = hf_setup("llama", "cpu")
     prompts = _prompts(PROMPT_LENS, HF_VOCAB)
     out = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.indep), **CACHES[cache]).generate(
-        prompts, max_new_tokens=MAX_NEW)
+        prompts, max_new_tokens=MAX_NEW
+    )
     assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), drafter)
 
 
@@ -291,7 +319,8 @@ def test_greedy_equals_hf_generate_gpt2(drafter, cache):
     prompts = _prompts(PROMPT_LENS, HF_VOCAB)
     for draft in (s.trunc, s.indep):
         out = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](draft), **CACHES[cache]).generate(
-            prompts, max_new_tokens=MAX_NEW)
+            prompts, max_new_tokens=MAX_NEW
+        )
         assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), f"gpt2 {drafter}")
 
 
@@ -303,8 +332,9 @@ def test_wrapped_hf_model_still_generates():
     sd.SpeculativeDecoder(s.target, ChainDrafter(s.trunc))
     assert s.target.config._attn_implementation == "specdec"
     p = _prompts((7,), HF_VOCAB, seed=3)[0]
-    out = s.target.generate(p[None], attention_mask=torch.ones(1, 7, dtype=torch.long),
-                            do_sample=False, max_new_tokens=10)
+    out = s.target.generate(
+        p[None], attention_mask=torch.ones(1, 7, dtype=torch.long), do_sample=False, max_new_tokens=10
+    )
     assert torch.equal(out[0, 7:], s.ref(p, 10))
 
 
@@ -317,7 +347,8 @@ def test_greedy_equals_reference_toy_protocol_model(device, drafter, cache):
     s = toy_setup(device)
     prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
     out = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc), **CACHES[cache]).generate(
-        prompts, max_new_tokens=MAX_NEW)
+        prompts, max_new_tokens=MAX_NEW
+    )
     assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), f"toy {drafter}/{cache}")
     if drafter != "none":
         assert out.stats.tau > 1.2, out.stats.summary()
@@ -376,19 +407,29 @@ def test_greedy_toy_independent_draft_and_bare_model_drafter(drafter):
     s = toy_setup("cpu")
     prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
     out = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.indep)).generate(
-        prompts, max_new_tokens=MAX_NEW)
+        prompts, max_new_tokens=MAX_NEW
+    )
     assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), drafter)
     if drafter == "chain-adaptive":
         # a bare model as the drafter means ChainDrafter(model)
         dec = sd.SpeculativeDecoder(s.target, s.trunc)
         assert isinstance(dec.drafter, ChainDrafter)
-        assert_rows_equal(dec.generate(prompts, max_new_tokens=MAX_NEW).new_tokens,
-                          s.refs(prompts, MAX_NEW), "bare draft model")
+        assert_rows_equal(
+            dec.generate(prompts, max_new_tokens=MAX_NEW).new_tokens,
+            s.refs(prompts, MAX_NEW),
+            "bare draft model",
+        )
 
 
-@pytest.mark.parametrize("drafter, mode", [
-    ("chain-fixed", "greedy"), ("chain-fixed", "sampled"), ("tree-default", "greedy"),
-    ("dynamic", "greedy")])  # (top-k tree drafts are not samples of p: no claim when sampling)
+@pytest.mark.parametrize(
+    "drafter, mode",
+    [
+        ("chain-fixed", "greedy"),
+        ("chain-fixed", "sampled"),
+        ("tree-default", "greedy"),
+        ("dynamic", "greedy"),
+    ],
+)  # (top-k tree drafts are not samples of p: no claim when sampling)
 def test_target_as_its_own_draft_is_always_accepted(drafter, mode, seed):
     """Self-speculation: with the target as the draft, every draft is the target's
     own choice (greedy) or is drawn from p itself, so min(1, p/q) = 1 (sampled).  This
@@ -472,7 +513,8 @@ def test_greedy_prompt_longer_than_default_prefill_chunk():
     s = hf_setup("llama", "cpu")
     prompts = _prompts((530, 6), HF_VOCAB, seed=17)
     out = sd.SpeculativeDecoder(s.target, ChainDrafter(s.trunc, k=3, adaptive=False)).generate(
-        prompts, max_new_tokens=12)
+        prompts, max_new_tokens=12
+    )
     assert_rows_equal(out.new_tokens, s.refs(prompts, 12), "long prompt")
     assert out.stats.target_calls - out.stats.steps == 2
 
@@ -530,14 +572,20 @@ def _stream_with_snapshots(dec, prompts, **kw):
         tc = dec.target_cache
         for b, c in enumerate(committed):
             assert int(tc.lens[b]) == len(c) - 1, (step.step, b)
-        snap = {"target": [[tuple(x.clone() for x in tc.layer_kv(layer, b)) for layer in
-                            range(tc.num_layers)] for b in range(len(prompts))]}
+        snap = {
+            "target": [
+                [tuple(x.clone() for x in tc.layer_kv(layer, b)) for layer in range(tc.num_layers)]
+                for b in range(len(prompts))
+            ]
+        }
         dc = getattr(dec.drafter, "cache", None)
         if dc is not None:
             for b, c in enumerate(committed):
                 assert int(dc.lens[b]) <= len(c) - 1
-            snap["draft"] = [[tuple(x.clone() for x in dc.layer_kv(layer, b)) for layer in
-                              range(dc.num_layers)] for b in range(len(prompts))]
+            snap["draft"] = [
+                [tuple(x.clone() for x in dc.layer_kv(layer, b)) for layer in range(dc.num_layers)]
+                for b in range(len(prompts))
+            ]
         snaps.append(snap)
     return committed, snaps
 
@@ -552,10 +600,20 @@ def _compare_snapshots(snaps, refs_by_row, key, num_layers, atol=1e-4):
                 n = k.shape[1]
                 k_ref, v_ref = refs_by_row[b][layer]
                 assert k.shape == k_ref[:, :n].shape, (key, t, b, layer)
-                torch.testing.assert_close(k, k_ref[:, :n], atol=atol, rtol=1e-4,
-                                           msg=lambda m, t=t, b=b, layer=layer: f"{key} K step {t} row {b} layer {layer}: {m}")
-                torch.testing.assert_close(v, v_ref[:, :n], atol=atol, rtol=1e-4,
-                                           msg=lambda m, t=t, b=b, layer=layer: f"{key} V step {t} row {b} layer {layer}: {m}")
+                torch.testing.assert_close(
+                    k,
+                    k_ref[:, :n],
+                    atol=atol,
+                    rtol=1e-4,
+                    msg=lambda m, t=t, b=b, layer=layer: f"{key} K step {t} row {b} layer {layer}: {m}",
+                )
+                torch.testing.assert_close(
+                    v,
+                    v_ref[:, :n],
+                    atol=atol,
+                    rtol=1e-4,
+                    msg=lambda m, t=t, b=b, layer=layer: f"{key} V step {t} row {b} layer {layer}: {m}",
+                )
                 checked += n
     return checked
 
@@ -638,8 +696,11 @@ def chi2_sf(stat: float, df: int) -> float:
         return 1.0 if stat == 0.0 else 0.0
     if math.isinf(stat):
         return 0.0
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64),
-                                         torch.tensor(stat / 2.0, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)
+        )
+    )
 
 
 def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int, float]:
@@ -663,9 +724,11 @@ def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int, f
 
 
 def _params(n: int, cfg: dict):
-    return (torch.full((n,), float(cfg["temperature"])),
-            torch.full((n,), int(cfg["top_k"]), dtype=torch.int32),
-            torch.full((n,), float(cfg["top_p"])))
+    return (
+        torch.full((n,), float(cfg["temperature"])),
+        torch.full((n,), int(cfg["top_k"]), dtype=torch.int32),
+        torch.full((n,), float(cfg["top_p"])),
+    )
 
 
 def exact_two_token_probs(model: ToyLM, prompt: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -731,8 +794,10 @@ def test_sampling_is_lossless(case, stat_models, seed, record_property):
     counts, stats = _stat_run(case, stat_models, seed)
     want = exact_two_token_probs(target, STAT_PROMPT, cfg)
     stat, df, p = chi_square(counts, want)
-    print(f"\nlossless {case}: chi2 = {stat:.1f}, df = {df}, p = {p:.3g} (alpha {ALPHA:g}); "
-          f"{stats.summary()}; row seeds {seed * STAT_ROWS}+i")
+    print(
+        f"\nlossless {case}: chi2 = {stat:.1f}, df = {df}, p = {p:.3g} (alpha {ALPHA:g}); "
+        f"{stats.summary()}; row seeds {seed * STAT_ROWS}+i"
+    )
     record_property("p_value", p)
     record_property("chi2", stat)
     record_property("row_seed_base", seed * STAT_ROWS)
@@ -792,8 +857,9 @@ def _python_chain_verifier(rule: str):
     return verify
 
 
-@pytest.mark.parametrize("rule, should_pass", [
-    ("correct", True), ("always_accept", False), ("resample_from_target", False)])
+@pytest.mark.parametrize(
+    "rule, should_pass", [("correct", True), ("always_accept", False), ("resample_from_target", False)]
+)
 def test_lossless_check_has_teeth(rule, should_pass, stat_models, seed, monkeypatch, record_property):
     """Power, 2: the same harness with the verification step replaced (in the loop)
     by a plain-torch rule: the correct rule passes, the wrong ones are rejected."""
@@ -1008,12 +1074,15 @@ def test_adaptive_disabled_keeps_k_and_reset_restores():
     assert AdaptiveLength(3).k_max == 6  # default k_max: twice k
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(k=0), "k_min <= k <= k_max"),
-    (dict(k=3, k_min=4, k_max=8), "k_min <= k <= k_max"),
-    (dict(k=5, k_max=4), "k_min <= k <= k_max"),
-    (dict(k=3, cost_ratio=-0.1), "cost_ratio"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0), "k_min <= k <= k_max"),
+        (dict(k=3, k_min=4, k_max=8), "k_min <= k <= k_max"),
+        (dict(k=5, k_max=4), "k_min <= k <= k_max"),
+        (dict(k=3, cost_ratio=-0.1), "cost_ratio"),
+    ],
+)
 def test_adaptive_bad_args(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdaptiveLength(**kwargs)
@@ -1068,8 +1137,9 @@ def test_bad_vocab_and_tokenizers(toy):
         with pytest.raises(ValueError, match="vocabulary"):
             sd.SpeculativeDecoder(target, d)
     with pytest.raises(ValueError, match="tokenizers have different vocabularies"):
-        sd.SpeculativeDecoder(target, draft, tokenizer=_Tok({"a": 0, "b": 1}),
-                              draft_tokenizer=_Tok({"a": 0, "c": 1}))
+        sd.SpeculativeDecoder(
+            target, draft, tokenizer=_Tok({"a": 0, "b": 1}), draft_tokenizer=_Tok({"a": 0, "c": 1})
+        )
     sd.SpeculativeDecoder(target, draft, tokenizer=_Tok({"a": 0}), draft_tokenizer=_Tok({"a": 0}))
     with pytest.raises(ValueError, match="page_size"):
         sd.SpeculativeDecoder(target, draft, paged=True, page_size=0)
@@ -1101,39 +1171,54 @@ def test_bad_hf_models():
         sd.HFModel(_llama(1, 0).model)  # the bare LlamaModel has no LM head
 
 
-@pytest.mark.parametrize("inputs, kwargs, exc, match", [
-    ([torch.tensor([], dtype=torch.long)], {}, ValueError, "empty"),
-    ([[1, 2], []], {}, ValueError, "prompt 1 is empty"),
-    (torch.zeros(2, 0, dtype=torch.long), {}, ValueError, "empty"),
-    ([[1, 2, 3]], dict(max_new_tokens=0), ValueError, "max_new_tokens"),
-    ([[1, 2, 3]], dict(max_new_tokens=-3), ValueError, "max_new_tokens"),
-    ([[1, 2, 3]], dict(max_new_tokens=2.0), ValueError, "max_new_tokens"),
-    ([[1, -1, 3]], {}, ValueError, r"token id -1 outside \[0, 16\)"),
-    ([[1, 16, 3]], {}, ValueError, r"token id 16 outside \[0, 16\)"),
-    (torch.tensor([[1, 2], [3, 99]]), {}, ValueError, "prompt 1 has token id 99"),
-    ([[1, 2, 3]], dict(temperature=-0.5), ValueError, "temperature"),
-    ([[1, 2, 3]], dict(temperature=float("nan")), ValueError, "temperature"),
-    ([[1, 2, 3]], dict(temperature=1.0, top_p=0.0), ValueError, "top_p"),
-    ([[1, 2, 3]], dict(temperature=1.0, top_p=1.5), ValueError, "top_p"),
-    ([[1, 2, 3]], dict(temperature=1.0, top_p=float("nan")), ValueError, "top_p"),
-    ([[1, 2, 3]], dict(temperature=1.0, top_k=-1), ValueError, "top_k"),
-    ([[1, 2], [3, 4], [5]], dict(temperature=[1.0, 0.5]), ValueError,
-     r"temperature must be a scalar or one value per row \(3\)"),
-    ([[1, 2], [3, 4]], dict(seed=[1, 2, 3]), ValueError, "seed must be a scalar or one value per row"),
-    ([[1, 2], [3, 4]], dict(top_k=[[1, 2]]), ValueError, "top_k must be a scalar or one value per row"),
-    ([[1, 2, 3]], dict(stop_tokens=[16]), ValueError, "stop_tokens"),
-    ([[1, 2, 3]], dict(stop_tokens=[-1]), ValueError, "stop_tokens"),
-    (torch.zeros(2, 3, 4, dtype=torch.long), {}, ValueError, r"\[B, L\]"),
-    (torch.zeros(2, 3), {}, TypeError, "integer token ids"),
-    ("hello", {}, TypeError, "input_ids must be a tensor or a list"),
-    ([[1.5, 2.0]], {}, ValueError, "1-D sequence of token ids"),
-    ([[[1, 2]]], {}, ValueError, "1-D sequence of token ids"),
-    (torch.ones(2, 3, dtype=torch.long), dict(attention_mask=torch.ones(2, 4)), ValueError,
-     "attention_mask shape"),
-    (torch.ones(2, 3, dtype=torch.long), dict(attention_mask=torch.ones(3)), ValueError,
-     "attention_mask shape"),
-    ([[1, 2, 3]], dict(attention_mask=torch.ones(1, 3)), ValueError, "attention_mask is only for"),
-])
+@pytest.mark.parametrize(
+    "inputs, kwargs, exc, match",
+    [
+        ([torch.tensor([], dtype=torch.long)], {}, ValueError, "empty"),
+        ([[1, 2], []], {}, ValueError, "prompt 1 is empty"),
+        (torch.zeros(2, 0, dtype=torch.long), {}, ValueError, "empty"),
+        ([[1, 2, 3]], dict(max_new_tokens=0), ValueError, "max_new_tokens"),
+        ([[1, 2, 3]], dict(max_new_tokens=-3), ValueError, "max_new_tokens"),
+        ([[1, 2, 3]], dict(max_new_tokens=2.0), ValueError, "max_new_tokens"),
+        ([[1, -1, 3]], {}, ValueError, r"token id -1 outside \[0, 16\)"),
+        ([[1, 16, 3]], {}, ValueError, r"token id 16 outside \[0, 16\)"),
+        (torch.tensor([[1, 2], [3, 99]]), {}, ValueError, "prompt 1 has token id 99"),
+        ([[1, 2, 3]], dict(temperature=-0.5), ValueError, "temperature"),
+        ([[1, 2, 3]], dict(temperature=float("nan")), ValueError, "temperature"),
+        ([[1, 2, 3]], dict(temperature=1.0, top_p=0.0), ValueError, "top_p"),
+        ([[1, 2, 3]], dict(temperature=1.0, top_p=1.5), ValueError, "top_p"),
+        ([[1, 2, 3]], dict(temperature=1.0, top_p=float("nan")), ValueError, "top_p"),
+        ([[1, 2, 3]], dict(temperature=1.0, top_k=-1), ValueError, "top_k"),
+        (
+            [[1, 2], [3, 4], [5]],
+            dict(temperature=[1.0, 0.5]),
+            ValueError,
+            r"temperature must be a scalar or one value per row \(3\)",
+        ),
+        ([[1, 2], [3, 4]], dict(seed=[1, 2, 3]), ValueError, "seed must be a scalar or one value per row"),
+        ([[1, 2], [3, 4]], dict(top_k=[[1, 2]]), ValueError, "top_k must be a scalar or one value per row"),
+        ([[1, 2, 3]], dict(stop_tokens=[16]), ValueError, "stop_tokens"),
+        ([[1, 2, 3]], dict(stop_tokens=[-1]), ValueError, "stop_tokens"),
+        (torch.zeros(2, 3, 4, dtype=torch.long), {}, ValueError, r"\[B, L\]"),
+        (torch.zeros(2, 3), {}, TypeError, "integer token ids"),
+        ("hello", {}, TypeError, "input_ids must be a tensor or a list"),
+        ([[1.5, 2.0]], {}, ValueError, "1-D sequence of token ids"),
+        ([[[1, 2]]], {}, ValueError, "1-D sequence of token ids"),
+        (
+            torch.ones(2, 3, dtype=torch.long),
+            dict(attention_mask=torch.ones(2, 4)),
+            ValueError,
+            "attention_mask shape",
+        ),
+        (
+            torch.ones(2, 3, dtype=torch.long),
+            dict(attention_mask=torch.ones(3)),
+            ValueError,
+            "attention_mask shape",
+        ),
+        ([[1, 2, 3]], dict(attention_mask=torch.ones(1, 3)), ValueError, "attention_mask is only for"),
+    ],
+)
 def test_bad_generate_arguments(toy, inputs, kwargs, exc, match):
     target, draft = toy
     dec = sd.SpeculativeDecoder(target, ChainDrafter(draft, k=2))
@@ -1143,16 +1228,19 @@ def test_bad_generate_arguments(toy, inputs, kwargs, exc, match):
         dec.stream(inputs, **{"max_new_tokens": 2, **kwargs})
 
 
-@pytest.mark.parametrize("choices, match", [
-    ([[0, 0]], r"needs its parent \[0\]"),
-    ([[0], [1], [1, 0, 0]], r"needs its parent \[1, 0\]"),
-    ([[0], [-1]], "ranks must be >= 0"),
-    ([[0], [0, -2]], "ranks must be >= 0"),
-    ([[0], [1], [0]], "duplicate"),
-    ([[0], []], "non-empty"),
-    (["ab"], "non-empty list of ranks"),
-    ([0, 1], "non-empty list of ranks"),
-])
+@pytest.mark.parametrize(
+    "choices, match",
+    [
+        ([[0, 0]], r"needs its parent \[0\]"),
+        ([[0], [1], [1, 0, 0]], r"needs its parent \[1, 0\]"),
+        ([[0], [-1]], "ranks must be >= 0"),
+        ([[0], [0, -2]], "ranks must be >= 0"),
+        ([[0], [1], [0]], "duplicate"),
+        ([[0], []], "non-empty"),
+        (["ab"], "non-empty list of ranks"),
+        ([0, 1], "non-empty list of ranks"),
+    ],
+)
 def test_bad_static_trees(toy, choices, match):
     with pytest.raises(ValueError, match=match):
         static_tree(choices)
@@ -1264,15 +1352,15 @@ def test_padded_batch_equals_prompt_list(drafter, mode, side, seed):
     if mode == "sampled":
         kw.update(SAMPLED, seed=[seed + b for b in range(len(prompts))])
     a = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(prompts, **kw)
-    b = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(
-        ids, attention_mask=mask, **kw)
+    b = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(ids, attention_mask=mask, **kw)
     assert_rows_equal(b.new_tokens, a.new_tokens, "padded")
     assert_rows_equal(b.sequences, a.sequences, "padded sequences")
     if mode == "greedy":
         assert_rows_equal(a.new_tokens, s.refs(prompts, 16), "padded greedy")
     # an unmasked full [B, L] tensor is B prompts of length L
     full = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(
-        ids[:2, -3:], max_new_tokens=4)
+        ids[:2, -3:], max_new_tokens=4
+    )
     assert_rows_equal(full.sequences[:1], [torch.cat([ids[0, -3:].long(), full.new_tokens[0]])])
 
 
@@ -1281,8 +1369,9 @@ def test_padded_batch_equals_prompt_list(drafter, mode, side, seed):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("drafter", ["none", "chain-fixed", "chain-fixed-cost", "tree-custom",
-                                     "dynamic-fixed", "prompt-lookup"])
+@pytest.mark.parametrize(
+    "drafter", ["none", "chain-fixed", "chain-fixed-cost", "tree-custom", "dynamic-fixed", "prompt-lookup"]
+)
 def test_same_seeds_same_samples(drafter, seed, record_property):
     s = toy_setup("cpu")
     build = {
@@ -1298,7 +1387,8 @@ def test_same_seeds_same_samples(drafter, seed, record_property):
     b = sd.SpeculativeDecoder(s.target, build(s.trunc)).generate(prompts, seed=seeds, **kw)
     assert_rows_equal(a.new_tokens, b.new_tokens, "same seeds")
     c = sd.SpeculativeDecoder(s.target, build(s.trunc)).generate(
-        prompts, seed=[x + 1000 for x in seeds], **kw)
+        prompts, seed=[x + 1000 for x in seeds], **kw
+    )
     # rows 0, 1, 3 sample; with 20 tokens each, other seeds change something
     assert any(not torch.equal(a.new_tokens[r], c.new_tokens[r]) for r in (0, 1, 3))
     # row 2 has temperature 0: greedy inside a sampled batch
@@ -1315,17 +1405,28 @@ def test_contiguous_and_paged_give_identical_outputs(drafter, mode, seed):
     kw = dict(max_new_tokens=20)
     if mode == "sampled":
         kw.update(SAMPLED, seed=[seed + b for b in range(4)])
-    outs = {name: sd.SpeculativeDecoder(s.target, build(s.trunc), **cfg).generate(prompts, **kw)
-            for name, cfg in (("contig", {}), ("paged1", dict(paged=True, page_size=1)),
-                              ("paged5", dict(paged=True, page_size=5)))}
+    outs = {
+        name: sd.SpeculativeDecoder(s.target, build(s.trunc), **cfg).generate(prompts, **kw)
+        for name, cfg in (
+            ("contig", {}),
+            ("paged1", dict(paged=True, page_size=1)),
+            ("paged5", dict(paged=True, page_size=5)),
+        )
+    }
     for name in ("paged1", "paged5"):
         assert_rows_equal(outs[name].new_tokens, outs["contig"].new_tokens, name)
         assert outs[name].stats.steps == outs["contig"].stats.steps
 
 
-@pytest.mark.parametrize("params", [dict(temperature=1.0, top_k=1), dict(temperature=0.5, top_p=1e-6),
-                                    dict(temperature=[0.0, 2.0, 1.0, 0.3], top_k=[0, 1, 1, 1])],
-                         ids=["top_k=1", "top_p=1e-6", "mixed"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(temperature=1.0, top_k=1),
+        dict(temperature=0.5, top_p=1e-6),
+        dict(temperature=[0.0, 2.0, 1.0, 0.3], top_k=[0, 1, 1, 1]),
+    ],
+    ids=["top_k=1", "top_p=1e-6", "mixed"],
+)
 @pytest.mark.parametrize("drafter", ["chain-fixed", "tree-default", "prompt-lookup"])
 def test_degenerate_sampling_equals_greedy(drafter, params, seed):
     """Sampling whose transform keeps one token (top_k = 1, a tiny top_p) is greedy:
@@ -1333,7 +1434,8 @@ def test_degenerate_sampling_equals_greedy(drafter, params, seed):
     s = toy_setup("cpu")
     prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
     out = sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(
-        prompts, max_new_tokens=20, seed=[seed + b for b in range(4)], **params)
+        prompts, max_new_tokens=20, seed=[seed + b for b in range(4)], **params
+    )
     assert_rows_equal(out.new_tokens, s.refs(prompts, 20), f"{params}")
 
 

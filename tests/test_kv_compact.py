@@ -17,7 +17,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # ---------------------------------------------------------------------------
 
 
-
 def accepted_path(gen: torch.Generator, parents: list[int], max_len: int | None) -> list[int]:
     """The root-to-node path of a random node (strictly increasing, starts at 0)."""
     node = int(torch.randint(0, len(parents), (1,), generator=gen))
@@ -29,8 +28,9 @@ def accepted_path(gen: torch.Generator, parents: list[int], max_len: int | None)
     return path[:max_len] if max_len else path
 
 
-def random_accept(gen, batch: int, nodes: int, capacity: int, shape: str = "random",
-                  max_len: int | None = None):
+def random_accept(
+    gen, batch: int, nodes: int, capacity: int, shape: str = "random", max_len: int | None = None
+):
     """cache_lens, accept_nodes (-1 padded), num_accepted for `batch` random trees.
 
     Roughly one row in eight accepts nothing at all (num_accepted = 0).
@@ -89,8 +89,9 @@ def test_matches_reference(device, dtype, head_dim, gen):
     exp_lens = lens.clone().to(device)
     reference.kv_compact_(expected, exp_lens, accept.to(device), num.to(device))
     got_lens = lens.clone().to(device)
-    ops.kv_compact_(caches=caches, cache_lens=got_lens, accept_nodes=accept.to(device),
-                    num_accepted=num.to(device))
+    ops.kv_compact_(
+        caches=caches, cache_lens=got_lens, accept_nodes=accept.to(device), num_accepted=num.to(device)
+    )
     assert_all_equal(caches, expected)
     assert torch.equal(got_lens.cpu(), lens + num)
     assert torch.equal(exp_lens.cpu(), lens + num)
@@ -124,9 +125,14 @@ def test_paged_matches_reference(device, page_size, dtype, gen):
     ek, ev = clones(k), clones(v)
     reference.kv_compact_paged_(ek, ev, tables, lens.clone(), accept, num)
     got_lens = lens.clone().to(device)
-    ops.kv_compact_paged_(k_pages=k, v_pages=v, block_tables=tables.to(device),
-                          cache_lens=got_lens, accept_nodes=accept.to(device),
-                          num_accepted=num.to(device))
+    ops.kv_compact_paged_(
+        k_pages=k,
+        v_pages=v,
+        block_tables=tables.to(device),
+        cache_lens=got_lens,
+        accept_nodes=accept.to(device),
+        num_accepted=num.to(device),
+    )
     assert_all_equal(k, ek)
     assert_all_equal(v, ev)
     assert torch.equal(got_lens.cpu(), lens + num)
@@ -182,14 +188,20 @@ def test_single_tensor_and_empty_inputs(device, gen):
     assert lens.tolist() == [4, 7]
     # Batch of zero.
     empty_lens = torch.zeros(0, dtype=torch.int32, device=device)
-    ops.kv_compact_([torch.randn(0, 2, 8, 4, device=device)], empty_lens,
-                    torch.zeros(0, 3, dtype=torch.int32, device=device),
-                    torch.zeros(0, dtype=torch.int32, device=device))
-    ops.kv_compact_paged_([torch.randn(4, 2, 1, 4, device=device)],
-                          [torch.randn(4, 2, 1, 4, device=device)],
-                          torch.zeros(0, 2, dtype=torch.int32, device=device), empty_lens,
-                          torch.zeros(0, 3, dtype=torch.int32, device=device),
-                          torch.zeros(0, dtype=torch.int32, device=device))
+    ops.kv_compact_(
+        [torch.randn(0, 2, 8, 4, device=device)],
+        empty_lens,
+        torch.zeros(0, 3, dtype=torch.int32, device=device),
+        torch.zeros(0, dtype=torch.int32, device=device),
+    )
+    ops.kv_compact_paged_(
+        [torch.randn(4, 2, 1, 4, device=device)],
+        [torch.randn(4, 2, 1, 4, device=device)],
+        torch.zeros(0, 2, dtype=torch.int32, device=device),
+        empty_lens,
+        torch.zeros(0, 3, dtype=torch.int32, device=device),
+        torch.zeros(0, dtype=torch.int32, device=device),
+    )
     assert empty_lens.numel() == 0
 
 
@@ -258,47 +270,106 @@ def _i32(rows, device):
 
 
 BAD_CONTIGUOUS = {
-    "accept not increasing": (lambda a, d: a.update(accept_nodes=_i32([[0, 1, -1], [0, 2, 2]], d)),
-                              ValueError, "accept_nodes[1, 2] = 2 is not greater"),
-    "accept negative": (lambda a, d: a.update(accept_nodes=_i32([[-1, 1, -1], [0, 2, 5]], d)),
-                        IndexError, "accept_nodes[0, 0] = -1 is negative"),
-    "slot beyond cache": (lambda a, d: a.update(accept_nodes=_i32([[0, 1, -1], [0, 2, 12]], d)),
-                          IndexError, "accept_nodes[1, 2] = 12 puts its slot"),
-    "num_accepted too large": (lambda a, d: a.update(num_accepted=_i32([2, 4], d)),
-                               IndexError, "num_accepted[1] = 4 is outside [0, 3]"),
-    "num_accepted negative": (lambda a, d: a.update(num_accepted=_i32([-1, 3], d)),
-                              IndexError, "num_accepted[0] = -1"),
-    "cache_lens negative": (lambda a, d: a.update(cache_lens=_i32([-2, 4], d)),
-                            IndexError, "cache_lens[0] = -2 is outside [0, 16]"),
-    "cache_lens beyond": (lambda a, d: a.update(cache_lens=_i32([3, 17], d)),
-                          IndexError, "cache_lens[1] = 17"),
-    "accept int64": (lambda a, d: a.update(accept_nodes=a["accept_nodes"].long()),
-                     TypeError, "accept_nodes must have dtype int32, got int64"),
-    "cache_lens int64": (lambda a, d: a.update(cache_lens=a["cache_lens"].long()),
-                         TypeError, "cache_lens must have dtype int32"),
-    "cache float64": (lambda a, d: a.update(caches=[c.double() for c in a["caches"]]),
-                      TypeError, "caches[0] must have dtype float32, float16 or bfloat16"),
-    "mixed dtypes": (lambda a, d: a.update(caches=[a["caches"][0], a["caches"][1].half()]),
-                     TypeError, "caches[1] must have the dtype of the first"),
-    "mismatched shapes": (lambda a, d: a.update(caches=[a["caches"][0], a["caches"][1][:, :, :8]]),
-                          ValueError, "caches[1] must have the shape"),
-    "cache 3-D": (lambda a, d: a.update(caches=[c[0] for c in a["caches"]]),
-                  ValueError, "caches[0] must be a 4-D tensor [B, H, S, D]"),
-    "cache batch mismatch": (lambda a, d: a.update(caches=[c[:1] for c in a["caches"]]),
-                             ValueError, "caches[0].size(0) must equal B"),
-    "non-contiguous cache": (lambda a, d: a.update(caches=[c.transpose(1, 2).contiguous().transpose(1, 2)
-                                                           for c in a["caches"]]),
-                             ValueError, "caches[0] must be contiguous"),
-    "same tensor twice": (lambda a, d: a.update(caches=[a["caches"][0], a["caches"][0]]),
-                          ValueError, "caches[1] shares its memory"),
-    "accept 1-D": (lambda a, d: a.update(accept_nodes=a["accept_nodes"][0]),
-                   ValueError, "accept_nodes must be a 2-D tensor"),
-    "num_accepted wrong batch": (lambda a, d: a.update(num_accepted=_i32([2], d)),
-                                 ValueError, "num_accepted.size(0) must equal B"),
-    "caches not a list": (lambda a, d: a.update(caches=42),
-                          TypeError, "caches must be a tensor or a list of tensors"),
-    "caches element not a tensor": (lambda a, d: a.update(caches=[a["caches"][0], "x"]),
-                                    TypeError, "caches[1] must be a tensor"),
+    "accept not increasing": (
+        lambda a, d: a.update(accept_nodes=_i32([[0, 1, -1], [0, 2, 2]], d)),
+        ValueError,
+        "accept_nodes[1, 2] = 2 is not greater",
+    ),
+    "accept negative": (
+        lambda a, d: a.update(accept_nodes=_i32([[-1, 1, -1], [0, 2, 5]], d)),
+        IndexError,
+        "accept_nodes[0, 0] = -1 is negative",
+    ),
+    "slot beyond cache": (
+        lambda a, d: a.update(accept_nodes=_i32([[0, 1, -1], [0, 2, 12]], d)),
+        IndexError,
+        "accept_nodes[1, 2] = 12 puts its slot",
+    ),
+    "num_accepted too large": (
+        lambda a, d: a.update(num_accepted=_i32([2, 4], d)),
+        IndexError,
+        "num_accepted[1] = 4 is outside [0, 3]",
+    ),
+    "num_accepted negative": (
+        lambda a, d: a.update(num_accepted=_i32([-1, 3], d)),
+        IndexError,
+        "num_accepted[0] = -1",
+    ),
+    "cache_lens negative": (
+        lambda a, d: a.update(cache_lens=_i32([-2, 4], d)),
+        IndexError,
+        "cache_lens[0] = -2 is outside [0, 16]",
+    ),
+    "cache_lens beyond": (
+        lambda a, d: a.update(cache_lens=_i32([3, 17], d)),
+        IndexError,
+        "cache_lens[1] = 17",
+    ),
+    "accept int64": (
+        lambda a, d: a.update(accept_nodes=a["accept_nodes"].long()),
+        TypeError,
+        "accept_nodes must have dtype int32, got int64",
+    ),
+    "cache_lens int64": (
+        lambda a, d: a.update(cache_lens=a["cache_lens"].long()),
+        TypeError,
+        "cache_lens must have dtype int32",
+    ),
+    "cache float64": (
+        lambda a, d: a.update(caches=[c.double() for c in a["caches"]]),
+        TypeError,
+        "caches[0] must have dtype float32, float16 or bfloat16",
+    ),
+    "mixed dtypes": (
+        lambda a, d: a.update(caches=[a["caches"][0], a["caches"][1].half()]),
+        TypeError,
+        "caches[1] must have the dtype of the first",
+    ),
+    "mismatched shapes": (
+        lambda a, d: a.update(caches=[a["caches"][0], a["caches"][1][:, :, :8]]),
+        ValueError,
+        "caches[1] must have the shape",
+    ),
+    "cache 3-D": (
+        lambda a, d: a.update(caches=[c[0] for c in a["caches"]]),
+        ValueError,
+        "caches[0] must be a 4-D tensor [B, H, S, D]",
+    ),
+    "cache batch mismatch": (
+        lambda a, d: a.update(caches=[c[:1] for c in a["caches"]]),
+        ValueError,
+        "caches[0].size(0) must equal B",
+    ),
+    "non-contiguous cache": (
+        lambda a, d: a.update(caches=[c.transpose(1, 2).contiguous().transpose(1, 2) for c in a["caches"]]),
+        ValueError,
+        "caches[0] must be contiguous",
+    ),
+    "same tensor twice": (
+        lambda a, d: a.update(caches=[a["caches"][0], a["caches"][0]]),
+        ValueError,
+        "caches[1] shares its memory",
+    ),
+    "accept 1-D": (
+        lambda a, d: a.update(accept_nodes=a["accept_nodes"][0]),
+        ValueError,
+        "accept_nodes must be a 2-D tensor",
+    ),
+    "num_accepted wrong batch": (
+        lambda a, d: a.update(num_accepted=_i32([2], d)),
+        ValueError,
+        "num_accepted.size(0) must equal B",
+    ),
+    "caches not a list": (
+        lambda a, d: a.update(caches=42),
+        TypeError,
+        "caches must be a tensor or a list of tensors",
+    ),
+    "caches element not a tensor": (
+        lambda a, d: a.update(caches=[a["caches"][0], "x"]),
+        TypeError,
+        "caches[1] must be a tensor",
+    ),
 }
 
 
@@ -309,8 +380,9 @@ def test_bad_input_contiguous(device, case):
     ops.kv_compact_(**_good_args(device))  # the unmutated arguments are valid
     mutate, exc, fragment = BAD_CONTIGUOUS[case]
     mutate(args, device)
-    tensors = [t for t in args["caches"] if isinstance(t, torch.Tensor)] \
-        if isinstance(args["caches"], list) else []
+    tensors = (
+        [t for t in args["caches"] if isinstance(t, torch.Tensor)] if isinstance(args["caches"], list) else []
+    )
     before = [t.clone() for t in tensors]
     lens_before = args["cache_lens"].clone()
     with pytest.raises(exc) as info:
@@ -329,27 +401,52 @@ def _good_paged(device):
     lens = torch.tensor([1, 2], dtype=torch.int32, device=device)
     accept = torch.tensor([[0, 3, 4], [0, 2, 9]], dtype=torch.int32, device=device)
     num = torch.tensor([3, 3], dtype=torch.int32, device=device)
-    return dict(k_pages=k, v_pages=v, block_tables=tables, cache_lens=lens,
-                accept_nodes=accept, num_accepted=num)
+    return dict(
+        k_pages=k, v_pages=v, block_tables=tables, cache_lens=lens, accept_nodes=accept, num_accepted=num
+    )
 
 
 BAD_PAGED = {
-    "block out of range": (lambda a, d: a["block_tables"].__setitem__((1, 2), 6),
-                           IndexError, "block_tables[1, 2] = 6 is outside [0, 6)"),
-    "block negative": (lambda a, d: a["block_tables"].__setitem__((0, 1), -1),
-                       IndexError, "block_tables[0, 1] = -1"),
-    "block repeated": (lambda a, d: a["block_tables"].__setitem__((1, 1), 3),
-                       ValueError, "block_tables[1, 1] = 3 repeats a page"),
-    "slot beyond table": (lambda a, d: a["accept_nodes"].__setitem__((1, 2), 10),
-                          IndexError, "beyond the cache of 12 slots"),
-    "k/v count differ": (lambda a, d: a.update(v_pages=a["v_pages"][:1]),
-                         ValueError, "v_pages must hold as many tensors as k_pages"),
-    "v shape differs": (lambda a, d: a.update(v_pages=[t[:, :2].contiguous() for t in a["v_pages"]]),
-                        ValueError, "v_pages[0] must have the shape"),
-    "tables int64": (lambda a, d: a.update(block_tables=a["block_tables"].long()),
-                     TypeError, "block_tables must have dtype int32"),
-    "tables wrong batch": (lambda a, d: a.update(block_tables=a["block_tables"][:1]),
-                           ValueError, "block_tables.size(0) must equal B"),
+    "block out of range": (
+        lambda a, d: a["block_tables"].__setitem__((1, 2), 6),
+        IndexError,
+        "block_tables[1, 2] = 6 is outside [0, 6)",
+    ),
+    "block negative": (
+        lambda a, d: a["block_tables"].__setitem__((0, 1), -1),
+        IndexError,
+        "block_tables[0, 1] = -1",
+    ),
+    "block repeated": (
+        lambda a, d: a["block_tables"].__setitem__((1, 1), 3),
+        ValueError,
+        "block_tables[1, 1] = 3 repeats a page",
+    ),
+    "slot beyond table": (
+        lambda a, d: a["accept_nodes"].__setitem__((1, 2), 10),
+        IndexError,
+        "beyond the cache of 12 slots",
+    ),
+    "k/v count differ": (
+        lambda a, d: a.update(v_pages=a["v_pages"][:1]),
+        ValueError,
+        "v_pages must hold as many tensors as k_pages",
+    ),
+    "v shape differs": (
+        lambda a, d: a.update(v_pages=[t[:, :2].contiguous() for t in a["v_pages"]]),
+        ValueError,
+        "v_pages[0] must have the shape",
+    ),
+    "tables int64": (
+        lambda a, d: a.update(block_tables=a["block_tables"].long()),
+        TypeError,
+        "block_tables must have dtype int32",
+    ),
+    "tables wrong batch": (
+        lambda a, d: a.update(block_tables=a["block_tables"][:1]),
+        ValueError,
+        "block_tables.size(0) must equal B",
+    ),
 }
 
 

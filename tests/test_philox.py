@@ -18,12 +18,21 @@ from conftest import ALL_DEVICES
 # DEShawResearch/Random123-Boost, libs/random/test/test_philox.cpp
 # (test_kat_philox4x32, commit 916db91ae4c6fd8324ef054a518851321ab41f91).
 KATS = [
-    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
-     (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
-     (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x00000000, 0x00000000),
+        (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8),
+    ),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 INT64_MIN = -(2**63)
@@ -107,7 +116,9 @@ def test_uniforms_one_stream(device):
     # A long run of consecutive indices of one stream, against the C++ header.
     seed = torch.tensor([-1234567890123], dtype=torch.int64, device=device)
     offset = torch.tensor([2**40 + 5], dtype=torch.int64, device=device)
-    index = torch.arange(2**32 - 100, 2**32 + 100, dtype=torch.int64, device=device)  # crosses the word boundary
+    index = torch.arange(
+        2**32 - 100, 2**32 + 100, dtype=torch.int64, device=device
+    )  # crosses the word boundary
     got = _philox.uniforms(seed, offset, index)[0].cpu().tolist()
     want = [_C.philox_uniform(-1234567890123, 2**40 + 5, int(i)) for i in index.cpu()]
     assert got == want
@@ -129,7 +140,9 @@ def test_uniforms_range_and_moments(device):
 def test_uniforms_empty_and_bad_input():
     e = torch.empty(0, dtype=torch.int64)
     assert _philox.uniforms(e, e, torch.arange(3)).shape == (0, 3)
-    assert _philox.uniforms(torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), e).shape == (2, 0)
+    assert _philox.uniforms(
+        torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), e
+    ).shape == (2, 0)
     with pytest.raises(TypeError, match="int64"):
         _philox.uniforms(torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int64), e)
     with pytest.raises(ValueError, match="same shape"):

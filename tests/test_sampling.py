@@ -24,9 +24,12 @@ SAMPLING_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def sampling_grid(vocab: int):
     """Every combination of temperature, top_k and top_p the brief names, one row each."""
-    rows = [(t, k, p) for t in (0.0, 0.5, 1.0, 2.0)
-            for k in (0, 1, 5, vocab, vocab + 7)
-            for p in (1.0, 0.9, 0.5, 1e-6)]
+    rows = [
+        (t, k, p)
+        for t in (0.0, 0.5, 1.0, 2.0)
+        for k in (0, 1, 5, vocab, vocab + 7)
+        for p in (1.0, 0.9, 0.5, 1e-6)
+    ]
     temperature = torch.tensor([r[0] for r in rows], dtype=torch.float32)
     top_k = torch.tensor([r[1] for r in rows], dtype=torch.int32)
     top_p = torch.tensor([r[2] for r in rows], dtype=torch.float32)
@@ -48,8 +51,9 @@ def random_logits(gen, shape, dtype):
 def assert_probs_close(got, expected, logits):
     assert got.dtype == torch.float32 and got.shape == logits.shape, (got.dtype, got.shape)
     got, expected = got.cpu(), expected.cpu()
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), \
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (
         f"max abs diff {float((got - expected).abs().max())}"
+    )
     sums = got.double().sum(-1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5), sums
 
@@ -96,20 +100,38 @@ def test_sampling_probs_ties(device):
 
 SAMPLING_EDGES = {
     # name: (logits, temperature, top_k, top_p)
-    "top_p just below 1": (lambda g: torch.randn(3, 5000, generator=g) * 2, [1.0, 0.5, 2.0],
-                           [0, 100, 4999], [float(torch.nextafter(torch.tensor(1.0),
-                                                                  torch.tensor(0.0)))] * 3),
-    "extreme temperatures": (lambda g: torch.randn(3, 300, generator=g), [1e-40, 1e-30, 3e38],
-                             [0, 0, 0], [1.0, 0.9, 0.5]),
-    "vocabulary of one": (lambda g: torch.randn(3, 1, generator=g), [0.0, 1.0, 1.0], [0, 1, 5],
-                          [1.0, 0.5, 1e-6]),
-    "mostly -inf": (lambda g: torch.full((2, 8), float("-inf")).index_fill_(1, torch.tensor([3, 5]), 1.0),
-                    [1.0, 0.0], [4, 2], [0.9, 0.9]),
-    "bf16 large logits": (lambda g: (torch.randn(4, 300, generator=g) * 50).bfloat16(),
-                          [1.0, 0.3, 7.0, 0.01], [0, 10, 3, 1], [0.9, 0.5, 1.0, 0.2]),
+    "top_p just below 1": (
+        lambda g: torch.randn(3, 5000, generator=g) * 2,
+        [1.0, 0.5, 2.0],
+        [0, 100, 4999],
+        [float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))] * 3,
+    ),
+    "extreme temperatures": (
+        lambda g: torch.randn(3, 300, generator=g),
+        [1e-40, 1e-30, 3e38],
+        [0, 0, 0],
+        [1.0, 0.9, 0.5],
+    ),
+    "vocabulary of one": (
+        lambda g: torch.randn(3, 1, generator=g),
+        [0.0, 1.0, 1.0],
+        [0, 1, 5],
+        [1.0, 0.5, 1e-6],
+    ),
+    "mostly -inf": (
+        lambda g: torch.full((2, 8), float("-inf")).index_fill_(1, torch.tensor([3, 5]), 1.0),
+        [1.0, 0.0],
+        [4, 2],
+        [0.9, 0.9],
+    ),
+    "bf16 large logits": (
+        lambda g: (torch.randn(4, 300, generator=g) * 50).bfloat16(),
+        [1.0, 0.3, 7.0, 0.01],
+        [0, 10, 3, 1],
+        [0.9, 0.5, 1.0, 0.2],
+    ),
     "all logits equal": (lambda g: torch.zeros(3, 10), [1.0, 0.0, 1.0], [0, 0, 3], [0.5, 0.5, 0.1]),
-    "signed zeros tie": (lambda g: torch.tensor([[-0.0, 0.0, -1.0]] * 2), [0.0, 1.0], [0, 1],
-                         [1.0, 1.0]),
+    "signed zeros tie": (lambda g: torch.tensor([[-0.0, 0.0, -1.0]] * 2), [0.0, 1.0], [0, 1], [1.0, 1.0]),
 }
 
 
@@ -148,28 +170,35 @@ def test_empty_batch(device):
     vocab, nodes = 9, 4
     for shape in [(0, vocab), (0, nodes, vocab)]:
         logits = torch.zeros(shape, device=device)
-        out = ops.sampling_probs(logits, torch.zeros(0, device=device),
-                                 torch.zeros(0, dtype=torch.int32, device=device),
-                                 torch.ones(0, device=device))
+        out = ops.sampling_probs(
+            logits,
+            torch.zeros(0, device=device),
+            torch.zeros(0, dtype=torch.int32, device=device),
+            torch.ones(0, device=device),
+        )
         assert out.shape == shape and out.dtype == torch.float32 and out.device == logits.device
 
 
 def _good_args(device):
     g = torch.Generator().manual_seed(3)
-    return dict(logits=torch.randn(2, 3, 7, generator=g).to(device),
-                temperature=torch.tensor([0.7, 1.0], device=device),
-                top_k=torch.tensor([0, 3], dtype=torch.int32, device=device),
-                top_p=torch.tensor([0.9, 1.0], device=device))
+    return dict(
+        logits=torch.randn(2, 3, 7, generator=g).to(device),
+        temperature=torch.tensor([0.7, 1.0], device=device),
+        top_k=torch.tensor([0, 3], dtype=torch.int32, device=device),
+        top_p=torch.tensor([0.9, 1.0], device=device),
+    )
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_opcheck(device):
     g = torch.Generator().manual_seed(0)
     batch, nodes, vocab = 3, 6, 11
-    args = (torch.randn(batch, nodes, vocab, generator=g).to(device),
-            torch.tensor([0.0, 0.7, 1.0], device=device),
-            torch.tensor([0, 3, 20], dtype=torch.int32, device=device),
-            torch.tensor([1.0, 0.9, 0.5], device=device))
+    args = (
+        torch.randn(batch, nodes, vocab, generator=g).to(device),
+        torch.tensor([0.0, 0.7, 1.0], device=device),
+        torch.tensor([0, 3, 20], dtype=torch.int32, device=device),
+        torch.tensor([1.0, 0.9, 0.5], device=device),
+    )
     torch.library.opcheck(torch.ops.specdec.sampling_probs.default, args)
 
 
@@ -183,42 +212,76 @@ def _logits_2d_nan(a):
     t[1, 4] = NAN
     a["logits"] = t
 
+
 BAD_CASES = {
-    "temperature negative": (poke_arg("temperature", 1, -0.5), ValueError,
-                                             "temperature[1] = -0.5 must be finite and >= 0"),
-    "temperature NaN": (poke_arg("temperature", 0, NAN), ValueError,
-                                        "temperature[0] = nan must be finite and >= 0"),
+    "temperature negative": (
+        poke_arg("temperature", 1, -0.5),
+        ValueError,
+        "temperature[1] = -0.5 must be finite and >= 0",
+    ),
+    "temperature NaN": (
+        poke_arg("temperature", 0, NAN),
+        ValueError,
+        "temperature[0] = nan must be finite and >= 0",
+    ),
     "temperature inf": (poke_arg("temperature", 0, INF), ValueError, "temperature[0] = inf"),
-    "logits 2-D row NaN": (_logits_2d_nan, ValueError,
-                                           "logits row 0 of sequence 1 holds a NaN"),
+    "logits 2-D row NaN": (_logits_2d_nan, ValueError, "logits row 0 of sequence 1 holds a NaN"),
     "top_p zero": (poke_arg("top_p", 1, 0.0), ValueError, "top_p[1] = 0 must be in (0, 1]"),
     "top_p 1.5": (poke_arg("top_p", 0, 1.5), ValueError, "top_p[0] = 1.5 must be in (0, 1]"),
     "top_p NaN": (poke_arg("top_p", 0, NAN), ValueError, "top_p[0] = nan"),
     "top_k negative": (poke_arg("top_k", 1, -1), ValueError, "top_k[1] = -1 must be >= 0"),
-    "logits NaN": (poke_arg("logits", (1, 2, 3), NAN), ValueError,
-                                     "logits row 2 of sequence 1 holds a NaN or +inf logit"),
-    "logits +inf": (poke_arg("logits", (0, 0, 0), INF), ValueError,
-                                      "logits row 0 of sequence 0 holds a NaN or +inf logit"),
-    "logits row all -inf": (poke_arg("logits", (1, 1), float("-inf")), ValueError,
-                                            "logits row 1 of sequence 1 is -inf everywhere"),
-    "logits float64": (set_arg("logits", lambda t: t.double()), TypeError,
-                                       "logits must have dtype float32, float16 or bfloat16"),
-    "logits 1-D": (set_arg("logits", lambda t: t[0, 0]), ValueError,
-                                   "logits must be a 2-D [B, V] or 3-D [B, N, V] tensor"),
-    "logits non-contiguous": (set_arg("logits", noncontig), ValueError,
-                                              "logits must be contiguous"),
-    "temperature float64": (set_arg("temperature", lambda t: t.double()), TypeError,
-                                            "temperature must have dtype float32, got float64"),
-    "temperature wrong length": (set_arg("temperature", lambda t: t[:1].contiguous()),
-                                                 ValueError, "temperature.size(0) must equal B"),
-    "top_k int64": (set_arg("top_k", lambda t: t.long()), TypeError,
-                                    "top_k must have dtype int32, got int64"),
-    "top_k float": (set_arg("top_k", lambda t: t.float()), TypeError,
-                                    "top_k must have dtype int32, got float32"),
-    "top_p float64": (set_arg("top_p", lambda t: t.double()), TypeError,
-                                      "top_p must have dtype float32, got float64"),
-    "top_p 2-D": (set_arg("top_p", lambda t: t[:, None]), ValueError,
-                                  "top_p must be a 1-D tensor"),
+    "logits NaN": (
+        poke_arg("logits", (1, 2, 3), NAN),
+        ValueError,
+        "logits row 2 of sequence 1 holds a NaN or +inf logit",
+    ),
+    "logits +inf": (
+        poke_arg("logits", (0, 0, 0), INF),
+        ValueError,
+        "logits row 0 of sequence 0 holds a NaN or +inf logit",
+    ),
+    "logits row all -inf": (
+        poke_arg("logits", (1, 1), float("-inf")),
+        ValueError,
+        "logits row 1 of sequence 1 is -inf everywhere",
+    ),
+    "logits float64": (
+        set_arg("logits", lambda t: t.double()),
+        TypeError,
+        "logits must have dtype float32, float16 or bfloat16",
+    ),
+    "logits 1-D": (
+        set_arg("logits", lambda t: t[0, 0]),
+        ValueError,
+        "logits must be a 2-D [B, V] or 3-D [B, N, V] tensor",
+    ),
+    "logits non-contiguous": (set_arg("logits", noncontig), ValueError, "logits must be contiguous"),
+    "temperature float64": (
+        set_arg("temperature", lambda t: t.double()),
+        TypeError,
+        "temperature must have dtype float32, got float64",
+    ),
+    "temperature wrong length": (
+        set_arg("temperature", lambda t: t[:1].contiguous()),
+        ValueError,
+        "temperature.size(0) must equal B",
+    ),
+    "top_k int64": (
+        set_arg("top_k", lambda t: t.long()),
+        TypeError,
+        "top_k must have dtype int32, got int64",
+    ),
+    "top_k float": (
+        set_arg("top_k", lambda t: t.float()),
+        TypeError,
+        "top_k must have dtype int32, got float32",
+    ),
+    "top_p float64": (
+        set_arg("top_p", lambda t: t.double()),
+        TypeError,
+        "top_p must have dtype float32, got float64",
+    ),
+    "top_p 2-D": (set_arg("top_p", lambda t: t[:, None]), ValueError, "top_p must be a 1-D tensor"),
 }
 
 
@@ -238,6 +301,7 @@ def test_bad_input(device, case):
 def test_bad_input_table_names_arguments():
     """Every fragment of the table names an argument of the op (a typo guard)."""
     import inspect
+
     params = inspect.signature(ops.sampling_probs).parameters
     for case, (_, _, fragment) in BAD_CASES.items():
         assert any(p in fragment for p in params), (case, fragment)

@@ -38,8 +38,13 @@ def models():
 
 def test_files_present():
     for sub in ("target", "draft"):
-        for f in ("config.json", "model.safetensors", "generation_config.json",
-                  "tokenizer.json", "tokenizer_config.json"):
+        for f in (
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ):
             assert (ASSETS / sub / f).is_file(), f"missing {sub}/{f}"
     for f in ("prompts.json", "loss_curve.json", "README.md"):
         assert (ASSETS / f).is_file(), f"missing {f}"
@@ -114,9 +119,10 @@ def test_bundled_pair_speculative_greedy_is_exact(tok, models, drafter):
     out = sd.SpeculativeDecoder(target, make()).generate(ids, max_new_tokens=40)
     with torch.inference_mode():
         for i, p in enumerate(ids):
-            ref = target.generate(p[None], max_new_tokens=40, do_sample=False,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=None)
-            assert torch.equal(out.new_tokens[i], ref[0, p.numel():]), f"prompt {i}"
+            ref = target.generate(
+                p[None], max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None
+            )
+            assert torch.equal(out.new_tokens[i], ref[0, p.numel() :]), f"prompt {i}"
     assert out.stats.tau > 1.0
 
 
@@ -129,6 +135,7 @@ def test_bundled_pair_chain_acceptance(tok, models):
     prompts = json.loads((ASSETS / "prompts.json").read_text())[:8]
     ids = [torch.tensor(tok(p)["input_ids"]) for p in prompts]
     out = sd.SpeculativeDecoder(target, sd.ChainDrafter(draft, k=4, adaptive=False)).generate(
-        ids, max_new_tokens=64)
+        ids, max_new_tokens=64
+    )
     print(f"bundled pair, chain K=4: tau {out.stats.tau:.3f}")
     assert out.stats.tau >= 2.5

@@ -11,8 +11,9 @@ from conftest import ALL_DEVICES, random_parents
 
 
 def random_batch(gen, batch: int, nodes: int, shape: str) -> torch.Tensor:
-    return torch.tensor([random_parents(gen, nodes, shape) for _ in range(batch)],
-                        dtype=torch.int32).view(batch, nodes)
+    return torch.tensor([random_parents(gen, nodes, shape) for _ in range(batch)], dtype=torch.int32).view(
+        batch, nodes
+    )
 
 
 def unpack(mask: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -74,10 +75,16 @@ def test_empty_batch_opcheck_and_compile(device, gen):
 
 
 BAD = {
-    "root parent not -1": (lambda p: p.__setitem__((1, 0), 0), ValueError,
-                           "specdec::build_tree: parents[1, 0] = 0: node 0 is the root"),
-    "parent after the node": (lambda p: p.__setitem__((0, 3), 5), ValueError,
-                              "specdec::build_tree: parents[0, 3] = 5 is outside [0, 3)"),
+    "root parent not -1": (
+        lambda p: p.__setitem__((1, 0), 0),
+        ValueError,
+        "specdec::build_tree: parents[1, 0] = 0: node 0 is the root",
+    ),
+    "parent after the node": (
+        lambda p: p.__setitem__((0, 3), 5),
+        ValueError,
+        "specdec::build_tree: parents[0, 3] = 5 is outside [0, 3)",
+    ),
     "parent is the node": (lambda p: p.__setitem__((0, 2), 2), ValueError, "parents[0, 2] = 2"),
     "negative parent": (lambda p: p.__setitem__((1, 4), -1), ValueError, "parents[1, 4] = -1"),
 }

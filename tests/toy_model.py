@@ -53,7 +53,7 @@ def _rope_tables(positions: torch.Tensor, dim: int, dtype: torch.dtype, base: fl
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of ``x`` ``[B, N, H, D]`` (half-split convention)."""
     d = x.shape[-1]
-    rot = torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1)
+    rot = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1)
     return x * cos + rot * sin
 
 
@@ -69,8 +69,17 @@ class ToyLM(nn.Module):
         logit_scale: multiplies the logits.
     """
 
-    def __init__(self, vocab_size: int = 64, hidden: int = 32, layers: int = 2, *, heads: int = 4,
-                 kv_heads: int = 2, seed: int = 0, logit_scale: float = 1.0):
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        hidden: int = 32,
+        layers: int = 2,
+        *,
+        heads: int = 4,
+        kv_heads: int = 2,
+        seed: int = 0,
+        logit_scale: float = 1.0,
+    ):
         super().__init__()
         if hidden % heads or heads % kv_heads:
             raise ValueError("ToyLM: need hidden % heads == 0 and heads % kv_heads == 0")
@@ -89,16 +98,16 @@ class ToyLM(nn.Module):
         for _ in range(layers):
             blk = nn.Module()
             blk.norm1 = nn.Parameter(torch.ones(h))
-            blk.wq = w(h, heads * d, std=h ** -0.5)
-            blk.wk = w(h, kv_heads * d, std=h ** -0.5)
-            blk.wv = w(h, kv_heads * d, std=h ** -0.5)
+            blk.wq = w(h, heads * d, std=h**-0.5)
+            blk.wk = w(h, kv_heads * d, std=h**-0.5)
+            blk.wv = w(h, kv_heads * d, std=h**-0.5)
             blk.wo = w(heads * d, h, std=(heads * d) ** -0.5)
             blk.norm2 = nn.Parameter(torch.ones(h))
-            blk.w1 = w(h, 2 * h, std=h ** -0.5)
+            blk.w1 = w(h, 2 * h, std=h**-0.5)
             blk.w2 = w(2 * h, h, std=(2 * h) ** -0.5)
             self.blocks.append(blk)
         self.norm = nn.Parameter(torch.ones(h))
-        self.head = w(h, vocab_size, std=h ** -0.5)
+        self.head = w(h, vocab_size, std=h**-0.5)
 
     # -- the protocol ---------------------------------------------------------
     @property
@@ -109,16 +118,18 @@ class ToyLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache, tree_mask: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache, tree_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Logits ``[B, N, V]`` of N new tokens per row; their K/V go into ``cache``."""
-        return self._run(tokens, positions, lambda layer, q, k, v: self._cached_attention(
-            cache, layer, q, k, v, tree_mask))
+        return self._run(
+            tokens, positions, lambda layer, q, k, v: self._cached_attention(cache, layer, q, k, v, tree_mask)
+        )
 
     def _cached_attention(self, cache, layer, q, k, v, tree_mask):
         # q [B, N, Hq, D]; k, v [B, N, Hkv, D] -> the cache wants [B, Hkv, N, D]
         cache.write(layer, k.transpose(1, 2), v.transpose(1, 2))
-        return cache.attend(layer, q.contiguous(), tree_mask, self.head_dim ** -0.5)
+        return cache.attend(layer, q.contiguous(), tree_mask, self.head_dim**-0.5)
 
     # -- plain-torch references -----------------------------------------------
     def full_logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -144,7 +155,7 @@ class ToyLM(nn.Module):
             qh = q.transpose(1, 2)  # [B, Hq, N, D]
             kh = k.transpose(1, 2).repeat_interleave(rep, dim=1)
             vh = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-            s = (qh @ kh.transpose(-1, -2)) * self.head_dim ** -0.5
+            s = (qh @ kh.transpose(-1, -2)) * self.head_dim**-0.5
             s = s.masked_fill(~causal, float("-inf"))
             return (s.softmax(-1) @ vh).transpose(1, 2)  # [B, N, Hq, D]
 
@@ -170,10 +181,21 @@ class ToyLM(nn.Module):
     def truncated(self, layers: int) -> ToyLM:
         """A shallower copy: the first ``layers`` blocks, embedding, final norm and LM
         head shared by value (a draft that agrees with this model often)."""
-        m = ToyLM(self.vocab_size, self.hidden, layers, heads=self.heads, kv_heads=self.kv_heads,
-                  logit_scale=self.logit_scale)
-        m.load_state_dict({k: v for k, v in self.state_dict().items()
-                           if not k.startswith("blocks.") or int(k.split(".")[1]) < layers})
+        m = ToyLM(
+            self.vocab_size,
+            self.hidden,
+            layers,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            logit_scale=self.logit_scale,
+        )
+        m.load_state_dict(
+            {
+                k: v
+                for k, v in self.state_dict().items()
+                if not k.startswith("blocks.") or int(k.split(".")[1]) < layers
+            }
+        )
         return m.to(self.device)
 
     @torch.no_grad()
@@ -187,4 +209,3 @@ class ToyLM(nn.Module):
             out.append(int(nxt))
             seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
         return torch.tensor(out, dtype=torch.long)
-

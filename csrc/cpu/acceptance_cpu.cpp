@@ -16,8 +16,7 @@
 namespace specdec {
 namespace {
 
-void validate_trees(const char* op, const TreeShape& s, const int32_t* parents,
-                    const int64_t* tokens, int64_t vocab) {
+void validate_trees(const char* op, const TreeShape& s, const int32_t* parents, const int64_t* tokens, int64_t vocab) {
   std::vector<ErrorRecord> errors(s.batch);
   for (int64_t b = 0; b < s.batch; ++b) {
     errors[b] = accept::check_tree(parents + b * s.nodes, tokens + b * s.nodes, s.nodes, vocab, b);
@@ -28,11 +27,9 @@ void validate_trees(const char* op, const TreeShape& s, const int32_t* parents,
 // Runs the walk for every row in parallel (row policy with the row's scratch),
 // then raises the lowest failing row's error.
 template <class Walk>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const TreeShape& s,
-                                                        const at::Tensor& tokens,
-                                                        const at::Tensor& parents,
-                                                        const float* target, const float* draft,
-                                                        const at::Tensor& seed,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const TreeShape& s, const at::Tensor& tokens,
+                                                        const at::Tensor& parents, const float* target,
+                                                        const float* draft, const at::Tensor& seed,
                                                         const at::Tensor& offset, Walk walk) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
   std::vector<ErrorRecord> errors(s.batch);
@@ -48,10 +45,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> scratch(s.nodes);
     for (int64_t b = begin; b < end; ++b) {
-      const accept::RowView view(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes,
-                                 target + b * row_probs, draft ? draft + b * row_probs : nullptr,
-                                 static_cast<uint64_t>(sd[b]), static_cast<uint64_t>(of[b]),
-                                 acc + b * s.nodes, nu + b, nx + b);
+      const accept::RowView view(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes, target + b * row_probs,
+                                 draft ? draft + b * row_probs : nullptr, static_cast<uint64_t>(sd[b]),
+                                 static_cast<uint64_t>(of[b]), acc + b * s.nodes, nu + b, nx + b);
       accept::SequentialRow row(view, scratch.data(), &errors[b]);
       walk(row);
     }
@@ -60,8 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
   return {accept, num, next};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tensor& tokens,
-                                                                 const at::Tensor& parents,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                                                  const at::Tensor& target_argmax) {
   constexpr const char* op = "specdec::verify_greedy";
   const TreeShape s = check_tree_args(op, tokens, parents);
@@ -82,19 +77,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tenso
   at::parallel_for(0, s.batch, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o = b * s.nodes;
-      nu[b] = static_cast<int32_t>(
-          accept::greedy_walk(par + o, tok + o, arg + o, s.nodes, acc + o, nx + b));
+      nu[b] = static_cast<int32_t>(accept::greedy_walk(par + o, tok + o, arg + o, s.nodes, acc + o, nx + b));
     }
   });
   return {accept, num, next};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(
-    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
-    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(const at::Tensor& tokens, const at::Tensor& parents,
+                                                                    const std::optional<at::Tensor>& draft_probs,
+                                                                    const at::Tensor& target_probs,
+                                                                    const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::rejection_sample";
-  const TreeShape s =
-      check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
+  const TreeShape s = check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
   const float* target = target_probs.data_ptr<float>();
   if (draft_probs) {
@@ -105,13 +99,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(
                   [](accept::SequentialRow& row) { accept::rejection_walk<false>(row); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(
-    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
-    double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
-    const at::Tensor& offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(const at::Tensor& tokens, const at::Tensor& parents,
+                                                                  const at::Tensor& target_probs,
+                                                                  double posterior_threshold, double posterior_alpha,
+                                                                  const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::typical_accept";
-  const TreeShape s = check_typical_args(op, tokens, parents, target_probs, posterior_threshold,
-                                         posterior_alpha, seed, offset);
+  const TreeShape s =
+      check_typical_args(op, tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset);
   validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
   const double threshold = posterior_threshold, alpha = posterior_alpha;
   return run_rows(op, s, tokens, parents, target_probs.data_ptr<float>(), nullptr, seed, offset,

@@ -4,20 +4,20 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/isinf.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -39,8 +39,8 @@ namespace {
 constexpr int64_t kBlock = 1024;
 
 template <typename scalar_t, class BlockLoader>
-void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask,
-            float scale, BlockLoader load, scalar_t* out, float* lse) {
+void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
+            BlockLoader load, scalar_t* out, float* lse) {
   const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const auto run_tasks = [&](int64_t begin, int64_t end) {
@@ -73,7 +73,7 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
         const int64_t bk = std::min(kBlock, total - s0);
         const auto [Kb, Vb] = load(b, h, s0, bk);
         at::Tensor S = at::mm(Q, Kb.t());  // [rows, bk], already scaled
-        if (s0 + bk > length) {  // this block reaches the tree slots
+        if (s0 + bk > length) {            // this block reaches the tree slots
           const int64_t first = std::max<int64_t>(0, length - s0);
           const int64_t tree_first = s0 + first - length;
           S.narrow(1, first, bk - first).add_(bias.narrow(1, tree_first, bk - first));
@@ -117,9 +117,8 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
 // exp and the weighted sum of V rows, all float32, no allocation but one
 // scratch row per task.  `row(b, h, slot)` points at a slot's K (or V) row.
 template <typename scalar_t, class KRow, class VRow>
-void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens,
-                   const int32_t* mask, float scale, KRow k_row, VRow v_row, scalar_t* out,
-                   float* lse, int64_t grain) {
+void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
+                   KRow k_row, VRow v_row, scalar_t* out, float* lse, int64_t grain) {
   const int64_t G = s.group(), D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
@@ -148,8 +147,7 @@ void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* le
               for (int64_t l = 0; l < 8; ++l) part[l] += qf[d + l] * static_cast<float>(kr[d + l]);
             }
             for (; d < D; ++d) part[d & 7] += qf[d] * static_cast<float>(kr[d]);
-            const float dot = ((part[0] + part[1]) + (part[2] + part[3])) +
-                              ((part[4] + part[5]) + (part[6] + part[7]));
+            const float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             scores[j] = dot;
             mx = std::max(mx, dot);
           }
@@ -177,11 +175,9 @@ void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* le
 // Per-task multiply-adds (QK^T and PV) below which the direct loop wins.
 constexpr int64_t kDirectFlops = int64_t{1} << 20;
 
-std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q,
-                                                 const at::Tensor& k, const at::Tensor& v,
-                                                 const at::Tensor* block_tables,
-                                                 const at::Tensor& cache_lens,
-                                                 const at::Tensor& mask, double scale) {
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor* block_tables,
+                                                 const at::Tensor& cache_lens, const at::Tensor& mask, double scale) {
   const AttentionShape s = check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale);
   const int32_t* lens = cache_lens.data_ptr<int32_t>();
   const int32_t* tables = block_tables ? block_tables->data_ptr<int32_t>() : nullptr;
@@ -204,9 +200,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         const int64_t S = s.capacity;
         auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
         auto v_row = [vp, D, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * D; };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
-                                lse.data_ptr<float>(), grain);
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
+                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       } else {
         const int64_t ps = s.page_size, mb = s.max_blocks;
         auto where = [tables, ps, mb, H, D](int64_t b, int64_t h, int64_t slot) {
@@ -214,9 +209,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         };
         auto k_row = [kp, where](int64_t b, int64_t h, int64_t slot) { return kp + where(b, h, slot); };
         auto v_row = [vp, where](int64_t b, int64_t h, int64_t slot) { return vp + where(b, h, slot); };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                                static_cast<float>(scale), k_row, v_row, out.data_ptr<scalar_t>(),
-                                lse.data_ptr<float>(), grain);
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
+                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       }
     });
     return {out, lse};
@@ -228,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
       auto load = [&](int64_t b, int64_t h, int64_t first, int64_t count) {
         return std::pair{f32(k[b][h].narrow(0, first, count)), f32(v[b][h].narrow(0, first, count))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
+                       out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     } else {
       // [P, page_size, Hkv, D] seen as token rows [P * page_size, D] of head h;
       // a block is gathered through the block table.
@@ -246,27 +240,24 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         return std::pair{f32(k_rows.select(1, h).index_select(0, index)),
                          f32(v_rows.select(1, h).index_select(0, index))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(),
-                       static_cast<float>(scale), load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
+                       out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     }
   });
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
-                                                      const at::Tensor& v_cache,
-                                                      const at::Tensor& cache_lens,
+                                                      const at::Tensor& v_cache, const at::Tensor& cache_lens,
                                                       const at::Tensor& mask, double scale) {
-  return attention_cpu("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask,
-                       scale);
+  return attention_cpu("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale);
 }
 
-std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cpu(
-    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-    const at::Tensor& block_tables, const at::Tensor& cache_lens, const at::Tensor& mask,
-    double scale) {
-  return attention_cpu("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables,
-                       cache_lens, mask, scale);
+std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cpu(const at::Tensor& q, const at::Tensor& k_pages,
+                                                            const at::Tensor& v_pages, const at::Tensor& block_tables,
+                                                            const at::Tensor& cache_lens, const at::Tensor& mask,
+                                                            double scale) {
+  return attention_cpu("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale);
 }
 
 }  // namespace

@@ -19,8 +19,8 @@
 namespace specdec {
 namespace {
 
-void validate_all_rows(const char* op, const KvCompactPlan& plan, const int32_t* lens,
-                       const int32_t* accept, const int32_t* num, const int32_t* tables) {
+void validate_all_rows(const char* op, const KvCompactPlan& plan, const int32_t* lens, const int32_t* accept,
+                       const int32_t* num, const int32_t* tables) {
   std::vector<ErrorRecord> errors(plan.batch);
   for (int64_t b = 0; b < plan.batch; ++b) errors[b] = check_row_values(plan, b, lens, accept, num, tables);
   raise_first_error(errors, [&](const ErrorRecord& e) { raise_kv_compact_error(op, plan, e); });
@@ -29,8 +29,8 @@ void validate_all_rows(const char* op, const KvCompactPlan& plan, const int32_t*
 // Moves the accepted slots of every tensor.  `slot_offset(b, row, slot)` gives
 // the byte offset of a slot inside one tensor.
 template <typename SlotOffset>
-void copy_accepted(const KvCompactPlan& plan, const int32_t* lens, const int32_t* accept,
-                   const int32_t* num, SlotOffset slot_offset) {
+void copy_accepted(const KvCompactPlan& plan, const int32_t* lens, const int32_t* accept, const int32_t* num,
+                   SlotOffset slot_offset) {
   const int64_t rows = plan.rows_per_seq;
   const int64_t items = static_cast<int64_t>(plan.tensors.size()) * plan.batch * rows;
   const int64_t row_bytes = plan.row_bytes;
@@ -52,8 +52,7 @@ void copy_accepted(const KvCompactPlan& plan, const int32_t* lens, const int32_t
       char* base = bases[t];
       for (int64_t j = 0; j < n; ++j) {
         if (a[j] == j) continue;  // already in place
-        std::memcpy(base + slot_offset(b, row, len + j), base + slot_offset(b, row, len + a[j]),
-                    row_bytes);
+        std::memcpy(base + slot_offset(b, row, len + j), base + slot_offset(b, row, len + a[j]), row_bytes);
       }
     }
   });
@@ -63,8 +62,8 @@ void advance_lens(int32_t* lens, const int32_t* num, int64_t batch) {
   for (int64_t b = 0; b < batch; ++b) lens[b] += num[b];
 }
 
-void kv_compact_cpu(at::TensorList caches, const at::Tensor& cache_lens,
-                    const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_cpu(at::TensorList caches, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                    const at::Tensor& num_accepted) {
   constexpr const char* op = "specdec::kv_compact_";
   const KvCompactPlan plan = check_kv_compact(op, caches, cache_lens, accept_nodes, num_accepted);
   int32_t* lens = cache_lens.data_ptr<int32_t>();
@@ -73,19 +72,18 @@ void kv_compact_cpu(at::TensorList caches, const at::Tensor& cache_lens,
   validate_all_rows(op, plan, lens, accept, num, nullptr);
   if (!plan.tensors.empty() && plan.row_bytes > 0) {
     const int64_t rows = plan.rows_per_seq, slots = plan.slots, rb = plan.row_bytes;
-    copy_accepted(plan, lens, accept, num, [=](int64_t b, int64_t row, int64_t slot) {
-      return ((b * rows + row) * slots + slot) * rb;
-    });
+    copy_accepted(plan, lens, accept, num,
+                  [=](int64_t b, int64_t row, int64_t slot) { return ((b * rows + row) * slots + slot) * rb; });
   }
   advance_lens(lens, num, plan.batch);
 }
 
-void kv_compact_paged_cpu(at::TensorList k_pages, at::TensorList v_pages,
-                          const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                          const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_paged_cpu(at::TensorList k_pages, at::TensorList v_pages, const at::Tensor& block_tables,
+                          const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                          const at::Tensor& num_accepted) {
   constexpr const char* op = "specdec::kv_compact_paged_";
-  const KvCompactPlan plan = check_kv_compact_paged(op, k_pages, v_pages, block_tables, cache_lens,
-                                                    accept_nodes, num_accepted);
+  const KvCompactPlan plan =
+      check_kv_compact_paged(op, k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted);
   int32_t* lens = cache_lens.data_ptr<int32_t>();
   const int32_t* accept = accept_nodes.data_ptr<int32_t>();
   const int32_t* num = num_accepted.data_ptr<int32_t>();
@@ -93,9 +91,8 @@ void kv_compact_paged_cpu(at::TensorList k_pages, at::TensorList v_pages,
   validate_all_rows(op, plan, lens, accept, num, tables);
   if (!plan.tensors.empty() && plan.row_bytes > 0) {
     const int64_t ps = plan.page_size, rb = plan.row_bytes, mb = plan.max_blocks;
-    copy_accepted(plan, lens, accept, num, [=](int64_t b, int64_t, int64_t slot) {
-      return kv::paged_offset(tables + b * mb, slot, ps, rb);
-    });
+    copy_accepted(plan, lens, accept, num,
+                  [=](int64_t b, int64_t, int64_t slot) { return kv::paged_offset(tables + b * mb, slot, ps, rb); });
   }
   advance_lens(lens, num, plan.batch);
 }

@@ -45,8 +45,8 @@ double mass_threshold(std::vector<double>& p, double need) {
 }
 
 // One row: logits x[V] -> out[V].  Returns an error code (0: valid).
-int64_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_k, float top_p,
-                  float* out, std::vector<float>& fbuf, std::vector<double>& dbuf) {
+int64_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_k, float top_p, float* out,
+                  std::vector<float>& fbuf, std::vector<double>& dbuf) {
   int64_t first_max = 0;
   for (int64_t i = 0; i < vocab; ++i) {
     if (std::isnan(x[i]) || x[i] == std::numeric_limits<float>::infinity()) return sampling::kLogitInvalid;
@@ -93,8 +93,8 @@ int64_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_
   return kOk;
 }
 
-at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temperature,
-                              const at::Tensor& top_k, const at::Tensor& top_p) {
+at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                              const at::Tensor& top_p) {
   check_sampling_args(kOp, logits, temperature, top_k, top_p);
   const int64_t batch = logits.size(0), vocab = logits.size(-1);
   const int64_t rows = logits.dim() == 3 ? logits.size(1) : 1;

@@ -36,9 +36,8 @@ __global__ void __launch_bounds__(kThreads) walk_kernel(dev::WalkArgs a) {
   dev::walk_block<DeviceCtx, kWalk>(DeviceCtx{}, a);
 }
 
-__global__ void greedy_kernel(const int32_t* parents, const int64_t* tokens, const int64_t* argmax,
-                              int64_t batch, int64_t nodes, int32_t* accept, int32_t* num,
-                              int64_t* next, ErrorRecord* errors) {
+__global__ void greedy_kernel(const int32_t* parents, const int64_t* tokens, const int64_t* argmax, int64_t batch,
+                              int64_t nodes, int32_t* accept, int32_t* num, int64_t* next, ErrorRecord* errors) {
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b < batch) dev::greedy_row(parents, tokens, argmax, b, nodes, accept, num, next, errors);
 }
@@ -48,14 +47,11 @@ void raise_row_errors(const char* op, const at::Tensor& errors, cudaStream_t str
   raise_device_errors(errors, stream, [op](const ErrorRecord& e) { raise_acceptance_error(op, e); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk walk,
-                                                        const TreeShape& s, const at::Tensor& tokens,
-                                                        const at::Tensor& parents,
-                                                        const at::Tensor& target,
-                                                        const at::Tensor* draft,
-                                                        const at::Tensor& seed,
-                                                        const at::Tensor& offset, double threshold,
-                                                        double alpha) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk walk, const TreeShape& s,
+                                                        const at::Tensor& tokens, const at::Tensor& parents,
+                                                        const at::Tensor& target, const at::Tensor* draft,
+                                                        const at::Tensor& seed, const at::Tensor& offset,
+                                                        double threshold, double alpha) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
   if (s.batch == 0) return {accept, num, next};
   const c10::cuda::CUDAGuard guard(tokens.device());
@@ -64,10 +60,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk wal
   const size_t scratch = static_cast<size_t>(s.nodes) * sizeof(int64_t);
   TORCH_CHECK_VALUE(scratch <= 40 * 1024,
                     msg(op, "tokens", " has ", s.nodes, " nodes; the CUDA kernel supports up to 5120"));
-  const dev::WalkArgs args{parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), target.data_ptr<float>(),
-                           draft ? draft->data_ptr<float>() : nullptr, seed.data_ptr<int64_t>(),
-                           offset.data_ptr<int64_t>(), s.nodes, s.vocab, threshold, alpha,
-                           accept.data_ptr<int32_t>(), num.data_ptr<int32_t>(), next.data_ptr<int64_t>(),
+  const dev::WalkArgs args{parents.data_ptr<int32_t>(),
+                           tokens.data_ptr<int64_t>(),
+                           target.data_ptr<float>(),
+                           draft ? draft->data_ptr<float>() : nullptr,
+                           seed.data_ptr<int64_t>(),
+                           offset.data_ptr<int64_t>(),
+                           s.nodes,
+                           s.vocab,
+                           threshold,
+                           alpha,
+                           accept.data_ptr<int32_t>(),
+                           num.data_ptr<int32_t>(),
+                           next.data_ptr<int64_t>(),
                            record_ptr(errors)};
   const size_t smem = dev::walk_smem(s.nodes);
   SPECDEC_SWITCH3(walk, kWalk, Walk::kRejectionDraft, Walk::kRejection, Walk::kTypical,
@@ -77,8 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk wal
   return {accept, num, next};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& tokens,
-                                                                  const at::Tensor& parents,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tensor& tokens, const at::Tensor& parents,
                                                                   const at::Tensor& target_argmax) {
   constexpr const char* op = "specdec::verify_greedy";
   const TreeShape s = check_tree_args(op, tokens, parents);
@@ -90,33 +94,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tens
   at::Tensor errors = device_error_records(s.batch, tokens.options());
   const int threads = 128;
   greedy_kernel<<<(s.batch + threads - 1) / threads, threads, 0, stream>>>(
-      parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), target_argmax.data_ptr<int64_t>(),
-      s.batch, s.nodes, accept.data_ptr<int32_t>(), num.data_ptr<int32_t>(),
-      next.data_ptr<int64_t>(), record_ptr(errors));
+      parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), target_argmax.data_ptr<int64_t>(), s.batch, s.nodes,
+      accept.data_ptr<int32_t>(), num.data_ptr<int32_t>(), next.data_ptr<int64_t>(), record_ptr(errors));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   raise_row_errors(op, errors, stream);
   return {accept, num, next};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cuda(
-    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
-    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cuda(const at::Tensor& tokens,
+                                                                     const at::Tensor& parents,
+                                                                     const std::optional<at::Tensor>& draft_probs,
+                                                                     const at::Tensor& target_probs,
+                                                                     const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::rejection_sample";
-  const TreeShape s =
-      check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
-  return run_walk(op, draft_probs ? Walk::kRejectionDraft : Walk::kRejection, s, tokens, parents,
-                  target_probs, draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0, 0.0);
+  const TreeShape s = check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
+  return run_walk(op, draft_probs ? Walk::kRejectionDraft : Walk::kRejection, s, tokens, parents, target_probs,
+                  draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0, 0.0);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cuda(
-    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
-    double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
-    const at::Tensor& offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cuda(const at::Tensor& tokens, const at::Tensor& parents,
+                                                                   const at::Tensor& target_probs,
+                                                                   double posterior_threshold, double posterior_alpha,
+                                                                   const at::Tensor& seed, const at::Tensor& offset) {
   constexpr const char* op = "specdec::typical_accept";
-  const TreeShape s = check_typical_args(op, tokens, parents, target_probs, posterior_threshold,
-                                         posterior_alpha, seed, offset);
-  return run_walk(op, Walk::kTypical, s, tokens, parents, target_probs, nullptr, seed, offset,
-                  posterior_threshold, posterior_alpha);
+  const TreeShape s =
+      check_typical_args(op, tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset);
+  return run_walk(op, Walk::kTypical, s, tokens, parents, target_probs, nullptr, seed, offset, posterior_threshold,
+                  posterior_alpha);
 }
 
 }  // namespace

@@ -39,14 +39,14 @@ __global__ void __launch_bounds__(simt::kThreads) tree_attention_simt_kernel(sim
 }
 
 template <int kKind>
-__global__ void merge_kernel(const float* part_out, const float* part_lse, int64_t splits, int64_t rows,
-                             int64_t dim, void* out, float* lse) {
+__global__ void merge_kernel(const float* part_out, const float* part_lse, int64_t splits, int64_t rows, int64_t dim,
+                             void* out, float* lse) {
   simt::merge_row<kKind>(part_out, part_lse, splits, rows, dim, blockIdx.x, threadIdx.x, blockDim.x, out, lse);
 }
 
 // Combines the split partials into out / lse (one block per output row).
-void launch_merge(at::ScalarType dtype, const float* part_out, const float* part_lse, int64_t splits,
-                  int64_t rows, int64_t dim, void* out, float* lse, cudaStream_t stream) {
+void launch_merge(at::ScalarType dtype, const float* part_out, const float* part_lse, int64_t splits, int64_t rows,
+                  int64_t dim, void* out, float* lse, cudaStream_t stream) {
   SPECDEC_KIND_SWITCH(dtype, kKind, [&] {
     merge_kernel<kKind><<<rows, 128, 0, stream>>>(part_out, part_lse, splits, rows, dim, out, lse);
   });
@@ -72,8 +72,8 @@ template <bool kBf16, bool kPaged, int kD>
 void launch_mma(tc::Params p, const tc::Plan& pl, cudaStream_t stream) {
   auto* kernel = &tree_attention_mma_kernel<kBf16, kPaged, kD>;
   if (pl.smem > 48 * 1024) {  // opt in beyond the default (sm_80: 163 KiB, sm_90: 227 KiB)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(pl.smem)));
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem)));
   }
   const dim3 grid(static_cast<unsigned>(pl.splits * pl.q_tiles), static_cast<unsigned>(p.batch * p.kv_heads));
   kernel<<<grid, 32 * pl.warps, pl.smem, stream>>>(p);
@@ -86,11 +86,10 @@ void launch_mma(tc::Params p, const tc::Plan& pl, cudaStream_t stream) {
 // false, launching nothing, otherwise: the SIMT kernel above takes the call.
 bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor* block_tables, const at::Tensor& cache_lens,
-                   const at::Tensor& mask, double scale, cudaStream_t stream, at::Tensor& out,
-                   at::Tensor& lse) {
+                   const at::Tensor& mask, double scale, cudaStream_t stream, at::Tensor& out, at::Tensor& lse) {
   auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  if ((q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) || s.dim % 8 != 0 ||
-      s.capacity >= INT32_MAX || !aligned(q) || !aligned(k) || !aligned(v)) {
+  if ((q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) || s.dim % 8 != 0 || s.capacity >= INT32_MAX ||
+      !aligned(q) || !aligned(k) || !aligned(v)) {
     return false;
   }
   const int dev = q.device().index();
@@ -114,22 +113,40 @@ bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q,
   }
   at::Tensor errors = device_error_records(s.batch, q.options());
   auto bits = [](const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); };
-  tc::Params p{bits(q), bits(k), bits(v), cache_lens.data_ptr<int32_t>(), mask.data_ptr<int32_t>(),
+  tc::Params p{bits(q),
+               bits(k),
+               bits(v),
+               cache_lens.data_ptr<int32_t>(),
+               mask.data_ptr<int32_t>(),
                block_tables ? block_tables->data_ptr<int32_t>() : nullptr,
-               static_cast<uint16_t*>(out.data_ptr()), lse.data_ptr<float>(),
+               static_cast<uint16_t*>(out.data_ptr()),
+               lse.data_ptr<float>(),
                pl.splits > 1 ? part_out.data_ptr<float>() : nullptr,
-               pl.splits > 1 ? part_lse.data_ptr<float>() : nullptr, record_ptr(errors),
-               s.batch, s.nodes, s.q_heads, s.kv_heads, s.dim, s.words, s.capacity,
-               s.page_size, s.max_blocks, s.num_pages, static_cast<float>(scale),
-               pl.splits, pl.chunk, pl.q_tiles, pl.warps};
+               pl.splits > 1 ? part_lse.data_ptr<float>() : nullptr,
+               record_ptr(errors),
+               s.batch,
+               s.nodes,
+               s.q_heads,
+               s.kv_heads,
+               s.dim,
+               s.words,
+               s.capacity,
+               s.page_size,
+               s.max_blocks,
+               s.num_pages,
+               static_cast<float>(scale),
+               pl.splits,
+               pl.chunk,
+               pl.q_tiles,
+               pl.warps};
   SPECDEC_BOOL_SWITCH(q.scalar_type() == at::kBFloat16, kBf16, [&] {
     SPECDEC_BOOL_SWITCH(block_tables != nullptr, kPaged, [&] {
       SPECDEC_HEAD_DIM_SWITCH(s.dim, kD, [&] { launch_mma<kBf16, kPaged, kD>(p, pl, stream); });
     });
   });
   if (pl.splits > 1) {
-    launch_merge(q.scalar_type(), p.part_out, p.part_lse, pl.splits, rows_total, s.dim,
-                 out.data_ptr(), lse.data_ptr<float>(), stream);
+    launch_merge(q.scalar_type(), p.part_out, p.part_lse, pl.splits, rows_total, s.dim, out.data_ptr(),
+                 lse.data_ptr<float>(), stream);
   }
   raise_row_errors(op, s, errors, stream);
   return true;
@@ -143,11 +160,9 @@ void launch_simt(const simt::Params& a, dim3 grid, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tensor& q,
-                                                  const at::Tensor& k, const at::Tensor& v,
-                                                  const at::Tensor* block_tables,
-                                                  const at::Tensor& cache_lens,
-                                                  const at::Tensor& mask, double scale) {
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const at::Tensor* block_tables,
+                                                  const at::Tensor& cache_lens, const at::Tensor& mask, double scale) {
   const AttentionShape s = check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
@@ -163,11 +178,30 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
                     msg(op, "q", " is too large for one launch (B * Hkv and N * Hq / Hkv / 16 must be <= 65535)"));
   const int64_t rows_total = s.batch * s.nodes * s.q_heads;
   at::Tensor errors = device_error_records(s.batch, q.options());
-  simt::Params a{q.data_ptr(), k.data_ptr(), v.data_ptr(), cache_lens.data_ptr<int32_t>(),
-                 mask.data_ptr<int32_t>(), block_tables ? block_tables->data_ptr<int32_t>() : nullptr,
-                 out.data_ptr(), lse.data_ptr<float>(), nullptr, nullptr, record_ptr(errors),
-                 s.batch, s.nodes, s.q_heads, s.kv_heads, s.dim, s.words, s.capacity,
-                 s.page_size, s.max_blocks, s.num_pages, static_cast<float>(scale), 1, 0};
+  simt::Params a{q.data_ptr(),
+                 k.data_ptr(),
+                 v.data_ptr(),
+                 cache_lens.data_ptr<int32_t>(),
+                 mask.data_ptr<int32_t>(),
+                 block_tables ? block_tables->data_ptr<int32_t>() : nullptr,
+                 out.data_ptr(),
+                 lse.data_ptr<float>(),
+                 nullptr,
+                 nullptr,
+                 record_ptr(errors),
+                 s.batch,
+                 s.nodes,
+                 s.q_heads,
+                 s.kv_heads,
+                 s.dim,
+                 s.words,
+                 s.capacity,
+                 s.page_size,
+                 s.max_blocks,
+                 s.num_pages,
+                 static_cast<float>(scale),
+                 1,
+                 0};
   const int64_t target_blocks = 2 * static_cast<int64_t>(sms);
   SPECDEC_HEAD_DIM_SWITCH(s.dim, kD, [&] { simt::plan_splits<kD>(a, q_tiles, target_blocks); });
   at::Tensor part_out, part_lse;
@@ -185,27 +219,24 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
     });
   });
   if (a.splits > 1) {
-    launch_merge(q.scalar_type(), a.part_out, a.part_lse, a.splits, rows_total, s.dim, out.data_ptr(), lse.data_ptr<float>(),
-                 stream);
+    launch_merge(q.scalar_type(), a.part_out, a.part_lse, a.splits, rows_total, s.dim, out.data_ptr(),
+                 lse.data_ptr<float>(), stream);
   }
   raise_row_errors(op, s, errors, stream);
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache,
-                                                       const at::Tensor& v_cache,
-                                                       const at::Tensor& cache_lens,
+                                                       const at::Tensor& v_cache, const at::Tensor& cache_lens,
                                                        const at::Tensor& mask, double scale) {
-  return attention_cuda("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask,
-                        scale);
+  return attention_cuda("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale);
 }
 
-std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cuda(
-    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-    const at::Tensor& block_tables, const at::Tensor& cache_lens, const at::Tensor& mask,
-    double scale) {
-  return attention_cuda("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables,
-                        cache_lens, mask, scale);
+std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cuda(const at::Tensor& q, const at::Tensor& k_pages,
+                                                             const at::Tensor& v_pages, const at::Tensor& block_tables,
+                                                             const at::Tensor& cache_lens, const at::Tensor& mask,
+                                                             double scale) {
+  return attention_cuda("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale);
 }
 
 }  // namespace

@@ -87,9 +87,8 @@ void launch_copies(const KvCompactPlan& plan, const dev::RowArgs& args, cudaStre
 }
 
 template <bool kPaged>
-void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens,
-         const at::Tensor& accept_nodes, const at::Tensor& num_accepted,
-         const at::Tensor* block_tables) {
+void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+         const at::Tensor& num_accepted, const at::Tensor* block_tables) {
   if (plan.batch == 0) return;
   const c10::cuda::CUDAGuard guard(cache_lens.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -99,35 +98,53 @@ void run(const char* op, const KvCompactPlan& plan, const at::Tensor& cache_lens
   const bool has_tensors = !plan.tensors.empty();
   const int64_t capacity = has_tensors ? plan.capacity : std::numeric_limits<int32_t>::max();
   const int32_t* tables = kPaged ? block_tables->data_ptr<int32_t>() : nullptr;
-  const dev::ValidateArgs va{cache_lens.data_ptr<int32_t>(), accept_nodes.data_ptr<int32_t>(),
-                             num_accepted.data_ptr<int32_t>(), tables, plan.batch, plan.width, capacity,
-                             kPaged, has_tensors, plan.page_size, plan.num_pages, plan.max_blocks,
-                             base_lens.data_ptr<int32_t>(), record_ptr(status)};
+  const dev::ValidateArgs va{cache_lens.data_ptr<int32_t>(),
+                             accept_nodes.data_ptr<int32_t>(),
+                             num_accepted.data_ptr<int32_t>(),
+                             tables,
+                             plan.batch,
+                             plan.width,
+                             capacity,
+                             kPaged,
+                             has_tensors,
+                             plan.page_size,
+                             plan.num_pages,
+                             plan.max_blocks,
+                             base_lens.data_ptr<int32_t>(),
+                             record_ptr(status)};
   validate_and_advance<<<1, kThreads, dev::kValidateSmem, stream>>>(va);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (has_tensors && plan.row_bytes > 0) {
-    const dev::RowArgs args{accept_nodes.data_ptr<int32_t>(), num_accepted.data_ptr<int32_t>(),
-                 base_lens.data_ptr<int32_t>(), record_ptr(status),
-                 plan.batch, plan.width, plan.rows_per_seq, plan.row_bytes, plan.slots,
-                 tables, plan.max_blocks, plan.page_size};
+    const dev::RowArgs args{accept_nodes.data_ptr<int32_t>(),
+                            num_accepted.data_ptr<int32_t>(),
+                            base_lens.data_ptr<int32_t>(),
+                            record_ptr(status),
+                            plan.batch,
+                            plan.width,
+                            plan.rows_per_seq,
+                            plan.row_bytes,
+                            plan.slots,
+                            tables,
+                            plan.max_blocks,
+                            plan.page_size};
     launch_copies<kPaged>(plan, args, stream);
   }
   raise_device_errors(status, stream, [&](const ErrorRecord& e) { raise_kv_compact_error(op, plan, e); });
 }
 
-void kv_compact_cuda(at::TensorList caches, const at::Tensor& cache_lens,
-                     const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_cuda(at::TensorList caches, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                     const at::Tensor& num_accepted) {
   constexpr const char* op = "specdec::kv_compact_";
   const KvCompactPlan plan = check_kv_compact(op, caches, cache_lens, accept_nodes, num_accepted);
   run<false>(op, plan, cache_lens, accept_nodes, num_accepted, nullptr);
 }
 
-void kv_compact_paged_cuda(at::TensorList k_pages, at::TensorList v_pages,
-                           const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                           const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_paged_cuda(at::TensorList k_pages, at::TensorList v_pages, const at::Tensor& block_tables,
+                           const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                           const at::Tensor& num_accepted) {
   constexpr const char* op = "specdec::kv_compact_paged_";
-  const KvCompactPlan plan = check_kv_compact_paged(op, k_pages, v_pages, block_tables, cache_lens,
-                                                    accept_nodes, num_accepted);
+  const KvCompactPlan plan =
+      check_kv_compact_paged(op, k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted);
   run<true>(op, plan, cache_lens, accept_nodes, num_accepted, &block_tables);
 }
 

@@ -40,8 +40,14 @@ at::Tensor sampling_probs_cuda(const at::Tensor& logits, const at::Tensor& tempe
   const c10::cuda::CUDAGuard guard(logits.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor errors = device_error_records(batch * rows, logits.options());
-  const dev::SamplingArgs args{logits.data_ptr(), temperature.data_ptr<float>(), top_k.data_ptr<int32_t>(),
-                               top_p.data_ptr<float>(), rows, vocab, out.data_ptr<float>(), record_ptr(errors)};
+  const dev::SamplingArgs args{logits.data_ptr(),
+                               temperature.data_ptr<float>(),
+                               top_k.data_ptr<int32_t>(),
+                               top_p.data_ptr<float>(),
+                               rows,
+                               vocab,
+                               out.data_ptr<float>(),
+                               record_ptr(errors)};
   SPECDEC_KIND_SWITCH(logits.scalar_type(), kKind, [&] {
     sampling_probs_kernel<kKind><<<batch * rows, kThreads, dev::kSharedBytes, stream>>>(args);
   });

@@ -68,9 +68,9 @@ inline int kind_of(at::ScalarType t) { return t == at::kFloat ? kF32 : t == at::
 }  // namespace specdec::kernel
 
 // A float dtype -> its kernel::Kind (kF32, kF16, kBF16).
-#define SPECDEC_KIND_SWITCH(DTYPE, NAME, ...)                                                         \
-  SPECDEC_SWITCH3(::specdec::kernel::kind_of(DTYPE), NAME, int{::specdec::kernel::kF32},              \
-                  int{::specdec::kernel::kF16}, int{::specdec::kernel::kBF16}, __VA_ARGS__)
+#define SPECDEC_KIND_SWITCH(DTYPE, NAME, ...)                                                                          \
+  SPECDEC_SWITCH3(::specdec::kernel::kind_of(DTYPE), NAME, int{::specdec::kernel::kF32}, int{::specdec::kernel::kF16}, \
+                  int{::specdec::kernel::kBF16}, __VA_ARGS__)
 
 // A head dimension -> its kernel bucket 64 / 128 / 256 (attention::head_dim_bucket).
 #define SPECDEC_HEAD_DIM_SWITCH(DIM, NAME, ...) \

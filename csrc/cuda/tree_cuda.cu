@@ -20,8 +20,8 @@
 namespace specdec {
 namespace {
 
-__global__ void build_tree_kernel(const int32_t* parents, int64_t nodes, int64_t words, int32_t* mask,
-                                  int32_t* depth, ErrorRecord* errors) {
+__global__ void build_tree_kernel(const int32_t* parents, int64_t nodes, int64_t words, int32_t* mask, int32_t* depth,
+                                  ErrorRecord* errors) {
   tree::device::build_tree_block(kernel::DeviceCtx{}, parents, nodes, words, mask, depth, errors);
 }
 
@@ -35,9 +35,9 @@ std::tuple<at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor& parents) {
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor errors = device_error_records(batch, parents.options());
   const int threads = static_cast<int>(std::min<int64_t>(128, ((words + 31) / 32) * 32));
-  build_tree_kernel<<<batch, threads, block::kSharedBytes, stream>>>(
-      parents.data_ptr<int32_t>(), nodes, words, mask.data_ptr<int32_t>(), depth.data_ptr<int32_t>(),
-      record_ptr(errors));
+  build_tree_kernel<<<batch, threads, block::kSharedBytes, stream>>>(parents.data_ptr<int32_t>(), nodes, words,
+                                                                     mask.data_ptr<int32_t>(),
+                                                                     depth.data_ptr<int32_t>(), record_ptr(errors));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   raise_device_errors(errors, stream, [op](const ErrorRecord& e) { raise_tree_error(op, e); });
   return {mask, depth};

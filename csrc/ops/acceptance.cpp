@@ -15,8 +15,8 @@ TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Te
   check_dim(op, "tokens", tokens, 2, "[B, N]");
   check_dim(op, "parents", parents, 2, "[B, N]");
   TORCH_CHECK_VALUE(parents.sizes().equals(tokens.sizes()),
-                    msg(op, "parents", " must have the shape of tokens ", shape_str(tokens.sizes()),
-                        ", got ", shape_str(parents.sizes())));
+                    msg(op, "parents", " must have the shape of tokens ", shape_str(tokens.sizes()), ", got ",
+                        shape_str(parents.sizes())));
   TORCH_CHECK_VALUE(tokens.size(1) >= 1, msg(op, "tokens", " must hold at least the root node (N >= 1)"));
   check_dtype(op, "tokens", tokens, at::kLong);
   check_dtype(op, "parents", parents, at::kInt);
@@ -42,8 +42,8 @@ void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeS
   check_contiguous(op, arg, probs);
 }
 
-void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset,
-                       const TreeShape& shape, const c10::Device& device) {
+void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset, const TreeShape& shape,
+                       const c10::Device& device) {
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"seed", &seed},
                          std::pair<const char*, const at::Tensor*>{"offset", &offset}}) {
     check_dim(op, name, *t, 1, "[B]");
@@ -56,8 +56,8 @@ void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor&
 
 void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Tensor& tokens) {
   TORCH_CHECK_VALUE(target_argmax.sizes().equals(tokens.sizes()),
-                    msg(op, "target_argmax", " must have the shape of tokens ",
-                        shape_str(tokens.sizes()), ", got ", shape_str(target_argmax.sizes())));
+                    msg(op, "target_argmax", " must have the shape of tokens ", shape_str(tokens.sizes()), ", got ",
+                        shape_str(target_argmax.sizes())));
   check_dtype(op, "target_argmax", target_argmax, at::kLong);
   check_device(op, "target_argmax", target_argmax, tokens.device());
   check_contiguous(op, "target_argmax", target_argmax);
@@ -71,9 +71,8 @@ void check_typical_params(const char* op, double threshold, double alpha) {
 }
 
 TreeShape check_rejection_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
-                               const std::optional<at::Tensor>& draft_probs,
-                               const at::Tensor& target_probs, const at::Tensor& seed,
-                               const at::Tensor& offset) {
+                               const std::optional<at::Tensor>& draft_probs, const at::Tensor& target_probs,
+                               const at::Tensor& seed, const at::Tensor& offset) {
   TreeShape s = check_tree_args(op, tokens, parents);
   check_probs(op, "target_probs", target_probs, s, tokens.device());
   if (draft_probs) check_probs(op, "draft_probs", *draft_probs, s, tokens.device());
@@ -82,8 +81,8 @@ TreeShape check_rejection_args(const char* op, const at::Tensor& tokens, const a
 }
 
 TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
-                             const at::Tensor& target_probs, double threshold, double alpha,
-                             const at::Tensor& seed, const at::Tensor& offset) {
+                             const at::Tensor& target_probs, double threshold, double alpha, const at::Tensor& seed,
+                             const at::Tensor& offset) {
   TreeShape s = check_tree_args(op, tokens, parents);
   check_probs(op, "target_probs", target_probs, s, tokens.device());
   check_seed_offset(op, seed, offset, s, tokens.device());
@@ -91,10 +90,8 @@ TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at:
   return s;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
-                                                               const at::TensorOptions& opts) {
-  return {at::empty({shape.batch, shape.nodes}, opts.dtype(at::kInt)),
-          at::empty({shape.batch}, opts.dtype(at::kInt)),
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape, const at::TensorOptions& opts) {
+  return {at::empty({shape.batch, shape.nodes}, opts.dtype(at::kInt)), at::empty({shape.batch}, opts.dtype(at::kInt)),
           at::empty({shape.batch}, opts.dtype(at::kLong))};
 }
 
@@ -105,19 +102,19 @@ void raise_acceptance_error(const char* op, const ErrorRecord& e) {
     case tree::kParentRange:
       raise_tree_error(op, e);
     case accept::kTokenRange:
-      TORCH_CHECK_INDEX(false, msg(op, "tokens", "[", b, ", ", where, "] = ", value,
-                                   " is outside the vocabulary [0, V)"));
+      TORCH_CHECK_INDEX(false,
+                        msg(op, "tokens", "[", b, ", ", where, "] = ", value, " is outside the vocabulary [0, V)"));
     case accept::kArgmaxRange:
       TORCH_CHECK_INDEX(false, msg(op, "target_argmax", "[", b, ", ", where, "] = ", value, " is negative"));
     case accept::kProbInvalid:
-      TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where, ", ", value,
-                                   "] is NaN, infinite or negative"));
+      TORCH_CHECK_VALUE(false,
+                        msg(op, "target_probs", "[", b, ", ", where, ", ", value, "] is NaN, infinite or negative"));
     case accept::kDraftProbInvalid:
-      TORCH_CHECK_VALUE(false, msg(op, "draft_probs", "[", b, ", ", where, ", ", value,
-                                   "] is NaN, infinite or negative"));
+      TORCH_CHECK_VALUE(false,
+                        msg(op, "draft_probs", "[", b, ", ", where, ", ", value, "] is NaN, infinite or negative"));
     case accept::kNoMass:
-      TORCH_CHECK_VALUE(false, msg(op, "target_probs", "[", b, ", ", where,
-                                   "] has no probability mass to sample from"));
+      TORCH_CHECK_VALUE(false,
+                        msg(op, "target_probs", "[", b, ", ", where, "] has no probability mass to sample from"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
   }
@@ -125,8 +122,7 @@ void raise_acceptance_error(const char* op, const ErrorRecord& e) {
 
 using Verdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Verdict verify_greedy(const at::Tensor& tokens, const at::Tensor& parents,
-                      const at::Tensor& target_argmax) {
+Verdict verify_greedy(const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_argmax) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::verify_greedy", "")
                        .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
@@ -138,19 +134,18 @@ Verdict rejection_sample(const at::Tensor& tokens, const at::Tensor& parents,
                          const at::Tensor& seed, const at::Tensor& offset) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::rejection_sample", "")
-                       .typed<Verdict(const at::Tensor&, const at::Tensor&,
-                                      const std::optional<at::Tensor>&, const at::Tensor&,
-                                      const at::Tensor&, const at::Tensor&)>();
+                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   return op.call(tokens, parents, draft_probs, target_probs, seed, offset);
 }
 
-Verdict typical_accept(const at::Tensor& tokens, const at::Tensor& parents,
-                       const at::Tensor& target_probs, double posterior_threshold,
-                       double posterior_alpha, const at::Tensor& seed, const at::Tensor& offset) {
+Verdict typical_accept(const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
+                       double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
+                       const at::Tensor& offset) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::typical_accept", "")
-                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                      double, const at::Tensor&, const at::Tensor&)>();
+                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                                      const at::Tensor&, const at::Tensor&)>();
   return op.call(tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset);
 }
 

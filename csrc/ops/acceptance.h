@@ -22,12 +22,11 @@ struct TreeShape {
 TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents);
 
 // probs float32 [B, N, V] matching `shape` (sets shape.vocab from the first).
-void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeShape& shape,
-                 const c10::Device& device);
+void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeShape& shape, const c10::Device& device);
 
 // seed, offset int64 [B].
-void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset,
-                       const TreeShape& shape, const c10::Device& device);
+void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset, const TreeShape& shape,
+                       const c10::Device& device);
 
 // target_argmax int64 [B, N] like tokens.
 void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Tensor& tokens);
@@ -37,31 +36,30 @@ void check_typical_params(const char* op, double threshold, double alpha);
 
 // Every shape/dtype/device check of rejection_sample and typical_accept.
 TreeShape check_rejection_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
-                               const std::optional<at::Tensor>& draft_probs,
-                               const at::Tensor& target_probs, const at::Tensor& seed,
-                               const at::Tensor& offset);
+                               const std::optional<at::Tensor>& draft_probs, const at::Tensor& target_probs,
+                               const at::Tensor& seed, const at::Tensor& offset);
 TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents,
-                             const at::Tensor& target_probs, double threshold, double alpha,
-                             const at::Tensor& seed, const at::Tensor& offset);
+                             const at::Tensor& target_probs, double threshold, double alpha, const at::Tensor& seed,
+                             const at::Tensor& offset);
 
 // The three verifier outputs, allocated on `device`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
-                                                               const at::TensorOptions& device);
+                                                                const at::TensorOptions& device);
 
 // Raise the exception for an acceptance record (accept::ErrorCode, and the
 // parent-array codes of tree::ErrorCode).
 [[noreturn]] void raise_acceptance_error(const char* op, const ErrorRecord& e);
 
 // Public C++ API, through the dispatcher.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy(const at::Tensor& tokens,
-                                                             const at::Tensor& parents,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy(const at::Tensor& tokens, const at::Tensor& parents,
                                                              const at::Tensor& target_argmax);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample(
-    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
-    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept(
-    const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,
-    double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
-    const at::Tensor& offset);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample(const at::Tensor& tokens, const at::Tensor& parents,
+                                                                const std::optional<at::Tensor>& draft_probs,
+                                                                const at::Tensor& target_probs, const at::Tensor& seed,
+                                                                const at::Tensor& offset);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept(const at::Tensor& tokens, const at::Tensor& parents,
+                                                              const at::Tensor& target_probs,
+                                                              double posterior_threshold, double posterior_alpha,
+                                                              const at::Tensor& seed, const at::Tensor& offset);
 
 }  // namespace specdec

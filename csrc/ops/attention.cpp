@@ -10,10 +10,9 @@
 
 namespace specdec {
 
-AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
-                                    const at::Tensor& v, const at::Tensor* block_tables,
-                                    const at::Tensor& cache_lens, const at::Tensor& mask,
-                                    double scale) {
+AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor* block_tables, const at::Tensor& cache_lens,
+                                    const at::Tensor& mask, double scale) {
   const bool paged = block_tables != nullptr;
   const char* kname = paged ? "k_pages" : "k_cache";
   const char* vname = paged ? "v_pages" : "v_cache";
@@ -30,23 +29,21 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   TORCH_CHECK_VALUE(s.dim >= 1 && s.dim <= attention::kMaxHeadDim,
                     msg(op, "q", " head dim must be in [1, ", attention::kMaxHeadDim, "], got ", s.dim));
   check_dim(op, kname, k, 4, paged ? "[P, page_size, Hkv, D]" : "[B, Hkv, S, D]");
-  TORCH_CHECK_VALUE(v.sizes().equals(k.sizes()),
-                    msg(op, vname, " must have the shape of ", kname, " ", shape_str(k.sizes()),
-                        ", got ", shape_str(v.sizes())));
-  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{kname, &k},
-                         std::pair<const char*, const at::Tensor*>{vname, &v}}) {
+  TORCH_CHECK_VALUE(v.sizes().equals(k.sizes()), msg(op, vname, " must have the shape of ", kname, " ",
+                                                     shape_str(k.sizes()), ", got ", shape_str(v.sizes())));
+  for (auto [name, t] :
+       {std::pair<const char*, const at::Tensor*>{kname, &k}, std::pair<const char*, const at::Tensor*>{vname, &v}}) {
     TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(),
-                     msg(op, name, " must have the dtype of q (", dtype_name(q.scalar_type()),
-                         "), got ", dtype_name(t->scalar_type())));
+                     msg(op, name, " must have the dtype of q (", dtype_name(q.scalar_type()), "), got ",
+                         dtype_name(t->scalar_type())));
     check_device(op, name, *t, device);
     check_contiguous(op, name, *t);
   }
   s.kv_heads = paged ? k.size(2) : k.size(1);
-  TORCH_CHECK_VALUE(k.size(3) == s.dim, msg(op, kname, " head dim (", k.size(3),
-                                            ") must equal q's (", s.dim, ")"));
-  TORCH_CHECK_VALUE(s.kv_heads >= 1 && s.q_heads % s.kv_heads == 0,
-                    msg(op, kname, " has ", s.kv_heads, " KV heads; q's ", s.q_heads,
-                        " heads must be a multiple of them (GQA/MQA)"));
+  TORCH_CHECK_VALUE(k.size(3) == s.dim, msg(op, kname, " head dim (", k.size(3), ") must equal q's (", s.dim, ")"));
+  TORCH_CHECK_VALUE(
+      s.kv_heads >= 1 && s.q_heads % s.kv_heads == 0,
+      msg(op, kname, " has ", s.kv_heads, " KV heads; q's ", s.q_heads, " heads must be a multiple of them (GQA/MQA)"));
   if (paged) {
     check_dim(op, "block_tables", *block_tables, 2, "[B, max_blocks]");
     check_size(op, "block_tables", *block_tables, 0, s.batch, "B (q.size(0))");
@@ -70,8 +67,8 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   s.words = (s.nodes + 31) / 32;
   check_dim(op, "mask", mask, 3, "[B, N, ceil(N / 32)] (build_tree's mask)");
   TORCH_CHECK_VALUE(mask.size(0) == s.batch && mask.size(1) == s.nodes && mask.size(2) == s.words,
-                    msg(op, "mask", " must have shape [", s.batch, ", ", s.nodes, ", ", s.words,
-                        "] for N = ", s.nodes, ", got ", shape_str(mask.sizes())));
+                    msg(op, "mask", " must have shape [", s.batch, ", ", s.nodes, ", ", s.words, "] for N = ", s.nodes,
+                        ", got ", shape_str(mask.sizes())));
   check_dtype(op, "mask", mask, at::kInt);
   check_device(op, "mask", mask, device);
   check_contiguous(op, "mask", mask);
@@ -91,34 +88,33 @@ void raise_attention_error(const char* op, const AttentionShape& s, const ErrorR
       TORCH_CHECK_INDEX(false, msg(op, "cache_lens", "[", e.row, "] = ", e.value, ": cache_lens + N (N = ", s.nodes,
                                    ") must be within [0, ", s.capacity, "], the slots the cache holds"));
     case attention::kBlock:
-      TORCH_CHECK_INDEX(false, msg(op, "block_tables", "[", e.row, ", ", e.where, "] = ", e.value,
-                                   " is outside [0, ", s.num_pages, ") (the number of pages)"));
+      TORCH_CHECK_INDEX(false, msg(op, "block_tables", "[", e.row, ", ", e.where, "] = ", e.value, " is outside [0, ",
+                                   s.num_pages, ") (the number of pages)"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
-                                                  const at::Tensor& v_cache,
-                                                  const at::Tensor& cache_lens,
+                                                  const at::Tensor& v_cache, const at::Tensor& cache_lens,
                                                   const at::Tensor& mask, double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("specdec::tree_attention", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, double)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("specdec::tree_attention", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, double)>();
   return op.call(q, k_cache, v_cache, cache_lens, mask, scale);
 }
 
-std::tuple<at::Tensor, at::Tensor> tree_attention_paged(
-    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-    const at::Tensor& block_tables, const at::Tensor& cache_lens, const at::Tensor& mask,
-    double scale) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("specdec::tree_attention_paged", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
+std::tuple<at::Tensor, at::Tensor> tree_attention_paged(const at::Tensor& q, const at::Tensor& k_pages,
+                                                        const at::Tensor& v_pages, const at::Tensor& block_tables,
+                                                        const at::Tensor& cache_lens, const at::Tensor& mask,
+                                                        double scale) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("specdec::tree_attention_paged", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
   return op.call(q, k_pages, v_pages, block_tables, cache_lens, mask, scale);
 }
 

@@ -24,10 +24,9 @@ struct AttentionShape {
 // q [B, N, Hq, D], caches [B, Hkv, S, D] (contiguous) or pages [P, page_size, Hkv, D]
 // (paged, with block_tables int32 [B, max_blocks]); cache_lens int32 [B]; mask
 // int32 [B, N, ceil(N/32)]; scale finite.  Shapes, dtypes, devices only.
-AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
-                                    const at::Tensor& v, const at::Tensor* block_tables,
-                                    const at::Tensor& cache_lens, const at::Tensor& mask,
-                                    double scale);
+AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor* block_tables, const at::Tensor& cache_lens,
+                                    const at::Tensor& mask, double scale);
 
 // Index values of sequence b: 0 <= cache_lens[b], cache_lens[b] + N <=
 // capacity, and (paged) every block holding a slot below cache_lens[b] + N a
@@ -40,12 +39,11 @@ ErrorRecord check_attention_row(const AttentionShape& s, int64_t b, const int32_
 
 // Public C++ API, through the dispatcher.
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
-                                                  const at::Tensor& v_cache,
-                                                  const at::Tensor& cache_lens,
+                                                  const at::Tensor& v_cache, const at::Tensor& cache_lens,
                                                   const at::Tensor& mask, double scale);
-std::tuple<at::Tensor, at::Tensor> tree_attention_paged(
-    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
-    const at::Tensor& block_tables, const at::Tensor& cache_lens, const at::Tensor& mask,
-    double scale);
+std::tuple<at::Tensor, at::Tensor> tree_attention_paged(const at::Tensor& q, const at::Tensor& k_pages,
+                                                        const at::Tensor& v_pages, const at::Tensor& block_tables,
+                                                        const at::Tensor& cache_lens, const at::Tensor& mask,
+                                                        double scale);
 
 }  // namespace specdec

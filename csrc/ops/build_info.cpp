@@ -38,8 +38,7 @@ std::vector<std::string> op_backends(const std::string& op) {
   std::vector<std::string> out;
   auto handle = c10::Dispatcher::singleton().findSchema({"specdec::" + op, ""});
   if (!handle) return out;
-  for (auto [key, name] : {std::pair{c10::DispatchKey::CPU, "CPU"},
-                           std::pair{c10::DispatchKey::CUDA, "CUDA"}}) {
+  for (auto [key, name] : {std::pair{c10::DispatchKey::CPU, "CPU"}, std::pair{c10::DispatchKey::CUDA, "CUDA"}}) {
     if (handle->hasKernelForDispatchKey(key)) out.emplace_back(name);
   }
   return out;

@@ -8,10 +8,10 @@
 namespace specdec {
 
 struct BuildInfo {
-  std::string version;         // the package version (CMakeLists.txt project())
-  std::string torch_version;   // the torch the library was compiled against
-  bool cuda_compiled = false;  // whether the CUDA kernels are in the library
-  std::string cuda_version;    // nvcc version used, empty without CUDA
+  std::string version;                  // the package version (CMakeLists.txt project())
+  std::string torch_version;            // the torch the library was compiled against
+  bool cuda_compiled = false;           // whether the CUDA kernels are in the library
+  std::string cuda_version;             // nvcc version used, empty without CUDA
   std::vector<std::string> cuda_archs;  // e.g. {"8.0", "9.0a"}
 };
 

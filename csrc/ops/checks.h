@@ -35,44 +35,50 @@ inline std::string shape_str(c10::IntArrayRef sizes) {
 // Python's spelling of a dtype (torch.int32 -> "int32"), as users write it.
 inline const char* dtype_name(at::ScalarType s) {
   switch (s) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kInt: return "int32";
-    case at::kLong: return "int64";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(s);
+    case at::kFloat:
+      return "float32";
+    case at::kDouble:
+      return "float64";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kInt:
+      return "int32";
+    case at::kLong:
+      return "int64";
+    case at::kShort:
+      return "int16";
+    case at::kChar:
+      return "int8";
+    case at::kByte:
+      return "uint8";
+    case at::kBool:
+      return "bool";
+    default:
+      return c10::toString(s);
   }
 }
 
-inline void check_dtype(const char* op, const char* arg, const at::Tensor& t,
-                        at::ScalarType expected) {
+inline void check_dtype(const char* op, const char* arg, const at::Tensor& t, at::ScalarType expected) {
   TORCH_CHECK_TYPE(t.scalar_type() == expected,
-                   msg(op, arg, " must have dtype ", dtype_name(expected), ", got ",
-                       dtype_name(t.scalar_type())));
+                   msg(op, arg, " must have dtype ", dtype_name(expected), ", got ", dtype_name(t.scalar_type())));
 }
 
-inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim,
-                      const char* layout) {
-  TORCH_CHECK_VALUE(t.dim() == dim, msg(op, arg, " must be a ", dim, "-D tensor ", layout,
-                                        ", got shape ", shape_str(t.sizes())));
+inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim, const char* layout) {
+  TORCH_CHECK_VALUE(t.dim() == dim,
+                    msg(op, arg, " must be a ", dim, "-D tensor ", layout, ", got shape ", shape_str(t.sizes())));
 }
 
-inline void check_size(const char* op, const char* arg, const at::Tensor& t, int64_t dim,
-                       int64_t expected, const char* what) {
-  TORCH_CHECK_VALUE(t.size(dim) == expected,
-                    msg(op, arg, ".size(", dim, ") must equal ", what, " = ", expected,
-                        ", got shape ", shape_str(t.sizes())));
+inline void check_size(const char* op, const char* arg, const at::Tensor& t, int64_t dim, int64_t expected,
+                       const char* what) {
+  TORCH_CHECK_VALUE(t.size(dim) == expected, msg(op, arg, ".size(", dim, ") must equal ", what, " = ", expected,
+                                                 ", got shape ", shape_str(t.sizes())));
 }
 
-inline void check_device(const char* op, const char* arg, const at::Tensor& t,
-                         const c10::Device& device) {
-  TORCH_CHECK_VALUE(t.device() == device, msg(op, arg, " must be on ", device.str(),
-                                               " like the other arguments, got ", t.device().str()));
+inline void check_device(const char* op, const char* arg, const at::Tensor& t, const c10::Device& device) {
+  TORCH_CHECK_VALUE(t.device() == device,
+                    msg(op, arg, " must be on ", device.str(), " like the other arguments, got ", t.device().str()));
 }
 
 inline void check_contiguous(const char* op, const char* arg, const at::Tensor& t) {
@@ -82,8 +88,7 @@ inline void check_contiguous(const char* op, const char* arg, const at::Tensor& 
 inline void check_float_kv(const char* op, const char* arg, const at::Tensor& t) {
   const auto s = t.scalar_type();
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16,
-                   msg(op, arg, " must have dtype float32, float16 or bfloat16, got ",
-                       dtype_name(s)));
+                   msg(op, arg, " must have dtype float32, float16 or bfloat16, got ", dtype_name(s)));
 }
 
 // The one host decoder of error records (CPU kernels and, after the eager

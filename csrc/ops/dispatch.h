@@ -5,8 +5,7 @@
 
 #include <ATen/Dispatch.h>
 
-#define SPECDEC_DISPATCH_KV_TYPES(TYPE, NAME, ...)                \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                  \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)    \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)     \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define SPECDEC_DISPATCH_KV_TYPES(TYPE, NAME, ...)                                                      \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                                                        \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))

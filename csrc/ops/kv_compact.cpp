@@ -12,9 +12,8 @@ namespace specdec {
 namespace {
 
 // Checks common to both layouts: the three index tensors.
-void check_index_args(const char* op, const at::Tensor& cache_lens,
-                      const at::Tensor& accept_nodes, const at::Tensor& num_accepted,
-                      const c10::Device& device) {
+void check_index_args(const char* op, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                      const at::Tensor& num_accepted, const c10::Device& device) {
   check_dim(op, "cache_lens", cache_lens, 1, "[B]");
   check_dim(op, "accept_nodes", accept_nodes, 2, "[B, max_depth + 1]");
   check_dim(op, "num_accepted", num_accepted, 1, "[B]");
@@ -34,24 +33,23 @@ void check_index_args(const char* op, const at::Tensor& cache_lens,
 
 // Every cache tensor: same shape/dtype/device as the first, contiguous, no two
 // tensors sharing memory (compacting one storage twice would corrupt it).
-void check_same_tensors(const char* op, const char* arg, at::TensorList list,
-                        const at::Tensor& like, const c10::Device& device,
-                        std::unordered_set<const void*>& seen) {
+void check_same_tensors(const char* op, const char* arg, at::TensorList list, const at::Tensor& like,
+                        const c10::Device& device, std::unordered_set<const void*>& seen) {
   for (size_t i = 0; i < list.size(); ++i) {
     const at::Tensor& t = list[i];
     const std::string name = std::string(arg) + "[" + std::to_string(i) + "]";
     check_float_kv(op, name.c_str(), t);
     TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(),
                      msg(op, name.c_str(), " must have the dtype of the first cache tensor (",
-                         dtype_name(like.scalar_type()), "), got ",
-                         dtype_name(t.scalar_type())));
+                         dtype_name(like.scalar_type()), "), got ", dtype_name(t.scalar_type())));
     TORCH_CHECK_VALUE(t.sizes().equals(like.sizes()),
-                      msg(op, name.c_str(), " must have the shape of the first cache tensor ",
-                          shape_str(like.sizes()), ", got ", shape_str(t.sizes())));
+                      msg(op, name.c_str(), " must have the shape of the first cache tensor ", shape_str(like.sizes()),
+                          ", got ", shape_str(t.sizes())));
     check_device(op, name.c_str(), t, device);
     check_contiguous(op, name.c_str(), t);
     TORCH_CHECK_VALUE(t.numel() == 0 || seen.insert(t.data_ptr()).second,
-                      msg(op, name.c_str(), " shares its memory with an earlier cache tensor; "
+                      msg(op, name.c_str(),
+                          " shares its memory with an earlier cache tensor; "
                           "each tensor must be compacted exactly once"));
   }
 }
@@ -82,8 +80,7 @@ KvCompactPlan check_kv_compact(const char* op, at::TensorList caches, const at::
 
 KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at::TensorList v_pages,
                                      const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                                     const at::Tensor& accept_nodes,
-                                     const at::Tensor& num_accepted) {
+                                     const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
   const c10::Device device = cache_lens.device();
   check_index_args(op, cache_lens, accept_nodes, num_accepted, device);
   check_dim(op, "block_tables", block_tables, 2, "[B, max_blocks]");
@@ -91,9 +88,8 @@ KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at:
   check_dtype(op, "block_tables", block_tables, at::kInt);
   check_device(op, "block_tables", block_tables, device);
   check_contiguous(op, "block_tables", block_tables);
-  TORCH_CHECK_VALUE(k_pages.size() == v_pages.size(),
-                    msg(op, "v_pages", " must hold as many tensors as k_pages (", k_pages.size(),
-                        "), got ", v_pages.size()));
+  TORCH_CHECK_VALUE(k_pages.size() == v_pages.size(), msg(op, "v_pages", " must hold as many tensors as k_pages (",
+                                                          k_pages.size(), "), got ", v_pages.size()));
   KvCompactPlan plan;
   plan.paged = true;
   plan.batch = cache_lens.size(0);
@@ -121,12 +117,11 @@ ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t
   const int32_t* accept = accept_nodes + b * plan.width;
   // Without cache tensors there is no capacity to check slots against; only
   // the index arrays themselves are validated then.
-  const int64_t capacity =
-      plan.tensors.empty() ? std::numeric_limits<int32_t>::max() : plan.capacity;
+  const int64_t capacity = plan.tensors.empty() ? std::numeric_limits<int32_t>::max() : plan.capacity;
   ErrorRecord r = kv::check_row(b, cache_lens[b], num_accepted[b], accept, plan.width, capacity);
   if (r.code == kOk && plan.paged && !plan.tensors.empty() && num_accepted[b] > 0) {
-    r = kv::check_blocks(b, block_tables + b * plan.max_blocks, cache_lens[b],
-                         accept[num_accepted[b] - 1], plan.page_size, plan.num_pages);
+    r = kv::check_blocks(b, block_tables + b * plan.max_blocks, cache_lens[b], accept[num_accepted[b] - 1],
+                         plan.page_size, plan.num_pages);
   }
   return r;
 }
@@ -136,11 +131,11 @@ void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const Err
   const std::string at_bj = "[" + std::to_string(c.row) + ", " + std::to_string(c.where) + "]";
   switch (c.code) {
     case kv::kCacheLenOutOfRange:
-      TORCH_CHECK_INDEX(false, msg(op, "cache_lens", at_b, " = ", c.value, " is outside [0, ",
-                                   plan.capacity, "], the slots the cache holds"));
+      TORCH_CHECK_INDEX(false, msg(op, "cache_lens", at_b, " = ", c.value, " is outside [0, ", plan.capacity,
+                                   "], the slots the cache holds"));
     case kv::kNumAcceptedOutOfRange:
-      TORCH_CHECK_INDEX(false, msg(op, "num_accepted", at_b, " = ", c.value, " is outside [0, ",
-                                   plan.width, "] (accept_nodes.size(1))"));
+      TORCH_CHECK_INDEX(false, msg(op, "num_accepted", at_b, " = ", c.value, " is outside [0, ", plan.width,
+                                   "] (accept_nodes.size(1))"));
     case kv::kAcceptNodeNegative:
       TORCH_CHECK_INDEX(false, msg(op, "accept_nodes", at_bj, " = ", c.value, " is negative"));
     case kv::kAcceptNotIncreasing:
@@ -148,36 +143,32 @@ void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const Err
                                    " is not greater than the entry before it: accepted node "
                                    "indices must be strictly increasing"));
     case kv::kSlotBeyondCache:
-      TORCH_CHECK_INDEX(false, msg(op, "accept_nodes", at_bj, " = ", c.value,
-                                   " puts its slot cache_lens", at_b, " + ", c.value,
-                                   " beyond the cache of ", plan.capacity, " slots"));
+      TORCH_CHECK_INDEX(false, msg(op, "accept_nodes", at_bj, " = ", c.value, " puts its slot cache_lens", at_b, " + ",
+                                   c.value, " beyond the cache of ", plan.capacity, " slots"));
     case kv::kBlockOutOfRange:
-      TORCH_CHECK_INDEX(false, msg(op, "block_tables", at_bj, " = ", c.value,
-                                   " is outside [0, ", plan.num_pages, ") (the number of pages)"));
+      TORCH_CHECK_INDEX(false, msg(op, "block_tables", at_bj, " = ", c.value, " is outside [0, ", plan.num_pages,
+                                   ") (the number of pages)"));
     case kv::kBlockRepeated:
-      TORCH_CHECK_VALUE(false, msg(op, "block_tables", at_bj, " = ", c.value,
-                                   " repeats a page this row already uses"));
+      TORCH_CHECK_VALUE(false, msg(op, "block_tables", at_bj, " = ", c.value, " repeats a page this row already uses"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", c.code));
   }
 }
 
-void kv_compact_(at::TensorList caches, const at::Tensor& cache_lens,
-                 const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_(at::TensorList caches, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                 const at::Tensor& num_accepted) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::kv_compact_", "")
-                       .typed<void(at::TensorList, const at::Tensor&, const at::Tensor&,
-                                   const at::Tensor&)>();
+                       .typed<void(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   op.call(caches, cache_lens, accept_nodes, num_accepted);
 }
 
-void kv_compact_paged_(at::TensorList k_pages, at::TensorList v_pages,
-                       const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                       const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+void kv_compact_paged_(at::TensorList k_pages, at::TensorList v_pages, const at::Tensor& block_tables,
+                       const at::Tensor& cache_lens, const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::kv_compact_paged_", "")
-                       .typed<void(at::TensorList, at::TensorList, const at::Tensor&,
-                                   const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+                       .typed<void(at::TensorList, at::TensorList, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&)>();
   op.call(k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted);
 }
 

@@ -33,8 +33,7 @@ KvCompactPlan check_kv_compact(const char* op, at::TensorList caches, const at::
 
 KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at::TensorList v_pages,
                                      const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                                     const at::Tensor& accept_nodes,
-                                     const at::Tensor& num_accepted);
+                                     const at::Tensor& accept_nodes, const at::Tensor& num_accepted);
 
 // Full validation of one row's index values on the host (contiguous or paged).
 ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t* cache_lens,
@@ -44,10 +43,9 @@ ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t
 [[noreturn]] void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const ErrorRecord& e);
 
 // Public C++ API, through the dispatcher.
-void kv_compact_(at::TensorList caches, const at::Tensor& cache_lens,
-                 const at::Tensor& accept_nodes, const at::Tensor& num_accepted);
-void kv_compact_paged_(at::TensorList k_pages, at::TensorList v_pages,
-                       const at::Tensor& block_tables, const at::Tensor& cache_lens,
-                       const at::Tensor& accept_nodes, const at::Tensor& num_accepted);
+void kv_compact_(at::TensorList caches, const at::Tensor& cache_lens, const at::Tensor& accept_nodes,
+                 const at::Tensor& num_accepted);
+void kv_compact_paged_(at::TensorList k_pages, at::TensorList v_pages, const at::Tensor& block_tables,
+                       const at::Tensor& cache_lens, const at::Tensor& accept_nodes, const at::Tensor& num_accepted);
 
 }  // namespace specdec

@@ -18,8 +18,7 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "tree_attention_paged(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_tables, "
       "Tensor cache_lens, Tensor mask, float scale) -> (Tensor out, Tensor lse)");
-  m.def(
-      "sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+  m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
   m.def(
       "verify_greedy(Tensor tokens, Tensor parents, Tensor target_argmax) "
       "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");

@@ -11,9 +11,9 @@ namespace specdec {
 
 void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
                          const at::Tensor& top_k, const at::Tensor& top_p) {
-  TORCH_CHECK_VALUE(logits.dim() == 2 || logits.dim() == 3,
-                    msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ",
-                        shape_str(logits.sizes())));
+  TORCH_CHECK_VALUE(
+      logits.dim() == 2 || logits.dim() == 3,
+      msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ", shape_str(logits.sizes())));
   check_float_kv(op, "logits", logits);
   check_contiguous(op, "logits", logits);
   TORCH_CHECK_VALUE(logits.size(-1) >= 1, msg(op, "logits", " must have a vocabulary of at least 1"));
@@ -43,19 +43,18 @@ void raise_sampling_error(const char* op, const ErrorRecord& e) {
     case sampling::kLogitInvalid:
       TORCH_CHECK_VALUE(false, msg(op, "logits", " row ", row, " of sequence ", b, " holds a NaN or +inf logit"));
     case sampling::kAllMasked:
-      TORCH_CHECK_VALUE(false, msg(op, "logits", " row ", row, " of sequence ", b,
-                                   " is -inf everywhere: nothing can be sampled"));
+      TORCH_CHECK_VALUE(
+          false, msg(op, "logits", " row ", row, " of sequence ", b, " is -inf everywhere: nothing can be sampled"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
   }
 }
 
-at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature,
-                          const at::Tensor& top_k, const at::Tensor& top_p) {
+at::Tensor sampling_probs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                          const at::Tensor& top_p) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("specdec::sampling_probs", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&)>();
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   return op.call(logits, temperature, top_k, top_p);
 }
 

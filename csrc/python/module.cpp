@@ -39,8 +39,7 @@ PYBIND11_MODULE(_C, m) {
       "philox4x32_10",
       [](const std::array<uint32_t, 4>& ctr, const std::array<uint32_t, 2>& key) {
         const specdec::philox::U32x4 out = specdec::philox::philox4x32_10(
-            specdec::philox::U32x4{{ctr[0], ctr[1], ctr[2], ctr[3]}},
-            specdec::philox::U32x2{{key[0], key[1]}});
+            specdec::philox::U32x4{{ctr[0], ctr[1], ctr[2], ctr[3]}}, specdec::philox::U32x2{{key[0], key[1]}});
         return py::make_tuple(out.v[0], out.v[1], out.v[2], out.v[3]);
       },
       py::arg("ctr"), py::arg("key"),

@@ -98,8 +98,7 @@ struct EmuCtx {
 
 class EmulatedGrid {
  public:
-  EmulatedGrid(int threads, size_t smem_bytes)
-      : threads_(threads), smem_(smem_bytes + 16), block_(threads, "block") {
+  EmulatedGrid(int threads, size_t smem_bytes) : threads_(threads), smem_(smem_bytes + 16), block_(threads, "block") {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps_.emplace_back(std::make_unique<Barrier>(32, "warp"));
     exchange_.resize(static_cast<size_t>(threads));
     async_.resize(static_cast<size_t>(threads));
@@ -122,7 +121,7 @@ class EmulatedGrid {
               ctx.bz = z;
               body(ctx);
               async_[t] = AsyncQueue{};  // groups still in flight at exit are dropped
-              block_.wait();  // everyone is done before the next block's poison
+              block_.wait();             // everyone is done before the next block's poison
             }
           }
         }
@@ -143,7 +142,7 @@ class EmulatedGrid {
     bool valid;
   };
   struct AsyncQueue {
-    std::vector<Copy> open;                  // issued since the last commit
+    std::vector<Copy> open;                 // issued since the last commit
     std::vector<std::vector<Copy>> groups;  // committed, oldest first
   };
 

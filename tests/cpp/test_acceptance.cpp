@@ -54,8 +54,7 @@ TEST(RejectionSample, DraftEqualToTargetAcceptsEverything) {
   at::Tensor probs = random_probs(B, N, V, 1.0);
   at::Tensor tokens = at::multinomial(probs.view({B * N, V}), 1).view({B, N});
   at::Tensor seed = at::randint(1, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
-  auto [accept, num, next] =
-      specdec::rejection_sample(tokens, chain_parents(B, N), probs, probs, seed, offset);
+  auto [accept, num, next] = specdec::rejection_sample(tokens, chain_parents(B, N), probs, probs, seed, offset);
   EXPECT_TRUE(at::all(num == N).item<bool>());
   EXPECT_TRUE(at::equal(accept, at::arange(N, at::kInt).repeat({B, 1})));
   EXPECT_TRUE(at::all((next >= 0) & (next < V)).item<bool>());
@@ -71,8 +70,7 @@ TEST(RejectionSample, ZeroMassDraftIsRejectedAndNotEmitted) {
   for (int64_t b = 0; b < B; ++b) target[b][0][tokens[b][1].item<int64_t>()] = 0.0f;
   target = target / target.sum(-1, true);
   at::Tensor seed = at::arange(B, at::kLong) * 7919, offset = at::zeros({B}, at::kLong);
-  auto [accept, num, next] =
-      specdec::rejection_sample(tokens, chain_parents(B, N), std::nullopt, target, seed, offset);
+  auto [accept, num, next] = specdec::rejection_sample(tokens, chain_parents(B, N), std::nullopt, target, seed, offset);
   EXPECT_TRUE(at::all(num == 1).item<bool>());
   EXPECT_TRUE(at::all(next != tokens.select(1, 1)).item<bool>());
 }
@@ -97,8 +95,7 @@ TEST(RejectionSample, BrokenTreeRaisesNamingTheEntry) {
   at::Tensor tokens = longs({0, 1, 2}).view({1, 3});
   at::Tensor probs = random_probs(1, 3, V, 1.0);
   at::Tensor seed = at::zeros({1}, at::kLong);
-  const std::string e = error_of(
-      [&] { specdec::rejection_sample(tokens, parents, std::nullopt, probs, seed, seed); });
+  const std::string e = error_of([&] { specdec::rejection_sample(tokens, parents, std::nullopt, probs, seed, seed); });
   EXPECT_NE(e.find("specdec::rejection_sample: parents[0, 2] = 2"), std::string::npos) << e;
 }
 
@@ -107,8 +104,8 @@ TEST(RejectionSample, NanProbabilityRaises) {
   probs[0][0][1] = std::numeric_limits<float>::quiet_NaN();  // the drafted token: read by its test
   at::Tensor tokens = longs({0, 1}).view({1, 2});
   at::Tensor seed = at::zeros({1}, at::kLong);
-  const std::string e = error_of(
-      [&] { specdec::rejection_sample(tokens, chain_parents(1, 2), probs, probs, seed, seed); });
+  const std::string e =
+      error_of([&] { specdec::rejection_sample(tokens, chain_parents(1, 2), probs, probs, seed, seed); });
   EXPECT_NE(e.find("specdec::rejection_sample: target_probs[0, 0, 1]"), std::string::npos) << e;
 }
 
@@ -120,8 +117,7 @@ TEST(TypicalAccept, ConfidentChainIsAccepted) {
   for (int64_t i = 0; i + 1 < N; ++i) target[0][i][tokens[0][i + 1].item<int64_t>()] = 1.0f;
   target[0][N - 1][4] = 1.0f;
   at::Tensor seed = at::zeros({1}, at::kLong);
-  auto [accept, num, next] =
-      specdec::typical_accept(tokens, chain_parents(1, N), target, 0.09, 0.3, seed, seed);
+  auto [accept, num, next] = specdec::typical_accept(tokens, chain_parents(1, N), target, 0.09, 0.3, seed, seed);
   EXPECT_EQ(num.item<int>(), N);
   EXPECT_EQ(next.item<int64_t>(), 4);
 }
@@ -140,8 +136,8 @@ TEST(AcceptanceCuda, MatchesCpu) {
     std::optional<at::Tensor> d = with_draft ? std::optional<at::Tensor>(draft) : std::nullopt;
     std::optional<at::Tensor> dc = with_draft ? std::optional<at::Tensor>(draft.to(cuda)) : std::nullopt;
     Verdict cpu = specdec::rejection_sample(tokens, parents, d, target, seed, offset);
-    Verdict gpu = specdec::rejection_sample(tokens.to(cuda), parents.to(cuda), dc, target.to(cuda),
-                                            seed.to(cuda), offset.to(cuda));
+    Verdict gpu = specdec::rejection_sample(tokens.to(cuda), parents.to(cuda), dc, target.to(cuda), seed.to(cuda),
+                                            offset.to(cuda));
     EXPECT_TRUE(at::equal(std::get<0>(cpu), std::get<0>(gpu).cpu()));
     EXPECT_TRUE(at::equal(std::get<1>(cpu), std::get<1>(gpu).cpu()));
     EXPECT_TRUE(at::equal(std::get<2>(cpu), std::get<2>(gpu).cpu()));

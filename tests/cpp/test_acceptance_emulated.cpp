@@ -81,10 +81,20 @@ template <dev::Walk kWalk>
 Verdicts run_emulated(const Batch& bt, double threshold = 0, double alpha = 0) {
   Verdicts v{std::vector<int32_t>(bt.B * bt.N, 99), std::vector<int32_t>(bt.B, 99), std::vector<int64_t>(bt.B, 99),
              std::vector<ErrorRecord>(bt.B, ErrorRecord{})};
-  const dev::WalkArgs a{bt.parents.data(), bt.tokens.data(), bt.target.data(),
+  const dev::WalkArgs a{bt.parents.data(),
+                        bt.tokens.data(),
+                        bt.target.data(),
                         kWalk == dev::Walk::kRejectionDraft ? bt.draft.data() : nullptr,
-                        bt.seed.data(), bt.offset.data(), bt.N, bt.V, threshold, alpha,
-                        v.accept.data(), v.num.data(), v.next.data(), v.errors.data()};
+                        bt.seed.data(),
+                        bt.offset.data(),
+                        bt.N,
+                        bt.V,
+                        threshold,
+                        alpha,
+                        v.accept.data(),
+                        v.num.data(),
+                        v.next.data(),
+                        v.errors.data()};
   EmulatedGrid grid(dev::kThreads, dev::walk_smem(bt.N));
   grid.launch(bt.B, 1, 1, [&](const EmuCtx& ctx) { dev::walk_block<EmuCtx, kWalk>(ctx, a); });
   return v;
@@ -106,8 +116,8 @@ Verdicts run_host(const Batch& bt, double threshold = 0, double alpha = 0) {
     std::vector<int64_t> scratch(bt.N);
     const accept::RowView view(bt.N, bt.V, &bt.parents[o], &bt.tokens[o], &bt.target[o * bt.V],
                                kWalk == dev::Walk::kRejectionDraft ? &bt.draft[o * bt.V] : nullptr,
-                               static_cast<uint64_t>(bt.seed[b]), static_cast<uint64_t>(bt.offset[b]),
-                               &v.accept[o], &v.num[b], &v.next[b]);
+                               static_cast<uint64_t>(bt.seed[b]), static_cast<uint64_t>(bt.offset[b]), &v.accept[o],
+                               &v.num[b], &v.next[b]);
     accept::SequentialRow row(view, scratch.data(), &v.errors[b]);
     if constexpr (kWalk == dev::Walk::kRejectionDraft) {
       accept::rejection_walk<true>(row);

@@ -65,8 +65,8 @@ void check(const at::Device& device, at::ScalarType dtype, int64_t head_dim, dou
       vp[page][s % ps] = v[b].select(1, s);
     }
   }
-  auto [pout, plse] = specdec::tree_attention_paged(q.to(device), kp.to(device), vp.to(device),
-                                                    perm.to(device), lens.to(device), mask, scale);
+  auto [pout, plse] = specdec::tree_attention_paged(q.to(device), kp.to(device), vp.to(device), perm.to(device),
+                                                    lens.to(device), mask, scale);
   EXPECT_LT(rel(pout.cpu(), ref_out), tol);
   EXPECT_LT(rel(plse.cpu(), ref_lse), 1e-5);
 }
@@ -77,9 +77,7 @@ TEST(TreeAttentionCpu, MatchesDenseBf16HeadDim128) { check(at::kCPU, at::kBFloat
 TEST(TreeAttentionCpu, PrefixBeyondCacheRaises) {
   at::Tensor q = at::randn({1, 4, 2, 8}), k = at::randn({1, 1, 10, 8});
   at::Tensor mask = std::get<0>(specdec::build_tree(at::tensor({-1, 0, 1, 2}, at::kInt).view({1, 4})));
-  const std::string e = error_of([&] {
-    specdec::tree_attention(q, k, k, at::tensor({7}, at::kInt), mask, 0.3);
-  });
+  const std::string e = error_of([&] { specdec::tree_attention(q, k, k, at::tensor({7}, at::kInt), mask, 0.3); });
   EXPECT_NE(e.find("specdec::tree_attention: cache_lens[0] = 7"), std::string::npos) << e;
 }
 

@@ -39,8 +39,8 @@ struct Case {
 struct Inputs {
   int kind;
   int64_t B, N, Hq, Hkv, D, S, words, max_blocks = 0, num_pages = 0;
-  std::vector<float> q, k, v;              // logical: q [B,N,Hq,D], k/v [B,Hkv,S,D]
-  std::vector<unsigned char> qs, ks, vs;   // storage (paged: k/v as pages)
+  std::vector<float> q, k, v;             // logical: q [B,N,Hq,D], k/v [B,Hkv,S,D]
+  std::vector<unsigned char> qs, ks, vs;  // storage (paged: k/v as pages)
   std::vector<int32_t> mask, tables;
 
   size_t elem() const { return kind == simt::kF32 ? 4 : 2; }
@@ -127,7 +127,8 @@ Inputs make_inputs(const Case& cs, int kind, bool paged, uint32_t seed) {
       int32_t par = -1;
       if (i > 0) par = cs.tree == 1 ? static_cast<int32_t>(i - 1) : cs.tree == 2 ? 0 : static_cast<int32_t>(rng() % i);
       parents[b * N + i] = par;
-      for (int64_t a = i; a >= 0; a = parents[b * N + a]) in.mask[(b * N + i) * in.words + a / 32] |= int32_t(1u << (a % 32));
+      for (int64_t a = i; a >= 0; a = parents[b * N + a])
+        in.mask[(b * N + i) * in.words + a / 32] |= int32_t(1u << (a % 32));
     }
   }
   return in;
@@ -169,25 +170,65 @@ Outputs run_mma(const Case& cs, const Inputs& in) {
   const mma::Plan pl = mma::make_plan<kD>(in.B, in.N, in.Hq, in.Hkv, in.D, in.S, cs.target_blocks);
   Outputs o = alloc_outputs(in, pl.splits);
   auto bits = [](const std::vector<unsigned char>& x) { return reinterpret_cast<const uint16_t*>(x.data()); };
-  mma::Params p{bits(in.qs), bits(in.ks), bits(in.vs), cs.lens.data(), in.mask.data(),
-                kPaged ? in.tables.data() : nullptr, reinterpret_cast<uint16_t*>(o.out.data()), o.lse.data(),
-                o.part_out.data(), o.part_lse.data(), o.errors.data(), in.B, in.N, in.Hq, in.Hkv, in.D, in.words,
-                in.S, kPaged ? cs.page_size : 0, in.max_blocks, in.num_pages, 1.0f / std::sqrt(float(in.D)),
-                pl.splits, pl.chunk, pl.q_tiles, pl.warps};
+  mma::Params p{bits(in.qs),
+                bits(in.ks),
+                bits(in.vs),
+                cs.lens.data(),
+                in.mask.data(),
+                kPaged ? in.tables.data() : nullptr,
+                reinterpret_cast<uint16_t*>(o.out.data()),
+                o.lse.data(),
+                o.part_out.data(),
+                o.part_lse.data(),
+                o.errors.data(),
+                in.B,
+                in.N,
+                in.Hq,
+                in.Hkv,
+                in.D,
+                in.words,
+                in.S,
+                kPaged ? cs.page_size : 0,
+                in.max_blocks,
+                in.num_pages,
+                1.0f / std::sqrt(float(in.D)),
+                pl.splits,
+                pl.chunk,
+                pl.q_tiles,
+                pl.warps};
   EmulatedGrid grid(32 * pl.warps, pl.smem);
-  grid.launch(pl.splits * pl.q_tiles, in.B * in.Hkv, 1, [&](const EmuCtx& ctx) {
-    mma::tree_attention_block<EmuCtx, kBf16, kPaged, kD>(ctx, p);
-  });
+  grid.launch(pl.splits * pl.q_tiles, in.B * in.Hkv, 1,
+              [&](const EmuCtx& ctx) { mma::tree_attention_block<EmuCtx, kBf16, kPaged, kD>(ctx, p); });
   merge<kBf16 ? simt::kBF16 : simt::kF16>(in, o);
   return o;
 }
 
 template <int kKind, bool kPaged, int kMaxD>
 Outputs run_simt(const Case& cs, const Inputs& in) {
-  simt::Params a{in.qs.data(), in.ks.data(), in.vs.data(), cs.lens.data(), in.mask.data(),
-                 kPaged ? in.tables.data() : nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                 in.B, in.N, in.Hq, in.Hkv, in.D, in.words, in.S, kPaged ? cs.page_size : 0, in.max_blocks,
-                 in.num_pages, 1.0f / std::sqrt(float(in.D)), 1, 0};
+  simt::Params a{in.qs.data(),
+                 in.ks.data(),
+                 in.vs.data(),
+                 cs.lens.data(),
+                 in.mask.data(),
+                 kPaged ? in.tables.data() : nullptr,
+                 nullptr,
+                 nullptr,
+                 nullptr,
+                 nullptr,
+                 nullptr,
+                 in.B,
+                 in.N,
+                 in.Hq,
+                 in.Hkv,
+                 in.D,
+                 in.words,
+                 in.S,
+                 kPaged ? cs.page_size : 0,
+                 in.max_blocks,
+                 in.num_pages,
+                 1.0f / std::sqrt(float(in.D)),
+                 1,
+                 0};
   const int64_t q_tiles = (in.N * (in.Hq / in.Hkv) + simt::kRowsPerTile - 1) / simt::kRowsPerTile;
   simt::plan_splits<kMaxD>(a, q_tiles, cs.target_blocks);
   Outputs o = alloc_outputs(in, a.splits);
@@ -197,9 +238,8 @@ Outputs run_simt(const Case& cs, const Inputs& in) {
   a.part_lse = o.part_lse.data();
   a.errors = o.errors.data();
   EmulatedGrid grid(simt::kThreads, simt::Tile<kMaxD>::kSmem);
-  grid.launch(a.splits, in.B * in.Hkv, q_tiles, [&](const EmuCtx& ctx) {
-    simt::tree_attention_block<EmuCtx, kKind, kMaxD, kPaged>(ctx, a);
-  });
+  grid.launch(a.splits, in.B * in.Hkv, q_tiles,
+              [&](const EmuCtx& ctx) { simt::tree_attention_block<EmuCtx, kKind, kMaxD, kPaged>(ctx, a); });
   merge<kKind>(in, o);
   return o;
 }

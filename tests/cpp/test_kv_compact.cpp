@@ -56,9 +56,7 @@ void reference_contiguous(std::vector<at::Tensor>& caches, const Case& c) {
 void reference_paged(std::vector<at::Tensor>& pages, const at::Tensor& tables, const Case& c) {
   for (auto& t : pages) {
     const int64_t ps = t.size(1);
-    auto slot = [&](int64_t b, int64_t s) {
-      return t.select(0, tables[b][s / ps].item<int>()).select(0, s % ps);
-    };
+    auto slot = [&](int64_t b, int64_t s) { return t.select(0, tables[b][s / ps].item<int>()).select(0, s % ps); };
     for (int64_t b = 0; b < c.lens.size(0); ++b) {
       const int64_t len = c.lens[b].item<int>();
       for (int64_t j = 0; j < c.num[b].item<int>(); ++j) {
@@ -165,13 +163,10 @@ void check_bad_input(const at::Device& device) {
   e = run(accept({-3, 1, -1, 0, 1, 2}));
   EXPECT_NE(e.find("is negative"), std::string::npos) << e;
   e = error_of([&] {
-    specdec::kv_compact_(caches, lens, accept({0, 1, -1, 0, 1, 2}).to(device),
-                         at::tensor({2, 4}, at::kInt).to(device));
+    specdec::kv_compact_(caches, lens, accept({0, 1, -1, 0, 1, 2}).to(device), at::tensor({2, 4}, at::kInt).to(device));
   });
   EXPECT_NE(e.find("num_accepted[1] = 4"), std::string::npos) << e;
-  e = error_of([&] {
-    specdec::kv_compact_(caches, lens, accept({0, 1, -1, 0, 1, 2}).to(device).to(at::kLong), num);
-  });
+  e = error_of([&] { specdec::kv_compact_(caches, lens, accept({0, 1, -1, 0, 1, 2}).to(device).to(at::kLong), num); });
   EXPECT_NE(e.find("accept_nodes must have dtype int32"), std::string::npos) << e;
   e = error_of([&] {
     std::vector<at::Tensor> wrong{caches[0], at::randn({B, H, S + 1, D}).to(device)};

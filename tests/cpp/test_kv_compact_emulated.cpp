@@ -99,15 +99,17 @@ specdec::ErrorRecord run(const Problem& pb, State& st, int copy_blocks, int copy
   specdec::ErrorRecord status = specdec::make_error(-1, -1, -1, -1);
   const int64_t capacity = pb.paged ? st.max_blocks * pb.page_size : pb.slots;
   dev::ValidateArgs va{st.lens.data(), st.accept.data(), st.num.data(), pb.paged ? st.tables.data() : nullptr,
-                       pb.batch, pb.width, capacity, pb.paged, true, pb.page_size, st.num_pages, st.max_blocks,
-                       base.data(), &status};
+                       pb.batch,       pb.width,         capacity,      pb.paged,
+                       true,           pb.page_size,     st.num_pages,  st.max_blocks,
+                       base.data(),    &status};
   EmulatedGrid one(dev::kThreads, dev::kValidateSmem);
   one.launch(1, 1, 1, [&](const EmuCtx& ctx) { dev::validate_and_advance(ctx, va); });
   dev::TensorPtrs ptrs{};
   for (int64_t t = 0; t < pb.tensors; ++t) ptrs.ptr[t] = reinterpret_cast<char*>(st.data[t].data());
-  const dev::RowArgs args{st.accept.data(), st.num.data(), base.data(), &status, pb.batch, pb.width,
-                          st.rows_per_seq, pb.row_bytes, pb.slots, pb.paged ? st.tables.data() : nullptr,
-                          st.max_blocks, pb.page_size};
+  const dev::RowArgs args{
+      st.accept.data(), st.num.data(),   base.data(),  &status,  pb.batch,
+      pb.width,         st.rows_per_seq, pb.row_bytes, pb.slots, pb.paged ? st.tables.data() : nullptr,
+      st.max_blocks,    pb.page_size};
   EmulatedGrid grid(copy_threads, 0);
   grid.launch(copy_blocks, 1, 1, [&](const EmuCtx& ctx) {
     if (pb.paged) {

@@ -17,12 +17,11 @@ TEST(SamplingProbs, GreedyTopKAndNormalisation) {
   at::Tensor top_k = at::tensor({0, 2, 0}, at::kInt);
   at::Tensor top_p = at::tensor({1.0f, 1.0f, 1.0f});
   at::Tensor p = specdec::sampling_probs(logits, temperature, top_k, top_p);
-  EXPECT_TRUE(at::equal(p[0], at::tensor({0.0f, 1.0f, 0.0f, 0.0f, 0.0f})));  // first maximum
+  EXPECT_TRUE(at::equal(p[0], at::tensor({0.0f, 1.0f, 0.0f, 0.0f, 0.0f})));     // first maximum
   EXPECT_TRUE(at::allclose(p[1], at::tensor({0.0f, 0.5f, 0.5f, 0.0f, 0.0f})));  // ties kept
   EXPECT_NEAR(p[2].sum().item<float>(), 1.0f, 1e-6);
-  const std::string e = error_of([&] {
-    specdec::sampling_probs(logits, at::tensor({-1.0f, 1.0f, 1.0f}), top_k, top_p);
-  });
+  const std::string e =
+      error_of([&] { specdec::sampling_probs(logits, at::tensor({-1.0f, 1.0f, 1.0f}), top_k, top_p); });
   EXPECT_NE(e.find("specdec::sampling_probs: temperature[0] = -1"), std::string::npos) << e;
 }
 
@@ -36,8 +35,8 @@ TEST(SamplingCuda, MatchesCpu) {
   at::Tensor t = at::tensor({0.0f, 0.7f, 1.0f, 1.3f}), k = at::tensor({0, 20, 0, 100}, at::kInt);
   at::Tensor p = at::tensor({1.0f, 0.9f, 0.5f, 1.0f});
   EXPECT_TRUE(at::allclose(specdec::sampling_probs(logits, t, k, p),
-                           specdec::sampling_probs(logits.to(cuda), t.to(cuda), k.to(cuda), p.to(cuda)).cpu(),
-                           1e-5, 1e-7));
+                           specdec::sampling_probs(logits.to(cuda), t.to(cuda), k.to(cuda), p.to(cuda)).cpu(), 1e-5,
+                           1e-7));
 }
 
 }  // namespace

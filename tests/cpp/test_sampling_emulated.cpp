@@ -75,8 +75,8 @@ void check_sampling(uint32_t seed, int64_t B) {
   const std::vector<float> top_p{1.0f, 0.9f, 0.5f, 0.8f, 0.3f};
   std::vector<float> out(B * V, std::nanf(""));
   std::vector<ErrorRecord> errors(B, ErrorRecord{});
-  const dev::SamplingArgs a{logits.data(), temperature.data(), top_k.data(), top_p.data(), 1, V, out.data(),
-                            errors.data()};
+  const dev::SamplingArgs a{logits.data(), temperature.data(), top_k.data(), top_p.data(), 1, V,
+                            out.data(),    errors.data()};
   EmulatedGrid grid(dev::kThreads, dev::kSharedBytes);
   grid.launch(B, 1, 1, [&](const EmuCtx& ctx) { dev::sampling_probs_block<EmuCtx, kKind>(ctx, a); });
   for (const ErrorRecord& e : errors) EXPECT_EQ(e.code, 0);
@@ -99,15 +99,15 @@ TEST(SamplingProbsEmulated, Fp16AndBf16) {
 TEST(SamplingProbsEmulated, BadRowsAreReportedAndGetOneHots) {
   const int64_t B = 3, V = 600;
   std::vector<float> logits(B * V, 0.25f);
-  logits[0 * V + 9] = std::nanf("");                       // row 0: NaN logit
+  logits[0 * V + 9] = std::nanf("");                              // row 0: NaN logit
   for (int64_t i = 0; i < V; ++i) logits[2 * V + i] = -INFINITY;  // row 2: all masked
-  const std::vector<float> temperature{1.0f, -1.0f, 1.0f};  // row 1: bad temperature
+  const std::vector<float> temperature{1.0f, -1.0f, 1.0f};        // row 1: bad temperature
   const std::vector<int32_t> top_k{0, 0, 0};
   const std::vector<float> top_p{1.0f, 1.0f, 1.0f};
   std::vector<float> out(B * V, std::nanf(""));
   std::vector<ErrorRecord> errors(B, ErrorRecord{});
-  const dev::SamplingArgs a{logits.data(), temperature.data(), top_k.data(), top_p.data(), 1, V, out.data(),
-                            errors.data()};
+  const dev::SamplingArgs a{logits.data(), temperature.data(), top_k.data(), top_p.data(), 1, V,
+                            out.data(),    errors.data()};
   EmulatedGrid grid(dev::kThreads, dev::kSharedBytes);
   grid.launch(B, 1, 1, [&](const EmuCtx& ctx) { dev::sampling_probs_block<EmuCtx, kernel::kF32>(ctx, a); });
   EXPECT_EQ(errors[0].code, sampling::kLogitInvalid);

@@ -23,9 +23,9 @@ inline std::string error_of(const std::function<void()>& f) {
 }  // namespace specdec::testing
 
 // CUDA cases: skipped with the reason when there is nothing to run them on.
-#define SPECDEC_SKIP_WITHOUT_CUDA()                                                   \
-  if (!SPECDEC_WITH_CUDA) {                                                           \
-    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)"; \
-  } else if (!at::hasCUDA()) {                                                        \
+#define SPECDEC_SKIP_WITHOUT_CUDA()                                                       \
+  if (!SPECDEC_WITH_CUDA) {                                                               \
+    GTEST_SKIP() << "built without CUDA kernels (SPECDEC_CUDA=OFF or CPU-only torch)";    \
+  } else if (!at::hasCUDA()) {                                                            \
     GTEST_SKIP() << "no CUDA device here (the CUDA kernels are compiled and registered)"; \
   }

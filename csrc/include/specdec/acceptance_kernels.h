@@ -22,8 +22,8 @@
 namespace specdec::accept::device {
 
 using block::kItems;
-using block::kThreads;
 using block::kSharedBytes;
+using block::kThreads;
 using block::Shared;
 using block::shared_scalars;
 
@@ -32,8 +32,7 @@ using block::shared_scalars;
 template <class Ctx>
 class BlockRow : public RowView {
  public:
-  SPECDEC_HOST_DEVICE BlockRow(const Ctx& ctx, const RowView& view, int64_t* scratch, Shared* shm,
-                               ErrorRecord* error)
+  SPECDEC_HOST_DEVICE BlockRow(const Ctx& ctx, const RowView& view, int64_t* scratch, Shared* shm, ErrorRecord* error)
       : RowView(view), ctx_(ctx), scratch_(scratch), shm_(shm), error_(error) {}
 
   SPECDEC_HOST_DEVICE int64_t get(int64_t i) const { return scratch_[i]; }
@@ -162,10 +161,9 @@ SPECDEC_HOST_DEVICE void walk_block(const Ctx& ctx, const WalkArgs& a) {
 }
 
 // verify_greedy: one thread per row.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE void greedy_row(const int32_t* parents, const int64_t* tokens,
-                                                   const int64_t* argmax, int64_t b, int64_t nodes,
-                                                   int32_t* accept, int32_t* num, int64_t* next,
-                                                   ErrorRecord* errors) {
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void greedy_row(const int32_t* parents, const int64_t* tokens, const int64_t* argmax,
+                                                   int64_t b, int64_t nodes, int32_t* accept, int32_t* num,
+                                                   int64_t* next, ErrorRecord* errors) {
   const int64_t o = b * nodes;
   ErrorRecord e = check_tree(parents + o, tokens + o, nodes, 0, b);
   for (int64_t i = 0; e.code == kOk && i < nodes; ++i) {

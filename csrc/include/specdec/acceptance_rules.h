@@ -47,19 +47,26 @@ class RowView {
  public:
   int64_t nodes, vocab;
 
-  SPECDEC_HOST_DEVICE RowView(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens,
-                              const float* target, const float* draft, uint64_t seed,
-                              uint64_t offset, int32_t* accept, int32_t* num, int64_t* next)
-      : nodes(n), vocab(v), parents_(parents), tokens_(tokens), target_(target), draft_(draft),
-        seed_(seed), offset_(offset), accept_(accept), num_(num), next_(next) {}
+  SPECDEC_HOST_DEVICE RowView(int64_t n, int64_t v, const int32_t* parents, const int64_t* tokens, const float* target,
+                              const float* draft, uint64_t seed, uint64_t offset, int32_t* accept, int32_t* num,
+                              int64_t* next)
+      : nodes(n),
+        vocab(v),
+        parents_(parents),
+        tokens_(tokens),
+        target_(target),
+        draft_(draft),
+        seed_(seed),
+        offset_(offset),
+        accept_(accept),
+        num_(num),
+        next_(next) {}
 
   SPECDEC_HOST_DEVICE int32_t parent(int64_t i) const { return parents_[i]; }
   SPECDEC_HOST_DEVICE int64_t token(int64_t i) const { return tokens_[i]; }
   SPECDEC_HOST_DEVICE float p(int64_t node, int64_t x) const { return target_[node * vocab + x]; }
   SPECDEC_HOST_DEVICE float q(int64_t node, int64_t x) const { return draft_[node * vocab + x]; }
-  SPECDEC_HOST_DEVICE double uniform(int64_t index) const {
-    return philox::uniform(seed_, offset_, index);
-  }
+  SPECDEC_HOST_DEVICE double uniform(int64_t index) const { return philox::uniform(seed_, offset_, index); }
 
  protected:
   const int32_t* parents_;
@@ -128,7 +135,7 @@ class SequentialRow : public RowView {
 // Validate row `row`'s tree: its parent array, then tokens >= 0, and < vocab
 // when vocab > 0.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_tree(const int32_t* parents, const int64_t* tokens, int64_t nodes,
-                                                      int64_t vocab, int64_t row) {
+                                                          int64_t vocab, int64_t row) {
   const ErrorRecord e = tree::check_parents(parents, nodes, row);
   if (e.code != kOk) return e;
   for (int64_t i = 0; i < nodes; ++i) {
@@ -142,8 +149,8 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_tree(const int32_t* parents
 // current node.  Writes the path (-1 padded to N), returns its length and sets
 // *next to the argmax after the last accepted node.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t greedy_walk(const int32_t* parents, const int64_t* tokens,
-                                                       const int64_t* argmax, int64_t nodes,
-                                                       int32_t* accept, int64_t* next) {
+                                                       const int64_t* argmax, int64_t nodes, int32_t* accept,
+                                                       int64_t* next) {
   int64_t node = 0, length = 0;
   accept[length++] = 0;
   for (int64_t c = 1; c < nodes; ++c) {
@@ -214,7 +221,7 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
   row.out(length++, 0);
   while (true) {
     double a = 1.0, b = 0.0, z = 1.0;  // residual w(x) = max(p A - q B, 0) of mass z
-    int64_t rejected = 0;               // deterministic drafts: tokens zeroed so far (scratch)
+    int64_t rejected = 0;              // deterministic drafts: tokens zeroed so far (scratch)
     int64_t accepted = -1;
     bool has_children = false;
     for (int64_t c = next_child(row, node, node); c >= 0; c = next_child(row, node, c)) {
@@ -260,16 +267,19 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
         next = draw(row, node, [&](int64_t y) -> double { return tp(row, node, y); }, u);
       } else if constexpr (kDraft) {
         // z is this residual's mass, summed by the last rejection.
-        next = draw(row, node, [&](int64_t y) -> double {
-          return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0);
-        }, u, z);
+        next = draw(
+            row, node, [&](int64_t y) -> double { return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0); }, u,
+            z);
       } else {
-        next = draw(row, node, [&](int64_t y) -> double {
-          for (int64_t k = 0; k < rejected; ++k) {
-            if (row.get(k) == y) return 0.0;
-          }
-          return tp(row, node, y);
-        }, u);
+        next = draw(
+            row, node,
+            [&](int64_t y) -> double {
+              for (int64_t k = 0; k < rejected; ++k) {
+                if (row.get(k) == y) return 0.0;
+              }
+              return tp(row, node, y);
+            },
+            u);
       }
       row.finish(length, next);
       return;

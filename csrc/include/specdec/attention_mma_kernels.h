@@ -26,8 +26,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <cstring>
+#include <initializer_list>
 
 #include "specdec/attention_rules.h"
 #include "specdec/kernel_ctx.h"
@@ -87,16 +87,16 @@ struct Plan {
 };
 
 template <int kD>
-inline Plan make_plan(int64_t batch, int64_t nodes, int64_t q_heads, int64_t kv_heads, int64_t dim,
-                      int64_t capacity, int64_t target_blocks) {
+inline Plan make_plan(int64_t batch, int64_t nodes, int64_t q_heads, int64_t kv_heads, int64_t dim, int64_t capacity,
+                      int64_t target_blocks) {
   using T = Tile<kD>;
   Plan pl;
   const int64_t rows = nodes * (q_heads / kv_heads);
   const int64_t warps = (rows + 15) / 16;
   pl.warps = static_cast<int>(warps < 1 ? 1 : warps > kMaxWarps ? kMaxWarps : warps);
   pl.q_tiles = (rows + 16 * pl.warps - 1) / (16 * pl.warps);
-  const KeySplit ks = split_keys(capacity, T::kKeys, 2, batch * kv_heads * pl.q_tiles, target_blocks,
-                                 batch * nodes * q_heads, dim);
+  const KeySplit ks =
+      split_keys(capacity, T::kKeys, 2, batch * kv_heads * pl.q_tiles, target_blocks, batch * nodes * q_heads, dim);
   pl.splits = ks.splits;
   pl.chunk = ks.chunk;
   pl.smem = T::smem_bytes(pl.warps);
@@ -106,9 +106,8 @@ inline Plan make_plan(int64_t batch, int64_t nodes, int64_t q_heads, int64_t kv_
 // Fetches 16 bytes of K or V: row `slot` of the block's sequence and KV head,
 // 8 elements from column 8 * ch.
 template <bool kPaged>
-SPECDEC_HOST_DEVICE SPECDEC_INLINE const uint16_t* kv_row(const Params& p, const uint16_t* base,
-                                                          const int32_t* table, int64_t b, int64_t h,
-                                                          int64_t slot) {
+SPECDEC_HOST_DEVICE SPECDEC_INLINE const uint16_t* kv_row(const Params& p, const uint16_t* base, const int32_t* table,
+                                                          int64_t b, int64_t h, int64_t slot) {
   if constexpr (kPaged) {  // 32-bit division: the launcher keeps the capacity below 2^31
     const int32_t s32 = static_cast<int32_t>(slot), ps = static_cast<int32_t>(p.page_size);
     const int64_t page = table[s32 / ps];
@@ -214,8 +213,8 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
     SPECDEC_UNROLL
     for (int kc = 0; kc < kD / 16; ++kc) {
       // A (16 x 16, row major): {row g, cols 2c..2c+1}, {row g+8, same}, then cols + 8.
-      const uint32_t a[4] = {sQw[qr * kW + 8 * kc + c], sQw[(qr + 8) * kW + 8 * kc + c],
-                             sQw[qr * kW + 8 * kc + 4 + c], sQw[(qr + 8) * kW + 8 * kc + 4 + c]};
+      const uint32_t a[4] = {sQw[qr * kW + 8 * kc + c], sQw[(qr + 8) * kW + 8 * kc + c], sQw[qr * kW + 8 * kc + 4 + c],
+                             sQw[(qr + 8) * kW + 8 * kc + 4 + c]};
       SPECDEC_UNROLL
       for (int t = 0; t < kKTiles; ++t) {
         // B (16 x 8, column n = key 8t + g): rows 2c..2c+1 and 2c+8..2c+9 = head-dim columns.

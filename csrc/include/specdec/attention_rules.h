@@ -29,7 +29,7 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t head_dim_bucket(int64_t dim) {
 // Row `row`: 0 <= L, L + nodes <= capacity, and (paged, table != nullptr) every
 // block holding a slot in [0, L + nodes) is a page in [0, num_pages).
 SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t length, int64_t nodes, int64_t capacity,
-                                                     const int32_t* table, int64_t page_size, int64_t num_pages) {
+                                                         const int32_t* table, int64_t page_size, int64_t num_pages) {
   if (length < 0 || length + nodes > capacity) return make_error(kCacheLen, row, 0, length);
   if (table != nullptr) {
     const int64_t blocks = (length + nodes + page_size - 1) / page_size;

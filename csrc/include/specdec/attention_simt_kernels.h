@@ -94,7 +94,8 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& a) {
   for (int64_t idx = tid; idx < kRowsPerTile * kMaxD; idx += kThreads) {
     const int64_t qr = idx / kMaxD, d = idx % kMaxD, rq = tile * kRowsPerTile + qr;
     float val = 0.0f;
-    if (rq < rows && d < D) val = load<kKind>(a.q, ((b * a.nodes + rq / G) * a.q_heads + h * G + rq % G) * D + d) * a.scale;
+    if (rq < rows && d < D)
+      val = load<kKind>(a.q, ((b * a.nodes + rq / G) * a.q_heads + h * G + rq % G) * D + d) * a.scale;
     sQ[qr * T::kStride + d] = val;
   }
   ctx.sync();

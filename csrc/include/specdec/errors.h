@@ -34,8 +34,7 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE bool operator==(const ErrorRecord& a, const E
 // int64 words per record in a device tensor of records.
 constexpr int64_t kErrorRecordWords = 4;
 
-SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord make_error(int64_t code, int64_t row, int64_t where,
-                                                          int64_t value) {
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord make_error(int64_t code, int64_t row, int64_t where, int64_t value) {
   ErrorRecord e;
   e.code = code;
   e.row = row;

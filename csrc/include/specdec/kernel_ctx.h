@@ -74,7 +74,7 @@ inline uint16_t from_float(float x) {
     const uint32_t sign = (bits >> 16) & 0x8000u, mag = bits & 0x7fffffffu;
     if (mag > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
     if (mag >= 0x47800000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 2^16: inf
-    if (mag < 0x38800000u) {                                                 // below 2^-14: subnormal
+    if (mag < 0x38800000u) {                                               // below 2^-14: subnormal
       float a;
       std::memcpy(&a, &mag, 4);
       return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));

@@ -13,8 +13,8 @@
 
 #include <cstdint>
 
-#include "specdec/kernel_ctx.h"
 #include "specdec/errors.h"
+#include "specdec/kernel_ctx.h"
 #include "specdec/kv_compact_rules.h"
 
 namespace specdec::kv::device {
@@ -33,8 +33,8 @@ struct ValidateArgs {
   int64_t batch, width, capacity;
   bool paged, check_slots;
   int64_t page_size, num_pages, max_blocks;
-  int32_t* base_lens;  // out: cache_lens before this step
-  ErrorRecord* status; // out: the first failing row's record, or code kOk
+  int32_t* base_lens;   // out: cache_lens before this step
+  ErrorRecord* status;  // out: the first failing row's record, or code kOk
 };
 
 struct RowArgs {

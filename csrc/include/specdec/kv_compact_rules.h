@@ -24,19 +24,19 @@ namespace specdec::kv {
 // Why a row failed validation; the record's `where` is the column of the
 // offending entry (accept_nodes or block_tables), `value` the entry.
 enum ErrorCode : int32_t {
-  kCacheLenOutOfRange = 1,    // cache_lens[b] < 0 or > capacity
-  kNumAcceptedOutOfRange = 2, // num_accepted[b] < 0 or > accept_nodes.size(1)
-  kAcceptNodeNegative = 3,    // accept_nodes[b, j] < 0
-  kAcceptNotIncreasing = 4,   // accept_nodes[b, j] <= accept_nodes[b, j-1]
-  kSlotBeyondCache = 5,       // cache_lens[b] + accept_nodes[b, j] >= capacity
-  kBlockOutOfRange = 6,       // block_tables[b, j] outside [0, num_pages)
-  kBlockRepeated = 7,         // block_tables[b, j] repeats an earlier touched block
+  kCacheLenOutOfRange = 1,     // cache_lens[b] < 0 or > capacity
+  kNumAcceptedOutOfRange = 2,  // num_accepted[b] < 0 or > accept_nodes.size(1)
+  kAcceptNodeNegative = 3,     // accept_nodes[b, j] < 0
+  kAcceptNotIncreasing = 4,    // accept_nodes[b, j] <= accept_nodes[b, j-1]
+  kSlotBeyondCache = 5,        // cache_lens[b] + accept_nodes[b, j] >= capacity
+  kBlockOutOfRange = 6,        // block_tables[b, j] outside [0, num_pages)
+  kBlockRepeated = 7,          // block_tables[b, j] repeats an earlier touched block
 };
 
 // Validate one row of a contiguous or paged compaction.  `capacity` is the
 // number of slots one sequence can address (S, or max_blocks * page_size).
 SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t cache_len, int64_t num_accepted,
-                                                     const int32_t* accept, int64_t width, int64_t capacity) {
+                                                         const int32_t* accept, int64_t width, int64_t capacity) {
   if (cache_len < 0 || cache_len > capacity) return make_error(kCacheLenOutOfRange, row, 0, cache_len);
   if (num_accepted < 0 || num_accepted > width) return make_error(kNumAcceptedOutOfRange, row, 0, num_accepted);
   int64_t prev = -1;
@@ -54,7 +54,7 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t ca
 // or writes, [cache_len, cache_len + accept[n-1]], must be a valid page, and
 // those pages must be distinct (two logical blocks on one page would alias).
 SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_blocks(int64_t row, const int32_t* table, int64_t cache_len,
-                                                        int64_t last_source, int64_t page_size, int64_t num_pages) {
+                                                            int64_t last_source, int64_t page_size, int64_t num_pages) {
   const int64_t first = cache_len / page_size;
   const int64_t last = (cache_len + last_source) / page_size;
   for (int64_t blk = first; blk <= last; ++blk) {
@@ -69,8 +69,8 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_blocks(int64_t row, const i
 
 // Byte offset of slot `slot` of sequence row `table` in a paged tensor
 // [num_pages, page_size, H, D] whose token rows are `token_bytes` long.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t paged_offset(const int32_t* table, int64_t slot,
-                                                        int64_t page_size, int64_t token_bytes) {
+SPECDEC_HOST_DEVICE SPECDEC_INLINE int64_t paged_offset(const int32_t* table, int64_t slot, int64_t page_size,
+                                                        int64_t token_bytes) {
   const int64_t page = table[slot / page_size];
   return (page * page_size + slot % page_size) * token_bytes;
 }

@@ -88,8 +88,7 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE U32x4 philox4x32_10(U32x4 ctr, U32x2 key) {
 // A uniform double in [0, 1) with 53 random bits: the top 27 bits of `a` and
 // the top 26 bits of `b`.  Every step is exact in double precision.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE double to_unit_double(uint32_t a, uint32_t b) {
-  return (static_cast<double>(a >> 5) * 67108864.0 + static_cast<double>(b >> 6)) *
-         (1.0 / 9007199254740992.0);
+  return (static_cast<double>(a >> 5) * 67108864.0 + static_cast<double>(b >> 6)) * (1.0 / 9007199254740992.0);
 }
 
 // The uniform number `index` of the stream (seed, offset); see the header comment.

@@ -13,8 +13,8 @@
 
 namespace specdec::sampling::device {
 
-using block::kThreads;
 using block::kSharedBytes;
+using block::kThreads;
 using block::Shared;
 using block::shared_scalars;
 
@@ -72,8 +72,7 @@ SPECDEC_HOST_DEVICE void sampling_probs_block(const Ctx& ctx, const SamplingArgs
     }
   }
   // Max by key, then the lowest index holding it.
-  const uint32_t best_key =
-      static_cast<uint32_t>(-block::min(ctx, -static_cast<int64_t>(order_key(best)), shm->idx));
+  const uint32_t best_key = static_cast<uint32_t>(-block::min(ctx, -static_cast<int64_t>(order_key(best)), shm->idx));
   const int64_t first_max = block::min(ctx, order_key(best) == best_key ? best_i : INT64_MAX, shm->idx);
   const double any_invalid = block::sum(ctx, invalid, shm->red);
   if (tid == 0) {
