@@ -350,6 +350,21 @@ BAD_CONTIGUOUS = {
         ValueError,
         "caches[1] shares its memory",
     ),
+    "partly overlapping caches": (
+        lambda a, d: a.update(caches=_overlapping_views(a["caches"][0])),
+        ValueError,
+        "shares its memory with caches[",
+    ),
+    "advanced length beyond int32": (
+        # zero-width caches can address 2**31 slots; the advanced length cannot be stored
+        lambda a, d: a.update(
+            caches=[torch.empty(2, 2, 2**31, 0, device=d) for _ in range(2)],
+            cache_lens=_i32([2**31 - 2, 0], d),
+            accept_nodes=_i32([[0, 1, -1], [0, 2, 5]], d),
+        ),
+        ValueError,
+        "cache_lens[0] + num_accepted[0] = 2147483648 does not fit cache_lens' int32",
+    ),
     "accept 1-D": (
         lambda a, d: a.update(accept_nodes=a["accept_nodes"][0]),
         ValueError,
@@ -371,6 +386,14 @@ BAD_CONTIGUOUS = {
         "caches[1] must be a tensor",
     ),
 }
+
+
+def _overlapping_views(cache):
+    """Two [B, H, S, D] views of one buffer, the second starting one slot later."""
+    flat = torch.randn(cache.numel() + cache.shape[-1], dtype=cache.dtype).to(cache.device)
+    a = flat[: cache.numel()].view(cache.shape)
+    b = flat[cache.shape[-1] :].view(cache.shape)
+    return [a, b]
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
@@ -416,6 +439,11 @@ BAD_PAGED = {
         lambda a, d: a["block_tables"].__setitem__((0, 1), -1),
         IndexError,
         "block_tables[0, 1] = -1",
+    ),
+    "page shared across rows": (
+        lambda a, d: a["block_tables"].__setitem__((1, 0), 1),
+        ValueError,
+        "block_tables[1, 0] = 1 is also touched by an earlier row",
     ),
     "block repeated": (
         lambda a, d: a["block_tables"].__setitem__((1, 1), 3),

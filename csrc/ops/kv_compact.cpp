@@ -2,8 +2,10 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <limits>
-#include <unordered_set>
+#include <string>
+#include <vector>
 
 #include "ops/checks.h"
 #include "specdec/kv_compact_rules.h"
@@ -31,10 +33,22 @@ void check_index_args(const char* op, const at::Tensor& cache_lens, const at::Te
   check_contiguous(op, "num_accepted", num_accepted);
 }
 
-// Every cache tensor: same shape/dtype/device as the first, contiguous, no two
-// tensors sharing memory (compacting one storage twice would corrupt it).
+void check_defined_list(const char* op, const char* arg, at::TensorList list) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    TORCH_CHECK_TYPE(list[i].defined(), msg(op, arg, "[", i, "] must be a tensor, got None"));
+  }
+}
+
+// A cache tensor's bytes, for the overlap check.
+struct Span {
+  uintptr_t begin, end;
+  std::string name;
+};
+
+// Every cache tensor: same shape/dtype/device as the first, contiguous; its byte
+// range is collected in `spans` for check_disjoint.
 void check_same_tensors(const char* op, const char* arg, at::TensorList list, const at::Tensor& like,
-                        const c10::Device& device, std::unordered_set<const void*>& seen) {
+                        const c10::Device& device, std::vector<Span>& spans) {
   for (size_t i = 0; i < list.size(); ++i) {
     const at::Tensor& t = list[i];
     const std::string name = std::string(arg) + "[" + std::to_string(i) + "]";
@@ -47,10 +61,21 @@ void check_same_tensors(const char* op, const char* arg, at::TensorList list, co
                           ", got ", shape_str(t.sizes())));
     check_device(op, name.c_str(), t, device);
     check_contiguous(op, name.c_str(), t);
-    TORCH_CHECK_VALUE(t.numel() == 0 || seen.insert(t.data_ptr()).second,
-                      msg(op, name.c_str(),
-                          " shares its memory with an earlier cache tensor; "
-                          "each tensor must be compacted exactly once"));
+    if (t.numel() > 0) {
+      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+      spans.push_back({begin, begin + static_cast<uintptr_t>(t.nbytes()), name});
+    }
+  }
+}
+
+// No two cache tensors may share a byte (equal or partly overlapping views):
+// compacting one storage twice would corrupt it.
+void check_disjoint(const char* op, std::vector<Span>& spans) {
+  std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < spans.size(); ++i) {
+    TORCH_CHECK_VALUE(spans[i].begin >= spans[i - 1].end,
+                      msg(op, spans[i].name.c_str(), " shares its memory with ", spans[i - 1].name,
+                          " (the tensors overlap); each tensor must be compacted exactly once"));
   }
 }
 
@@ -58,6 +83,8 @@ void check_same_tensors(const char* op, const char* arg, at::TensorList list, co
 
 KvCompactPlan check_kv_compact(const char* op, at::TensorList caches, const at::Tensor& cache_lens,
                                const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+  check_defined(op, {{"cache_lens", &cache_lens}, {"accept_nodes", &accept_nodes}, {"num_accepted", &num_accepted}});
+  check_defined_list(op, "caches", caches);
   const c10::Device device = cache_lens.device();
   check_index_args(op, cache_lens, accept_nodes, num_accepted, device);
   KvCompactPlan plan;
@@ -67,8 +94,9 @@ KvCompactPlan check_kv_compact(const char* op, at::TensorList caches, const at::
     const at::Tensor& first = caches[0];
     check_dim(op, "caches[0]", first, 4, "[B, H, S, D]");
     check_size(op, "caches[0]", first, 0, plan.batch, "B (cache_lens.size(0))");
-    std::unordered_set<const void*> seen;
-    check_same_tensors(op, "caches", caches, first, device, seen);
+    std::vector<Span> spans;
+    check_same_tensors(op, "caches", caches, first, device, spans);
+    check_disjoint(op, spans);
     plan.rows_per_seq = first.size(1);
     plan.slots = first.size(2);
     plan.capacity = first.size(2);
@@ -81,6 +109,12 @@ KvCompactPlan check_kv_compact(const char* op, at::TensorList caches, const at::
 KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at::TensorList v_pages,
                                      const at::Tensor& block_tables, const at::Tensor& cache_lens,
                                      const at::Tensor& accept_nodes, const at::Tensor& num_accepted) {
+  check_defined(op, {{"block_tables", &block_tables},
+                     {"cache_lens", &cache_lens},
+                     {"accept_nodes", &accept_nodes},
+                     {"num_accepted", &num_accepted}});
+  check_defined_list(op, "k_pages", k_pages);
+  check_defined_list(op, "v_pages", v_pages);
   const c10::Device device = cache_lens.device();
   check_index_args(op, cache_lens, accept_nodes, num_accepted, device);
   check_dim(op, "block_tables", block_tables, 2, "[B, max_blocks]");
@@ -99,9 +133,10 @@ KvCompactPlan check_kv_compact_paged(const char* op, at::TensorList k_pages, at:
     const at::Tensor& first = k_pages[0];
     check_dim(op, "k_pages[0]", first, 4, "[num_pages, page_size, H, D]");
     TORCH_CHECK_VALUE(first.size(1) > 0, msg(op, "k_pages[0]", " must have page_size > 0"));
-    std::unordered_set<const void*> seen;
-    check_same_tensors(op, "k_pages", k_pages, first, device, seen);
-    check_same_tensors(op, "v_pages", v_pages, first, device, seen);
+    std::vector<Span> spans;
+    check_same_tensors(op, "k_pages", k_pages, first, device, spans);
+    check_same_tensors(op, "v_pages", v_pages, first, device, spans);
+    check_disjoint(op, spans);
     plan.num_pages = first.size(0);
     plan.page_size = first.size(1);
     plan.row_bytes = first.size(2) * first.size(3) * first.element_size();
@@ -122,6 +157,10 @@ ErrorRecord check_row_values(const KvCompactPlan& plan, int64_t b, const int32_t
   if (r.code == kOk && plan.paged && !plan.tensors.empty() && num_accepted[b] > 0) {
     r = kv::check_blocks(b, block_tables + b * plan.max_blocks, cache_lens[b], accept[num_accepted[b] - 1],
                          plan.page_size, plan.num_pages);
+    if (r.code == kOk) {
+      r = kv::check_pages_private(b, block_tables, cache_lens, accept_nodes, num_accepted, plan.width, plan.max_blocks,
+                                  plan.capacity, plan.page_size);
+    }
   }
   return r;
 }
@@ -150,6 +189,12 @@ void raise_kv_compact_error(const char* op, const KvCompactPlan& plan, const Err
                                    ") (the number of pages)"));
     case kv::kBlockRepeated:
       TORCH_CHECK_VALUE(false, msg(op, "block_tables", at_bj, " = ", c.value, " repeats a page this row already uses"));
+    case kv::kPageShared:
+      TORCH_CHECK_VALUE(false, msg(op, "block_tables", at_bj, " = ", c.value,
+                                   " is also touched by an earlier row; rows must not share the pages they write"));
+    case kv::kLengthOverflow:
+      TORCH_CHECK_VALUE(false, msg(op, "num_accepted", at_b, ": cache_lens", at_b, " + num_accepted", at_b, " = ",
+                                   c.value, " does not fit cache_lens' int32"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", c.code));
   }

@@ -205,3 +205,29 @@ TEST(KvCompactEmulated, PagedRepeatedPageIsRejected) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(KvCompactEmulated, PagedPageSharedAcrossRowsIsRejected) {
+  Problem pb;
+  pb.paged = true;
+  pb.page_size = 4;
+  std::mt19937 rng(10);
+  State st = make_state(pb, rng);
+  // Rows 0 and 1 each touch their first block; row 1's is row 0's page.
+  for (int64_t b : {0, 1}) {
+    st.lens[b] = 0;
+    st.num[b] = 1;
+    st.accept[b * pb.width] = 0;
+  }
+  st.tables[1 * st.max_blocks] = st.tables[0];
+  const State before = st;
+  const specdec::ErrorRecord status = run<16>(pb, st, 3, 64);
+  EXPECT_EQ(status.code, kv::kPageShared);
+  EXPECT_EQ(status.row, 1);
+  EXPECT_EQ(status.where, 0);
+  EXPECT_EQ(st.lens, before.lens);
+  for (int64_t t = 0; t < pb.tensors; ++t) EXPECT_TRUE(st.data[t] == before.data[t]);
+}
+
+}  // namespace

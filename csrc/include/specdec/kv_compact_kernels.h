@@ -53,6 +53,9 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_one(const ValidateArgs& a, 
   if (c.code == kOk && a.paged && a.check_slots && a.num[b] > 0) {
     c = check_blocks(b, a.tables + b * a.max_blocks, a.lens[b], a.accept[b * a.width + a.num[b] - 1], a.page_size,
                      a.num_pages);
+    if (c.code == kOk) {
+      c = check_pages_private(b, a.tables, a.lens, a.accept, a.num, a.width, a.max_blocks, a.capacity, a.page_size);
+    }
   }
   return c;
 }

@@ -31,6 +31,8 @@ enum ErrorCode : int32_t {
   kSlotBeyondCache = 5,        // cache_lens[b] + accept_nodes[b, j] >= capacity
   kBlockOutOfRange = 6,        // block_tables[b, j] outside [0, num_pages)
   kBlockRepeated = 7,          // block_tables[b, j] repeats an earlier touched block
+  kLengthOverflow = 8,         // cache_lens[b] + num_accepted[b] beyond int32 (value: the sum)
+  kPageShared = 9,             // block_tables[b, j] is also touched by an earlier row
 };
 
 // Validate one row of a contiguous or paged compaction.  `capacity` is the
@@ -39,6 +41,9 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_row(int64_t row, int64_t ca
                                                          const int32_t* accept, int64_t width, int64_t capacity) {
   if (cache_len < 0 || cache_len > capacity) return make_error(kCacheLenOutOfRange, row, 0, cache_len);
   if (num_accepted < 0 || num_accepted > width) return make_error(kNumAcceptedOutOfRange, row, 0, num_accepted);
+  // cache_lens is int32: the advanced length must stay representable (capacity
+  // alone does not bound it: a zero-size or paged cache can claim more slots).
+  if (cache_len + num_accepted > 2147483647) return make_error(kLengthOverflow, row, 0, cache_len + num_accepted);
   int64_t prev = -1;
   for (int64_t j = 0; j < num_accepted; ++j) {
     const int64_t a = accept[j];
@@ -62,6 +67,48 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_blocks(int64_t row, const i
     if (page < 0 || page >= num_pages) return make_error(kBlockOutOfRange, row, blk, page);
     for (int64_t other = first; other < blk; ++other) {
       if (table[other] == page) return make_error(kBlockRepeated, row, blk, page);
+    }
+  }
+  return no_error(row);
+}
+
+// The blocks a paged row touches (reads or writes): [first, last], or false when
+// the row touches none or its index values are out of range (its own check
+// reports that).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE bool touched_blocks(int64_t cache_len, int64_t num, const int32_t* accept,
+                                                       int64_t width, int64_t capacity, int64_t page_size,
+                                                       int64_t* first, int64_t* last) {
+  if (num <= 0 || num > width || cache_len < 0) return false;
+  const int64_t last_source = accept[num - 1];
+  if (last_source < 0 || cache_len + last_source >= capacity) return false;
+  *first = cache_len / page_size;
+  *last = (cache_len + last_source) / page_size;
+  return true;
+}
+
+// No two rows may touch one page: a page both rows write would take whichever
+// copy ran last.  Row `row`'s touched pages against every earlier row's (the
+// first row of a clash reports nothing, the later one the clash).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_pages_private(int64_t row, const int32_t* tables,
+                                                                   const int32_t* lens, const int32_t* accept,
+                                                                   const int32_t* num, int64_t width,
+                                                                   int64_t max_blocks, int64_t capacity,
+                                                                   int64_t page_size) {
+  int64_t f0, l0;
+  if (!touched_blocks(lens[row], num[row], accept + row * width, width, capacity, page_size, &f0, &l0)) {
+    return no_error(row);
+  }
+  const int32_t* mine = tables + row * max_blocks;
+  for (int64_t other = 0; other < row; ++other) {
+    int64_t f1, l1;
+    if (!touched_blocks(lens[other], num[other], accept + other * width, width, capacity, page_size, &f1, &l1)) {
+      continue;
+    }
+    const int32_t* theirs = tables + other * max_blocks;
+    for (int64_t a = f0; a <= l0; ++a) {
+      for (int64_t c = f1; c <= l1; ++c) {
+        if (mine[a] == theirs[c]) return make_error(kPageShared, row, a, mine[a]);
+      }
     }
   }
   return no_error(row);
