@@ -112,6 +112,13 @@ SAMPLING_EDGES = {
         [0, 0, 0],
         [1.0, 0.9, 0.5],
     ),
+    # every finite temperature is valid, up to float32's maximum (regression: > 3e38 was rejected)
+    "temperatures up to float max": (
+        lambda g: torch.randn(3, 300, generator=g) * 1e3,
+        [torch.finfo(torch.float32).max, 3.3e38, 3.1e38],
+        [0, 5, 0],
+        [1.0, 1.0, 0.5],
+    ),
     "vocabulary of one": (
         lambda g: torch.randn(3, 1, generator=g),
         [0.0, 1.0, 1.0],

@@ -30,7 +30,7 @@ enum ErrorCode : int32_t {
 // Row `row`'s sampling parameters.
 SPECDEC_HOST_DEVICE SPECDEC_INLINE ErrorRecord check_params(float temperature, int32_t top_k, float top_p,
                                                             int64_t row) {
-  if (!(temperature >= 0.0f && temperature <= 3.0e38f))
+  if (!(temperature >= 0.0f && temperature <= 3.40282347e38f))  // finite: <= FLT_MAX
     return make_error(kTemperature, row, 0, double_bits(temperature));
   if (top_k < 0) return make_error(kTopK, row, 0, double_bits(top_k));
   if (!(top_p > 0.0f && top_p <= 1.0f)) return make_error(kTopP, row, 0, double_bits(top_p));
