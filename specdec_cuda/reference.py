@@ -186,7 +186,7 @@ def tree_attention_paged(
 # * The final token is drawn from the current residual (all children rejected)
 #   or from the accepted leaf's target distribution (bonus): the smallest x with
 #   cumsum(w)[x] > u * sum(w), sums in float64.  A residual with no mass falls
-#   back to the node's target distribution.
+#   back to the node's target distribution at its real mass (Z = sum_x p(x)).
 # ---------------------------------------------------------------------------
 
 
@@ -270,16 +270,16 @@ def rejection_sample(
                         break
                     a, bb = a / z, bb / z + 1.0
                     z = float(torch.clamp(p * a - q * bb, min=0.0).sum())
-                    if not z > 0.0:  # no residual mass left: back to the target
-                        a, bb, z = 1.0, 0.0, 1.0
+                    if not z > 0.0:  # no residual mass left: back to the target, at its real mass
+                        a, bb, z = 1.0, 0.0, float(p.sum())
                 else:
                     if u * z < float(zeroed[x]):
                         accepted = c
                         break
                     z -= float(zeroed[x])
                     zeroed[x] = 0.0
-                    if not z > 0.0:
-                        zeroed, z = p.clone(), 1.0
+                    if not z > 0.0:  # back to the target, at its real mass
+                        zeroed, z = p.clone(), float(p.sum())
             if accepted is None:
                 if not kids:
                     w = p
@@ -329,7 +329,10 @@ def typical_accept(
             p = target_probs[b, u].double().cpu()
             pos = p[p > 0]
             entropy = float(-(pos * torch.log(pos)).sum())
-            cut = min(posterior_threshold, posterior_alpha * math.exp(-entropy))
+            # as the kernels compute it: exp overflows to inf, and fmin ignores a NaN (0 * inf)
+            e = math.exp(-entropy) if -entropy < 709.0 else math.inf
+            prod = posterior_alpha * e
+            cut = posterior_threshold if math.isnan(prod) else min(posterior_threshold, prod)
             for c in kids:
                 ok[c] = float(p[toks[b][c]]) > cut
                 depth[c] = depth[u] + 1

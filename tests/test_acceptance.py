@@ -256,6 +256,24 @@ def test_rejection_zero_residual_falls_back_to_target(device):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
+def test_zero_mass_residual_restarts_at_the_targets_real_mass(device, gen):
+    """Regression (fuzzing): unnormalised target rows p = 0.4 * softmax with q = softmax:
+    every rejection leaves no residual mass, so the walk restarts at p, and its tests and
+    final draw must use p's real mass (0.4), not 1, exactly as the reference does."""
+    batch, vocab = 64, 40
+    p = torch.softmax(torch.randn(batch, 2, vocab, generator=gen), -1)
+    target = (0.4 * p).contiguous()
+    tokens = torch.multinomial(p[:, 0], 1, generator=gen).expand(batch, 2).contiguous()
+    parents = torch.tensor([[-1, 0]] * batch, dtype=torch.int32)  # one draft: rejected w.p. 0.6
+    seed = torch.arange(batch, dtype=torch.int64) * 7919
+    offset = torch.zeros(batch, dtype=torch.int64)
+    args = dict(tokens=tokens, parents=parents, draft_probs=p, target_probs=target, seed=seed, offset=offset)
+    expected = reference.rejection_sample(**args)
+    assert_verdict_equal(ops.rejection_sample(**on(device, **args)), expected)
+    assert int((expected[1] == 1).sum()) > batch // 4  # the restart path is exercised
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
 def test_same_seed_same_result_different_offset_differs(device, gen):
     batch, nodes, vocab = 64, 9, 50
     case = random_case(gen, batch, nodes, vocab, "star")

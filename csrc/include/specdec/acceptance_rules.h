@@ -239,10 +239,10 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
         a = a / z;
         b = b / z + 1.0;
         z = row.sum([&](int64_t y) -> double { return fmax(tp(row, node, y) * a - dq(row, node, y) * b, 0.0); });
-        if (!(z > 0.0)) {  // no residual mass: back to the target distribution
+        if (!(z > 0.0)) {  // no residual mass: back to the target distribution, at its real mass
           a = 1.0;
           b = 0.0;
-          z = 1.0;
+          z = row.sum([&](int64_t y) -> double { return tp(row, node, y); });
         }
       } else {
         bool already = false;
@@ -254,9 +254,9 @@ SPECDEC_HOST_DEVICE void rejection_walk(Row& row) {
         }
         z -= w;
         if (!already) row.set(rejected++, x);
-        if (!(z > 0.0)) {
+        if (!(z > 0.0)) {  // every token rejected: back to the target distribution, at its real mass
           rejected = 0;
-          z = 1.0;
+          z = row.sum([&](int64_t y) -> double { return tp(row, node, y); });
         }
       }
     }
