@@ -134,7 +134,7 @@ def build_tree(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Raises ``ValueError`` naming ``specdec::build_tree`` and the entry for a broken
     parent array (e.g. ``parents[0, 3] = 5 is outside [0, 3)``).
     """
-    return torch.ops.specdec.build_tree(parents)
+    return torch.ops.specdec.build_tree(_validate.tensor("specdec::build_tree", "parents", parents))
 
 
 def tree_attention(
@@ -231,7 +231,14 @@ def sampling_probs(
     negative or NaN temperature, a negative top_k, top_p outside ``(0, 1]``, a NaN
     or +inf logit, or a row whose logits are all -inf.
     """
-    return torch.ops.specdec.sampling_probs(logits, temperature, top_k, top_p)
+    op = "specdec::sampling_probs"
+    t = _validate.tensor
+    return torch.ops.specdec.sampling_probs(
+        t(op, "logits", logits),
+        t(op, "temperature", temperature),
+        t(op, "top_k", top_k),
+        t(op, "top_p", top_p),
+    )
 
 
 def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: torch.Tensor) -> Verdict:
@@ -242,7 +249,11 @@ def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: to
     ``target_argmax[b, node]``; stop when none does; ``next_token`` is the argmax
     after the last accepted node.
     """
-    return torch.ops.specdec.verify_greedy(tokens, parents, target_argmax)
+    op = "specdec::verify_greedy"
+    t = _validate.tensor
+    return torch.ops.specdec.verify_greedy(
+        t(op, "tokens", tokens), t(op, "parents", parents), t(op, "target_argmax", target_argmax)
+    )
 
 
 def rejection_sample(
@@ -271,7 +282,16 @@ def rejection_sample(
     N + 1) and give rows different seeds.  Same seed and offset give the same
     result on CPU and CUDA.
     """
-    return torch.ops.specdec.rejection_sample(tokens, parents, draft_probs, target_probs, seed, offset)
+    op = "specdec::rejection_sample"
+    t = _validate.tensor
+    return torch.ops.specdec.rejection_sample(
+        t(op, "tokens", tokens),
+        t(op, "parents", parents),
+        _validate.optional_tensor(op, "draft_probs", draft_probs),
+        t(op, "target_probs", target_probs),
+        t(op, "seed", seed),
+        t(op, "offset", offset),
+    )
 
 
 def typical_accept(
@@ -291,8 +311,16 @@ def typical_accept(
     among equals); ``next_token`` is drawn from its target distribution (uniform
     index N of the row's stream).
     """
+    op = "specdec::typical_accept"
+    t = _validate.tensor
     return torch.ops.specdec.typical_accept(
-        tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset
+        t(op, "tokens", tokens),
+        t(op, "parents", parents),
+        t(op, "target_probs", target_probs),
+        _validate.number(op, "posterior_threshold", posterior_threshold),
+        _validate.number(op, "posterior_alpha", posterior_alpha),
+        t(op, "seed", seed),
+        t(op, "offset", offset),
     )
 
 
@@ -301,24 +329,85 @@ for _f in (verify_greedy, rejection_sample, typical_accept):
         _f.__doc__ += _TREE_DOC
 
 # ---------------------------------------------------------------------------
-# Fake kernels (for torch.compile / FakeTensor tracing).  The KV ops only
-# mutate their inputs, so the fake has nothing to allocate; shape and value
-# checks run in the real kernels when the compiled graph executes.
+# Fake kernels (for torch.compile / FakeTensor tracing and meta tensors).  Each
+# runs the checks of its real kernel that need no data (ranks, matching sizes,
+# dtypes, one device) with the same messages, then allocates the outputs; the
+# value checks run in the real kernels when the compiled graph executes.
 # ---------------------------------------------------------------------------
+
+_v = _validate
+_I32, _I64, _F32 = torch.int32, torch.int64, torch.float32
+
+
+def _check_index_args(op, cache_lens, accept_nodes, num_accepted):
+    device = cache_lens.device
+    _v.check_tensors(
+        op,
+        device,
+        [
+            ("cache_lens", cache_lens, 1, "[B]", _I32),
+            ("accept_nodes", accept_nodes, 2, "[B, max_depth + 1]", _I32),
+            ("num_accepted", num_accepted, 1, "[B]", _I32),
+        ],
+    )
+    batch = cache_lens.shape[0]
+    _v.check_size(op, "accept_nodes", accept_nodes, 0, batch, "B (cache_lens.size(0))")
+    _v.check_size(op, "num_accepted", num_accepted, 0, batch, "B (cache_lens.size(0))")
+    return device, batch
+
+
+def _check_cache_list(op, arg, tensors, like, device):
+    for i, t in enumerate(tensors):
+        name = f"{arg}[{i}]"
+        _v.check_dtype(op, name, t, _v.FLOATS)
+        if t.dtype != like.dtype:
+            raise TypeError(
+                f"{op}: {name} must have the dtype of the first cache tensor ({_v._dtype_name(like.dtype)}), "
+                f"got {_v._dtype_name(t.dtype)}"
+            )
+        if tuple(t.shape) != tuple(like.shape):
+            raise ValueError(
+                f"{op}: {name} must have the shape of the first cache tensor {_v._shape(like)}, "
+                f"got {_v._shape(t)}"
+            )
+        _v.check_device(op, name, t, device)
 
 
 @torch.library.register_fake("specdec::kv_compact_")
 def _kv_compact_fake(caches, cache_lens, accept_nodes, num_accepted) -> None:
+    op = "specdec::kv_compact_"
+    device, batch = _check_index_args(op, cache_lens, accept_nodes, num_accepted)
+    if caches:
+        _v.check_dim(op, "caches[0]", caches[0], 4, "[B, H, S, D]")
+        _v.check_size(op, "caches[0]", caches[0], 0, batch, "B (cache_lens.size(0))")
+        _check_cache_list(op, "caches", caches, caches[0], device)
     return None
 
 
 @torch.library.register_fake("specdec::kv_compact_paged_")
 def _kv_compact_paged_fake(k_pages, v_pages, block_tables, cache_lens, accept_nodes, num_accepted) -> None:
+    op = "specdec::kv_compact_paged_"
+    device, batch = _check_index_args(op, cache_lens, accept_nodes, num_accepted)
+    _v.check_tensors(op, device, [("block_tables", block_tables, 2, "[B, max_blocks]", _I32)])
+    _v.check_size(op, "block_tables", block_tables, 0, batch, "B (cache_lens.size(0))")
+    if len(k_pages) != len(v_pages):
+        raise ValueError(
+            f"{op}: v_pages must hold as many tensors as k_pages ({len(k_pages)}), got {len(v_pages)}"
+        )
+    if k_pages:
+        _v.check_dim(op, "k_pages[0]", k_pages[0], 4, "[num_pages, page_size, H, D]")
+        _check_cache_list(op, "k_pages", k_pages, k_pages[0], device)
+        _check_cache_list(op, "v_pages", v_pages, k_pages[0], device)
     return None
 
 
 @torch.library.register_fake("specdec::build_tree")
 def _build_tree_fake(parents):
+    op = "specdec::build_tree"
+    _v.check_dim(op, "parents", parents, 2, "[B, N]")
+    if parents.shape[1] < 1:
+        raise ValueError(f"{op}: parents must hold at least the root node (N >= 1)")
+    _v.check_dtype(op, "parents", parents, _I32)
     batch, nodes = parents.shape
     words = (nodes + 31) // 32
     return (
@@ -339,7 +428,49 @@ def _tree_attention_paged_fake(q, k_pages, v_pages, block_tables, cache_lens, ma
 
 @torch.library.register_fake("specdec::sampling_probs")
 def _sampling_probs_fake(logits, temperature, top_k, top_p):
+    op = "specdec::sampling_probs"
+    if logits.dim() not in (2, 3):
+        raise ValueError(
+            f"{op}: logits must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape {_v._shape(logits)}"
+        )
+    _v.check_dtype(op, "logits", logits, _v.FLOATS)
+    batch = logits.shape[0]
+    for name, t, dtype in (
+        ("temperature", temperature, _F32),
+        ("top_k", top_k, _I32),
+        ("top_p", top_p, _F32),
+    ):
+        _v.check_tensors(op, logits.device, [(name, t, 1, "[B]", dtype)])
+        _v.check_size(op, name, t, 0, batch, "B (logits.size(0))")
     return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+
+
+def _check_tree_args(op, tokens, parents):
+    _v.check_dim(op, "tokens", tokens, 2, "[B, N]")
+    _v.check_dim(op, "parents", parents, 2, "[B, N]")
+    if tuple(parents.shape) != tuple(tokens.shape):
+        raise ValueError(
+            f"{op}: parents must have the shape of tokens {_v._shape(tokens)}, got {_v._shape(parents)}"
+        )
+    if tokens.shape[1] < 1:
+        raise ValueError(f"{op}: tokens must hold at least the root node (N >= 1)")
+    _v.check_dtype(op, "tokens", tokens, _I64)
+    _v.check_dtype(op, "parents", parents, _I32)
+    _v.check_device(op, "parents", parents, tokens.device)
+
+
+def _check_probs(op, arg, probs, tokens, vocab=None):
+    _v.check_tensors(op, tokens.device, [(arg, probs, 3, "[B, N, V]", _F32)])
+    _v.check_size(op, arg, probs, 0, tokens.shape[0], "B (tokens.size(0))")
+    _v.check_size(op, arg, probs, 1, tokens.shape[1], "N (tokens.size(1))")
+    if vocab is not None:
+        _v.check_size(op, arg, probs, 2, vocab, "V (target_probs.size(2))")
+
+
+def _check_seed_offset(op, seed, offset, tokens):
+    for name, t in (("seed", seed), ("offset", offset)):
+        _v.check_tensors(op, tokens.device, [(name, t, 1, "[B]", _I64)])
+        _v.check_size(op, name, t, 0, tokens.shape[0], "B (tokens.size(0))")
 
 
 def _verdict_fake(tokens):
@@ -353,14 +484,33 @@ def _verdict_fake(tokens):
 
 @torch.library.register_fake("specdec::verify_greedy")
 def _verify_greedy_fake(tokens, parents, target_argmax):
+    op = "specdec::verify_greedy"
+    _check_tree_args(op, tokens, parents)
+    if tuple(target_argmax.shape) != tuple(tokens.shape):
+        raise ValueError(
+            f"{op}: target_argmax must have the shape of tokens {_v._shape(tokens)}, got "
+            f"{_v._shape(target_argmax)}"
+        )
+    _v.check_dtype(op, "target_argmax", target_argmax, _I64)
+    _v.check_device(op, "target_argmax", target_argmax, tokens.device)
     return _verdict_fake(tokens)
 
 
 @torch.library.register_fake("specdec::rejection_sample")
 def _rejection_sample_fake(tokens, parents, draft_probs, target_probs, seed, offset):
+    op = "specdec::rejection_sample"
+    _check_tree_args(op, tokens, parents)
+    _check_probs(op, "target_probs", target_probs, tokens)
+    if draft_probs is not None:
+        _check_probs(op, "draft_probs", draft_probs, tokens, target_probs.shape[2])
+    _check_seed_offset(op, seed, offset, tokens)
     return _verdict_fake(tokens)
 
 
 @torch.library.register_fake("specdec::typical_accept")
 def _typical_accept_fake(tokens, parents, target_probs, posterior_threshold, posterior_alpha, seed, offset):
+    op = "specdec::typical_accept"
+    _check_tree_args(op, tokens, parents)
+    _check_probs(op, "target_probs", target_probs, tokens)
+    _check_seed_offset(op, seed, offset, tokens)
     return _verdict_fake(tokens)

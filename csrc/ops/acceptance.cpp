@@ -12,6 +12,7 @@
 namespace specdec {
 
 TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Tensor& parents) {
+  check_defined(op, {{"tokens", &tokens}, {"parents", &parents}});
   check_dim(op, "tokens", tokens, 2, "[B, N]");
   check_dim(op, "parents", parents, 2, "[B, N]");
   TORCH_CHECK_VALUE(parents.sizes().equals(tokens.sizes()),
@@ -28,6 +29,7 @@ TreeShape check_tree_args(const char* op, const at::Tensor& tokens, const at::Te
 
 void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeShape& shape,
                  const c10::Device& device) {
+  check_defined(op, {{arg, &probs}});
   check_dim(op, arg, probs, 3, "[B, N, V]");
   check_size(op, arg, probs, 0, shape.batch, "B (tokens.size(0))");
   check_size(op, arg, probs, 1, shape.nodes, "N (tokens.size(1))");
@@ -44,6 +46,7 @@ void check_probs(const char* op, const char* arg, const at::Tensor& probs, TreeS
 
 void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor& offset, const TreeShape& shape,
                        const c10::Device& device) {
+  check_defined(op, {{"seed", &seed}, {"offset", &offset}});
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"seed", &seed},
                          std::pair<const char*, const at::Tensor*>{"offset", &offset}}) {
     check_dim(op, name, *t, 1, "[B]");
@@ -55,6 +58,7 @@ void check_seed_offset(const char* op, const at::Tensor& seed, const at::Tensor&
 }
 
 void check_argmax(const char* op, const at::Tensor& target_argmax, const at::Tensor& tokens) {
+  check_defined(op, {{"target_argmax", &target_argmax}});
   TORCH_CHECK_VALUE(target_argmax.sizes().equals(tokens.sizes()),
                     msg(op, "target_argmax", " must have the shape of tokens ", shape_str(tokens.sizes()), ", got ",
                         shape_str(target_argmax.sizes())));

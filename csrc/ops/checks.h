@@ -8,8 +8,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "specdec/errors.h"
@@ -57,6 +59,15 @@ inline const char* dtype_name(at::ScalarType s) {
       return "bool";
     default:
       return c10::toString(s);
+  }
+}
+
+// Every tensor argument must be a tensor: a None passed for a Tensor through
+// torch.ops reaches the kernel as an undefined tensor.  Checked before anything
+// else reads the arguments.
+inline void check_defined(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> args) {
+  for (const auto& [name, t] : args) {
+    TORCH_CHECK_TYPE(t->defined(), msg(op, name, " must be a tensor, got None"));
   }
 }
 

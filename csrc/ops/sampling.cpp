@@ -11,6 +11,7 @@ namespace specdec {
 
 void check_sampling_args(const char* op, const at::Tensor& logits, const at::Tensor& temperature,
                          const at::Tensor& top_k, const at::Tensor& top_p) {
+  check_defined(op, {{"logits", &logits}, {"temperature", &temperature}, {"top_k", &top_k}, {"top_p", &top_p}});
   TORCH_CHECK_VALUE(
       logits.dim() == 2 || logits.dim() == 3,
       msg(op, "logits", " must be a 2-D [B, V] or 3-D [B, N, V] tensor, got shape ", shape_str(logits.sizes())));

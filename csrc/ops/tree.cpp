@@ -9,6 +9,7 @@
 namespace specdec {
 
 int64_t check_build_tree_args(const char* op, const at::Tensor& parents) {
+  check_defined(op, {{"parents", &parents}});
   check_dim(op, "parents", parents, 2, "[B, N]");
   TORCH_CHECK_VALUE(parents.size(1) >= 1, msg(op, "parents", " must hold at least the root node (N >= 1)"));
   check_dtype(op, "parents", parents, at::kInt);
