@@ -22,6 +22,19 @@ from . import ops
 __all__ = ["KVCache", "PagedKVCache", "CacheFullError"]
 
 
+def _features(window: int, softcap: float, sinks: torch.Tensor | None) -> dict:
+    """The attention features a layer uses, as keyword arguments of the op (only the
+    ones it uses: plain layers call the op exactly as before)."""
+    out: dict = {}
+    if window:
+        out["window"] = int(window)
+    if softcap:
+        out["softcap"] = float(softcap)
+    if sinks is not None:
+        out["sinks"] = sinks
+    return out
+
+
 class CacheFullError(RuntimeError):
     """A forward would write past the cache's capacity (``max_len``)."""
 
@@ -41,6 +54,7 @@ class _CacheBase:
         self.lens = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
         self._room = 0  # slots past lens the last reserve() checked
         self._slots: dict = {}  # write indices of the current forward (all layers share them)
+        self._head_dims: dict[int, tuple[int, int]] = {}  # layer -> (Dk, Dv) as written
 
     # -- length bookkeeping ------------------------------------------------
     def reserve(self, new_tokens: int) -> None:
@@ -81,9 +95,9 @@ class _CacheBase:
 
     def _check_write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         name = type(self).__name__
-        if k.dim() != 4 or k.shape != v.shape:
+        if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
             raise ValueError(
-                f"{name}.write: k and v must both be [B, Hkv, N, D], got "
+                f"{name}.write: k and v must be [B, Hkv, N, Dk] and [B, Hkv, N, Dv], got "
                 f"{tuple(k.shape)} and {tuple(v.shape)}"
             )
         if k.shape[0] != self.batch_size:
@@ -95,6 +109,34 @@ class _CacheBase:
                 f"{name}.write: {k.shape[2]} new tokens but only {self._room} "
                 "slots were reserved; call reserve(N) before a forward"
             )
+
+    # K and V of a layer may have different head sizes (multi-head latent attention
+    # as shipped: Dk 192, Dv 128).  Both are stored at D = max(Dk, Dv), the shorter one
+    # zero-padded: a zero-padded key (with a zero-padded query) leaves every dot
+    # product unchanged, and zero-padded value columns give output columns that
+    # attend() cuts off, so the result is exact; kv_compact then moves one shape.
+    def _dims(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> int:
+        dk, dv = k.shape[3], v.shape[3]
+        known = self._head_dims.setdefault(layer, (dk, dv))
+        if known != (dk, dv):
+            raise ValueError(
+                f"{type(self).__name__}.write: layer {layer} holds Dk={known[0]}, Dv={known[1]} "
+                f"but got K/V with Dk={dk}, Dv={dv}"
+            )
+        return max(dk, dv)
+
+    @staticmethod
+    def _pad(t: torch.Tensor, d: int) -> torch.Tensor:
+        return t if t.shape[-1] == d else torch.nn.functional.pad(t, (0, d - t.shape[-1]))
+
+    def _attend_dims(self, layer: int, q: torch.Tensor, d: int) -> tuple[torch.Tensor, int]:
+        """The query padded to the stored head size, and the value head size to return."""
+        dk, dv = self._head_dims[layer]
+        if q.shape[-1] != dk:
+            raise ValueError(
+                f"{type(self).__name__}.attend: q head size {q.shape[-1]} != layer {layer}'s Dk {dk}"
+            )
+        return self._pad(q, d), dv
 
 
 class KVCache(_CacheBase):
@@ -130,6 +172,7 @@ class KVCache(_CacheBase):
         return self.k + self.v
 
     def _layer(self, layer: int, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k is already padded to the layer's stored head size
         while len(self.k) <= layer:
             dtype = self.dtype or k.dtype
             shape = (self.batch_size, k.shape[1], self.max_len, k.shape[3])
@@ -144,8 +187,10 @@ class KVCache(_CacheBase):
         return kc, self.v[layer]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write N new tokens' K/V (``[B, Hkv, N, D]``) at slots ``lens[b] + i``."""
+        """Write N new tokens' K ``[B, Hkv, N, Dk]`` and V ``[B, Hkv, N, Dv]`` at slots ``lens[b] + i``."""
         self._check_write(layer, k, v)
+        d = self._dims(layer, k, v)
+        k, v = self._pad(k, d), self._pad(v, d)
         kc, vc = self._layer(layer, k)
         n = k.shape[2]
         if self.batch_size == 0 or n == 0:
@@ -158,11 +203,31 @@ class KVCache(_CacheBase):
         kc.scatter_(2, idx, k.to(kc.dtype))
         vc.scatter_(2, idx, v.to(vc.dtype))
 
-    def attend(self, layer: int, q: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-        """Tree attention of ``q`` ``[B, N, Hq, D]`` over layer ``layer`` -> ``[B, N, Hq, D]``."""
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        mask: torch.Tensor,
+        scale: float,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
+        sinks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Tree attention of ``q`` ``[B, N, Hq, Dk]`` over layer ``layer`` -> ``[B, N, Hq, Dv]``
+        (``window``, ``softcap``, ``sinks``: as in :func:`specdec_cuda.ops.tree_attention`)."""
+        q, dv = self._attend_dims(layer, q, self.k[layer].shape[3])
         q = q.to(self.k[layer].dtype).contiguous()
-        out, _ = ops.tree_attention(q, self.k[layer], self.v[layer], self.lens, mask, scale)
-        return out
+        out, _ = ops.tree_attention(
+            q,
+            self.k[layer],
+            self.v[layer],
+            self.lens,
+            mask,
+            scale,
+            **_features(window, softcap, sinks),
+        )
+        return out[..., :dv]
 
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Keep the accepted path of the last tree (``kv_compact_`` over all layers)."""
@@ -171,9 +236,11 @@ class KVCache(_CacheBase):
         self._slots = {}
 
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""
+        """The committed K/V of one row and layer, ``[Hkv, lens[row], Dk]`` and
+        ``[Hkv, lens[row], Dv]`` (for tests)."""
         n = int(self.lens[row])
-        return self.k[layer][row, :, :n], self.v[layer][row, :, :n]
+        dk, dv = self._head_dims[layer]
+        return self.k[layer][row, :, :n, :dk], self.v[layer][row, :, :n, :dv]
 
 
 class PagedKVCache(_CacheBase):
@@ -250,8 +317,10 @@ class PagedKVCache(_CacheBase):
         return kp, self.v_pages[layer]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write N new tokens' K/V (``[B, Hkv, N, D]``) at slots ``lens[b] + i``."""
+        """Write N new tokens' K ``[B, Hkv, N, Dk]`` and V ``[B, Hkv, N, Dv]`` at slots ``lens[b] + i``."""
         self._check_write(layer, k, v)
+        d = self._dims(layer, k, v)
+        k, v = self._pad(k, d), self._pad(v, d)
         kp, vp = self._layer(layer, k)
         n = k.shape[2]
         if self.batch_size == 0 or n == 0:
@@ -265,13 +334,32 @@ class PagedKVCache(_CacheBase):
         kp.view(-1, hkv, d).index_copy_(0, flat, k.transpose(1, 2).reshape(-1, hkv, d).to(kp.dtype))
         vp.view(-1, hkv, d).index_copy_(0, flat, v.transpose(1, 2).reshape(-1, hkv, d).to(vp.dtype))
 
-    def attend(self, layer: int, q: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-        """Tree attention of ``q`` ``[B, N, Hq, D]`` over layer ``layer`` -> ``[B, N, Hq, D]``."""
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        mask: torch.Tensor,
+        scale: float,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
+        sinks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Tree attention of ``q`` ``[B, N, Hq, Dk]`` over layer ``layer`` -> ``[B, N, Hq, Dv]``
+        (``window``, ``softcap``, ``sinks``: as in :func:`specdec_cuda.ops.tree_attention`)."""
+        q, dv = self._attend_dims(layer, q, self.k_pages[layer].shape[3])
         q = q.to(self.k_pages[layer].dtype).contiguous()
         out, _ = ops.tree_attention_paged(
-            q, self.k_pages[layer], self.v_pages[layer], self.block_tables, self.lens, mask, scale
+            q,
+            self.k_pages[layer],
+            self.v_pages[layer],
+            self.block_tables,
+            self.lens,
+            mask,
+            scale,
+            **_features(window, softcap, sinks),
         )
-        return out
+        return out[..., :dv]
 
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Keep the accepted path of the last tree (``kv_compact_paged_`` over all layers)."""
@@ -287,6 +375,7 @@ class PagedKVCache(_CacheBase):
         slots = torch.arange(n, device=self.device)
         pages = self.block_tables[row].long()[slots // self.page_size]
         offs = slots % self.page_size
-        k = self.k_pages[layer][pages, offs]  # [n, Hkv, D]
-        v = self.v_pages[layer][pages, offs]
+        dk, dv = self._head_dims[layer]
+        k = self.k_pages[layer][pages, offs][..., :dk]  # [n, Hkv, Dk]
+        v = self.v_pages[layer][pages, offs][..., :dv]
         return k.transpose(0, 1), v.transpose(0, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -32,33 +33,48 @@ def build_info() -> dict:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with every usage error as one ``error:`` line, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Run a command; every failure is one ``error:`` line on stderr and exit status 2
+    (``SPECDEC_DEBUG=1`` re-raises unexpected errors with their traceback)."""
+    parser = _Parser(
         prog="python -m specdec_cuda",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="print the build facts and op backends as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser(
+        "info", help="print the build facts and op backends as JSON", description=build_info.__doc__
+    )
     from . import demo
 
     demo.add_demo_args(sub.add_parser("demo", help="run the bundled tiny models: table + plot"))
     demo.add_generate_args(sub.add_parser("generate", help="speculative decoding on local checkpoints"))
     args = parser.parse_args(argv)
-    if args.command == "info":
-        json.dump(build_info(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
     try:
+        if args.command == "info":
+            json.dump(build_info(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0
         if args.command == "demo":
             return demo.run_demo(args)
-        if args.command == "generate":
-            return demo.run_generate(args)
+        return demo.run_generate(args)
     except demo.CLIError as exc:
-        sys.stdout.flush()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    parser.error(f"unknown command {args.command}")  # pragma: no cover
+        message = str(exc)
+    except KeyboardInterrupt:
+        message = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - the command line reports, it does not crash
+        if os.environ.get("SPECDEC_DEBUG"):
+            raise
+        message = f"{type(exc).__name__}: {exc} (set SPECDEC_DEBUG=1 for the traceback)"
+    sys.stdout.flush()
+    print("error: " + " ".join(message.split()), file=sys.stderr)
     return 2
 
 

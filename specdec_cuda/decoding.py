@@ -30,7 +30,7 @@ from . import _forward, ops
 from ._forward import forward_tree, prefill
 from .cache import KVCache, PagedKVCache
 from .drafters import ChainDrafter, NoDrafter
-from .drafting import DraftContext, Drafter, StepFeedback
+from .drafting import DraftContext, Drafter, StepFeedback, parameter_count
 from .models import as_model
 
 __all__ = ["SpeculativeDecoder", "GenerationOutput", "GenerationStats", "StepOutput"]
@@ -279,6 +279,7 @@ class SpeculativeDecoder:
         if page_size < 1:
             raise ValueError(f"SpeculativeDecoder: page_size must be >= 1, got {page_size}")
         self.paged, self.page_size = bool(paged), int(page_size)
+        self._target_params = parameter_count(self.target)
         self.stats: GenerationStats | None = None
         self.target_cache: KVCache | PagedKVCache | None = None
 
@@ -450,6 +451,7 @@ class SpeculativeDecoder:
             paged=self.paged,
             page_size=self.page_size,
             cache_len=self._cache_len(req.prompts, capacity),
+            target_params=self._target_params,
         )
         rows = _Rows(lens.tolist(), req.max_new, req.stops)
 

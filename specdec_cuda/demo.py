@@ -41,6 +41,15 @@ def _device(name: str) -> torch.device:
         raise CLIError(f"--device {name}: {exc}") from None
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":  # float32 on the CPU (half matmuls are slow there), bfloat16 on a GPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
 def load_checkpoint(
     path: str | os.PathLike, role: str, device: torch.device, dtype: torch.dtype = torch.float32
 ):
@@ -111,24 +120,50 @@ def make_drafter(kind: str, draft_model, *, k: int, tree: str | None, adaptive: 
 
 
 def add_generate_args(p) -> None:
-    p.add_argument("--target", required=True, help="target model directory (Hugging Face format)")
-    p.add_argument("--draft", help="draft model directory (same tokenizer)")
+    p.description = (
+        "Speculative decoding on local Hugging Face checkpoints that share a tokenizer: the text is "
+        "streamed as the target accepts it, then the statistics are printed. Greedy by default "
+        "(identical to the target's own greedy generate); with --temperature the output is sampled "
+        "losslessly from the target's distribution. Architectures the loop cannot run exactly are "
+        "refused with one error line."
+    )
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.add_argument(
+        "--target", required=True, metavar="DIR", help="target model directory (Hugging Face format)"
+    )
+    p.add_argument("--draft", metavar="DIR", help="draft model directory (same tokenizer as the target)")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument(
         "--drafter",
         choices=["chain", "tree", "dynamic", "lookup", "none"],
-        help="default: chain with --draft, lookup without; tree when --tree is given",
+        help="where drafts come from: a draft-model chain, a static tree, an EAGLE-2 style dynamic tree, "
+        "prompt lookup (n-grams, no draft model) or none (plain decoding); default: chain with --draft, "
+        "lookup without, tree when --tree is given",
     )
-    p.add_argument("--tree", help='static tree as a JSON choice list, e.g. "[[0],[1],[0,0]]", or "default"')
+    p.add_argument(
+        "--tree",
+        metavar="JSON",
+        help='static tree as a JSON choice list, e.g. "[[0],[1],[0,0]]", or "default"',
+    )
     p.add_argument("--k", type=int, default=4, help="draft length (chain, lookup) or depth (dynamic)")
-    p.add_argument("--fixed", action="store_true", help="keep the draft length fixed (no adaptation)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--paged", action="store_true", help="paged KV caches")
+    p.add_argument("--fixed", action="store_true", help="keep the draft length fixed instead of adapting it")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most probable tokens; 0 = off")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="keep the most probable tokens of this mass; 1 = off"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="the sampling seed (the same seed gives the same text)"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="weights and KV cache dtype; auto: float32 on the CPU, bfloat16 on a GPU",
+    )
+    p.add_argument("--paged", action="store_true", help="paged KV caches instead of contiguous ones")
 
 
 def run_generate(args) -> int:
@@ -147,20 +182,26 @@ def run_generate(args) -> int:
     if not args.prompt:
         raise CLIError("--prompt is empty")
     device = _device(args.device)
-    target, tok = load_checkpoint(args.target, "target", device)
+    dtype = _dtype(args.dtype, device)
+    target, tok = load_checkpoint(args.target, "target", device, dtype)
     draft = None
     if args.draft:
-        draft, tok_d = load_checkpoint(args.draft, "draft", device)
+        draft, tok_d = load_checkpoint(args.draft, "draft", device, dtype)
         check_tokenizers(tok, tok_d)
     kind = args.drafter or ("tree" if args.tree else ("chain" if draft is not None else "lookup"))
-    drafter = make_drafter(kind, draft, k=args.k, tree=args.tree, adaptive=not args.fixed)
+    from .models import UnsupportedModelError, as_model
+
+    try:
+        target = as_model(target, role="target")  # unsupported architectures are refused here
+        drafter = make_drafter(kind, draft, k=args.k, tree=args.tree, adaptive=not args.fixed)
+        decoder = SpeculativeDecoder(target, drafter, paged=args.paged)
+    except UnsupportedModelError as exc:
+        raise CLIError(f"{exc}; this architecture is not supported") from None
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
     ids = tok(args.prompt, return_tensors="pt").input_ids[0]
     if ids.numel() == 0:
         raise CLIError("--prompt encodes to no tokens")
-    try:
-        decoder = SpeculativeDecoder(target, drafter, paged=args.paged)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
     stops = [tok.eos_token_id] if tok.eos_token_id is not None else []
     out = sys.stdout
     out.write(args.prompt)
@@ -202,10 +243,17 @@ def run_generate(args) -> int:
 
 
 def add_demo_args(p) -> None:
+    p.description = (
+        "Run the bundled tiny model pair (specdec_cuda/assets/tiny: a Llama-architecture target and "
+        "draft trained on the Python standard library) over held-out prompts with plain and "
+        "speculative decoding; print tau, tokens/s and speedup per mode, check that every mode's "
+        "greedy output equals plain greedy decoding, and write a plot."
+    )
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts to use")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate per prompt")
     p.add_argument("--out", default="results/demo", help="results folder (table JSON + plot)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--max-k", type=int, default=8, help="longest chain in the speedup sweep")
     p.add_argument("--assets", default=str(ASSETS), help=argparse.SUPPRESS)
 

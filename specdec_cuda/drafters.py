@@ -88,8 +88,10 @@ class ChainDrafter(ModelDrafter):
     Args:
         model: the draft model (HF causal LM or protocol model).
         k: initial draft length.
-        adaptive: adapt k with :class:`AdaptiveLength` (``k_min``, ``k_max``,
-            ``cost_ratio`` passed to it).
+        adaptive: adapt k with :class:`AdaptiveLength` (``k_min``, ``k_max`` passed to
+            it); ``cost_ratio``: the draft/target cost it assumes: a number, None (the
+            default: the two models' parameter ratio, so a seed reproduces its samples)
+            or ``"measured"`` (timed online; K then follows wall-clock timing).
     """
 
     name = "chain"
@@ -102,12 +104,14 @@ class ChainDrafter(ModelDrafter):
         adaptive: bool = True,
         k_min: int = 1,
         k_max: int | None = None,
-        cost_ratio: float | None = None,
+        cost_ratio: float | str | None = None,
     ):
         super().__init__(model)
         if k < 1:
             raise ValueError(f"ChainDrafter: k must be >= 1, got {k}")
-        self.length = AdaptiveLength(k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio, enabled=adaptive)
+        self.length = self._length_policy(
+            k, k_min=k_min, k_max=k_max, cost_ratio=cost_ratio, adaptive=adaptive
+        )
 
     def max_nodes(self) -> int:
         return self.length.k_max + 1
@@ -241,7 +245,7 @@ class DynamicTreeDrafter(_TreeDrafterBase):
         adaptive: bool = True,
         depth_min: int = 1,
         depth_max: int | None = None,
-        cost_ratio: float | None = None,
+        cost_ratio: float | str | None = None,
     ):
         super().__init__(model)
         if topk < 1 or depth < 1 or num_nodes < 2:
@@ -250,8 +254,8 @@ class DynamicTreeDrafter(_TreeDrafterBase):
                 f"topk={topk}, depth={depth}, num_nodes={num_nodes}"
             )
         self.topk, self.num_nodes = int(topk), int(num_nodes)
-        self.length = AdaptiveLength(
-            depth, k_min=depth_min, k_max=depth_max, cost_ratio=cost_ratio, enabled=adaptive
+        self.length = self._length_policy(
+            depth, k_min=depth_min, k_max=depth_max, cost_ratio=cost_ratio, adaptive=adaptive
         )
         if self.num_nodes - 1 > self.topk:
             need = 1 + math.ceil((self.num_nodes - 1 - self.topk) / (self.topk * self.topk))

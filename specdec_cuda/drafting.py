@@ -45,7 +45,18 @@ from .cache import KVCache, PagedKVCache
 from .length_policy import AdaptiveLength
 from .models import as_model
 
-__all__ = ["DraftContext", "Draft", "StepFeedback", "Drafter", "ModelDrafter"]
+__all__ = ["DraftContext", "Draft", "StepFeedback", "Drafter", "ModelDrafter", "parameter_count"]
+
+
+def parameter_count(model) -> int | None:
+    """Parameters of a protocol model (an HFModel's wrapped model, or the model itself
+    when it is a torch module), or None when it has none to count."""
+    module = getattr(model, "model", model)
+    params = getattr(module, "parameters", None)
+    if not callable(params):
+        return None
+    total = sum(p.numel() for p in params())
+    return total or None
 
 
 @dataclass
@@ -63,6 +74,8 @@ class DraftContext:
         greedy: every row has temperature 0.
         paged, page_size: which cache layout the decoder uses.
         cache_len: slots per row a drafter's KV cache needs (``new_cache`` uses it).
+        target_params: the target model's parameter count (None if unknown), from
+            which model drafters estimate their relative cost.
         step: the number of steps finished so far.
     """
 
@@ -77,6 +90,7 @@ class DraftContext:
     paged: bool
     page_size: int
     cache_len: int
+    target_params: int | None = None
     step: int = 0
 
     @property
@@ -211,16 +225,46 @@ class ModelDrafter(Drafter):
     """
 
     uses_model = True
+    #: the cost ratio used when a subclass's ``cost_ratio`` argument is None: draft
+    #: parameters over target parameters, else this fallback
+    DEFAULT_COST_RATIO = 0.1
 
     def __init__(self, model):
         self.model = as_model(model, role="draft model")
         self.vocab_size = int(self.model.vocab_size)
         self.cache: KVCache | PagedKVCache | None = None
         self._calls = 0
+        self._estimate_cost = False
+
+    def _length_policy(
+        self, k: int, *, k_min: int, k_max: int | None, cost_ratio, adaptive: bool
+    ) -> AdaptiveLength:
+        """The adaptive length of a model drafter.  ``cost_ratio``: a number (fixed),
+        ``"measured"`` (timed online: K then follows wall-clock timing), or None
+        (estimated at the start of each generation from the parameter counts, so a
+        seed reproduces its samples)."""
+        measured = isinstance(cost_ratio, str)
+        if measured and cost_ratio != "measured":
+            raise ValueError(
+                f"{type(self).__name__}: cost_ratio must be a number, 'measured' or None, got {cost_ratio!r}"
+            )
+        self._estimate_cost = cost_ratio is None
+        return AdaptiveLength(
+            k,
+            k_min=k_min,
+            k_max=k_max,
+            cost_ratio=None if measured else cost_ratio,
+            measure_cost=measured,
+            enabled=adaptive,
+        )
 
     def start(self, ctx: DraftContext) -> None:
         super().start(ctx)  # (the vocabulary check is SpeculativeDecoder's)
         self.cache = ctx.new_cache(self.model)
+        if self._estimate_cost and self.length is not None:
+            mine = parameter_count(self.model)
+            ratio = mine / ctx.target_params if mine and ctx.target_params else self.DEFAULT_COST_RATIO
+            self.length.cost_ratio = min(max(ratio, 1e-3), 1.0)
 
     def propose(self, ctx: DraftContext) -> Draft:
         self._calls = 0

@@ -24,13 +24,15 @@ class AdaptiveLength:
     expected speedup of Leviathan et al.,
     ``(1 - alpha^(K+1)) / ((1 - alpha) (K c + 1))``, over ``[k_min, k_max]``,
     where c is the cost of one draft forward relative to one target verification:
-    ``cost_ratio`` if given, else measured online (an exponential average of the
-    timed forwards).  So K rises while drafts are accepted and falls when they are
-    not.  With ``enabled=False`` K stays fixed.
+    ``cost_ratio`` when set (the model drafters set it from the two models'
+    parameter counts unless given one), or, only with ``measure_cost=True``,
+    measured online (an exponential average of the timed forwards); with neither,
+    c = 0.  So K rises while drafts are accepted and falls when they are not.  With
+    ``enabled=False`` K stays fixed.
 
-    With a measured cost the chosen K depends on timing; sampled outputs stay
-    lossless but are bit-reproducible for a seed only with ``cost_ratio`` set or
-    adaptation off.
+    Without ``measure_cost`` the chosen K depends only on the acceptance, so a seed
+    reproduces its samples exactly; with a measured cost K follows wall-clock timing
+    (sampled outputs stay lossless but may differ from run to run).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class AdaptiveLength:
         k_min: int = 1,
         k_max: int | None = None,
         cost_ratio: float | None = None,
+        measure_cost: bool = False,
         decay: float = 0.9,
         enabled: bool = True,
     ):
@@ -52,6 +55,7 @@ class AdaptiveLength:
             raise ValueError(f"AdaptiveLength: cost_ratio must be >= 0, got {cost_ratio}")
         self.k, self.k_min, self.k_max = int(k), int(k_min), int(k_max)
         self.cost_ratio, self.decay, self.enabled = cost_ratio, float(decay), bool(enabled)
+        self.measure_cost = bool(measure_cost)
         self.k_init = self.k
         self.reset()
 
@@ -72,7 +76,9 @@ class AdaptiveLength:
         return self.cost_ratio if self.cost_ratio is not None else self._cost
 
     def observe_cost(self, draft_s_per_call: float, target_s_per_call: float) -> None:
-        if target_s_per_call <= 0:
+        """One step's timed draft forward and target verification (ignored unless
+        ``measure_cost`` and no fixed ``cost_ratio``)."""
+        if not self.measure_cost or self.cost_ratio is not None or target_s_per_call <= 0:
             return
         c = draft_s_per_call / target_s_per_call
         self._cost = c if self._cost is None else 0.8 * self._cost + 0.2 * c

@@ -12,9 +12,10 @@ object with
     depth``; tree siblings share a position);
   - ``cache``: a :class:`~specdec_cuda.cache.KVCache` or
     :class:`~specdec_cuda.cache.PagedKVCache`; every attention layer ``l`` calls
-    ``cache.write(l, k, v)`` with the new tokens' K/V ``[B, Hkv, N, D]`` and then
-    ``cache.attend(l, q, tree_mask, scale)`` with ``q`` ``[B, N, Hq, D]``, which
-    runs our tree-attention op (prefix + ancestors);
+    ``cache.write(l, k, v)`` with the new tokens' K ``[B, Hkv, N, Dk]`` and V
+    ``[B, Hkv, N, Dv]`` and then ``cache.attend(l, q, tree_mask, scale)`` (optionally
+    ``window=``, ``softcap=``, ``sinks=``) with ``q`` ``[B, N, Hq, Dk]``, which runs our
+    tree-attention op (prefix + ancestors) and returns ``[B, N, Hq, Dv]``;
   - ``tree_mask`` int32 ``[B, N, ceil(N/32)]``: the packed ancestor mask
     (:func:`specdec_cuda.ops.build_tree`);
   - returns float logits ``[B, N, vocab_size]``; it never changes ``cache.lens``.
@@ -32,7 +33,14 @@ import torch
 
 from .cache import KVCache, PagedKVCache
 
-__all__ = ["SpecModel", "HFModel", "as_model", "ATTN_IMPLEMENTATION"]
+__all__ = [
+    "SpecModel",
+    "HFModel",
+    "UnsupportedModelError",
+    "as_model",
+    "static_refusal",
+    "ATTN_IMPLEMENTATION",
+]
 
 # The name our attention function is registered under in transformers.
 ATTN_IMPLEMENTATION = "specdec"
@@ -60,54 +68,99 @@ class SpecModel(Protocol):
 # ---------------------------------------------------------------------------
 
 
+class UnsupportedModelError(TypeError):
+    """A transformers model that :class:`HFModel` cannot run exactly; the message
+    names the architecture and the reason.  Raised at construction, before any
+    decoding, never as wrong output later."""
+
+
 class _Active(threading.local):
-    """The cache and mask of the HF forward running on this thread, if any."""
+    """The cache and mask of the HF forward running on this thread, if any, and a
+    count of the attention calls per layer index (the routing proof)."""
 
     cache: KVCache | PagedKVCache | None = None
     mask: torch.Tensor | None = None
+    calls: dict[int, int] | None = None
+    kwargs_seen: dict[int, set[str]] | None = None
 
 
 _ACTIVE = _Active()
 _REGISTERED = False
 
+# Model types whose layers are (partly) recurrent or state-space: no KV cache to
+# roll back, so speculative decoding through our ops cannot be exact.
+_RECURRENT = {
+    "rwkv",
+    "mamba",
+    "mamba2",
+    "falcon_mamba",
+    "jamba",
+    "falcon_h1",
+    "qwen3_next",
+    "bamba",
+    "zamba",
+    "zamba2",
+    "granitemoehybrid",
+    "lfm2",
+    "lfm2_moe",
+    "nemotron_h",
+    "recurrent_gemma",
+    "xlstm",
+    "minimax",
+    "plamo2",
+    "kimi_linear",
+    "bailing_hybrid",
+    "hunyuan_v1_moe_hybrid",
+    "olmo_hybrid",
+    "jetmoe_hybrid",
+}
+# Layer types our tree attention runs exactly (config.layer_types).
+_ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
+
 
 def _specdec_attention(
     module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs
 ):
-    """transformers attention function: our cache + tree attention inside an
-    :class:`HFModel` forward, transformers' SDPA outside one (so the wrapped model
-    still works with ``generate``)."""
+    """transformers attention function, active only inside an :class:`HFModel`
+    forward: writes the new K/V into our cache and runs tree attention.  Outside one
+    the model keeps its own implementation (HFModel switches it per forward), so
+    this is never reached there."""
     cache = _ACTIVE.cache
     if cache is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        raise RuntimeError(
+            "specdec_cuda: the 'specdec' attention implementation only runs inside HFModel.forward; "
+            "the model's own attention implementation is used elsewhere"
         )
     layer = getattr(module, "layer_idx", None)
     if layer is None:
-        raise TypeError(
-            f"specdec_cuda.HFModel: attention module {type(module).__name__} has no "
-            "layer_idx; this architecture is not supported"
+        raise UnsupportedModelError(
+            f"specdec_cuda.HFModel: attention module {type(module).__name__} has no layer_idx; "
+            "this architecture is not supported"
         )
-    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(
-            "specdec_cuda.HFModel: attention with softcap or a sliding "
-            "window is not supported by tree_attention"
-        )
+    if _ACTIVE.calls is not None:
+        _ACTIVE.calls[layer] = _ACTIVE.calls.get(layer, 0) + 1
+        _ACTIVE.kwargs_seen.setdefault(layer, set()).update(k for k, v in kwargs.items() if v is not None)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    cache.write(layer, key, value)  # [B, Hkv, N, D]
-    out = cache.attend(layer, query.transpose(1, 2), _ACTIVE.mask, scale)  # [B, N, Hq, D]
+    window = kwargs.get("sliding_window")
+    softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux")
+    cache.write(layer, key, value)  # [B, Hkv, N, Dk], [B, Hkv, N, Dv]
+    out = cache.attend(  # [B, N, Hq, Dv]
+        layer,
+        query.transpose(1, 2),
+        _ACTIVE.mask,
+        scale,
+        window=int(window) if window is not None else 0,
+        softcap=float(softcap) if softcap is not None else 0.0,
+        sinks=sinks.detach().float().contiguous() if sinks is not None else None,
+    )
     return out.to(query.dtype), None
 
 
 def _specdec_mask(*args, **kwargs):
-    """transformers mask function: none inside our forward (the tree mask is ours)."""
-    if _ACTIVE.cache is not None:
-        return None
-    from transformers.masking_utils import sdpa_mask
-
-    return sdpa_mask(*args, **kwargs)
+    """transformers mask function, active only inside our forward: no mask (the
+    tree mask is ours, passed to the attention function through _ACTIVE)."""
+    return None
 
 
 def _register() -> None:
@@ -130,44 +183,87 @@ def _is_hf_model(obj: Any) -> bool:
     return isinstance(obj, PreTrainedModel)
 
 
-class HFModel:
-    """A Hugging Face causal LM behind the protocol.
+def _configs(model) -> list:
+    """Every distinct config object the model's modules read their attention
+    implementation from (usually just one, shared)."""
+    seen, out = set(), []
+    for m in [model, *model.modules()]:
+        c = getattr(m, "config", None)
+        if c is not None and hasattr(c, "_attn_implementation_internal") and id(c) not in seen:
+            seen.add(id(c))
+            out.append(c)
+    return out
 
-    Attention runs through transformers' ``AttentionInterface``: the model's
-    attention implementation is switched to ``"specdec"`` (registered by this
-    module), which inside :meth:`forward` writes the new K/V into our cache and
-    calls ``tree_attention`` / ``tree_attention_paged``; outside it falls back to
-    transformers' SDPA, so ``model.generate`` keeps working.  Supports decoder-only
-    models whose attention layers call the interface with a ``layer_idx`` and use
-    full (not sliding-window) attention: Llama, Qwen2, Mistral without sliding
-    window, GPT-2 and most others in transformers 5.
+
+def static_refusal(model) -> str | None:
+    """Why :class:`HFModel` cannot run ``model`` exactly, judged from its class and
+    config alone (no forward), or None."""
+    config = model.config
+    arch = f"{getattr(config, 'model_type', '?')} ({type(model).__name__})"
+    if getattr(config, "is_encoder_decoder", False):
+        return f"{arch} is an encoder-decoder model; only decoder-only causal LMs are supported"
+    if model.get_output_embeddings() is None:
+        return f"{arch} has no LM head; pass a causal LM (AutoModelForCausalLM)"
+    model_type = getattr(config, "model_type", "")
+    if getattr(config, "alibi", False) or model_type in ("bloom", "mpt"):
+        return f"{arch} uses ALiBi position biases, which tree_attention does not implement"
+    if model_type in _RECURRENT:
+        return (
+            f"{arch} has recurrent or state-space layers, whose state cannot be rolled back with the KV ops"
+        )
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        other = sorted(set(layer_types) - _ATTENTION_LAYERS)
+        if other:
+            return f"{arch} has layers of type {other}; supported: full and sliding-window attention"
+    if not getattr(type(model), "_supports_attention_backend", False):
+        return (
+            f"{arch} does not route its attention through transformers' AttentionInterface, so its "
+            "K/V cannot go to our cache (its forwards would see only the new tokens)"
+        )
+    return None
+
+
+class HFModel:
+    """A Hugging Face causal LM behind the protocol, run exactly or refused.
+
+    Attention runs through transformers' ``AttentionInterface``: during
+    :meth:`forward` (and only then) the model's attention implementation is
+    ``"specdec"`` (registered by this module), which writes the new K/V into our
+    cache and calls ``tree_attention`` / ``tree_attention_paged`` with the layer's
+    sliding window, logit soft-cap and attention sinks; the model's own
+    implementation is restored after every forward, so wrapping a model never
+    changes what its own ``generate`` returns.
+
+    Construction proves that the model routes every attention layer through our
+    cache exactly once per forward and gives the model's own logits: a probe runs a
+    short prompt and a small draft tree through our path and the same sequences
+    through the model's own forward, counting the attention calls per layer.
+    Architectures that fail (attention outside the interface, layers that attend
+    twice, recurrent layers, ALiBi, ...) raise :class:`UnsupportedModelError` naming
+    the architecture and the reason.  ``verify=False`` skips the probe (the static
+    checks still run): only for architectures already proven.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, *, verify: bool = True):
         if not _is_hf_model(model):
             raise TypeError(f"HFModel: expected a transformers PreTrainedModel, got {type(model).__name__}")
-        if model.get_output_embeddings() is None:
-            raise TypeError(
-                f"HFModel: {type(model).__name__} has no LM head; pass a causal LM (AutoModelForCausalLM)"
-            )
-        config = model.config
-        if getattr(config, "is_encoder_decoder", False):
-            raise TypeError("HFModel: encoder-decoder models are not supported")
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types is not None and any(t != "full_attention" for t in layer_types):
-            raise NotImplementedError(
-                f"HFModel: layer types {sorted(set(layer_types))} include attention other than full attention"
-            )
-        if getattr(config, "attn_logit_softcapping", None) is not None:
-            raise NotImplementedError("HFModel: attention logit softcapping is not supported")
+        reason = static_refusal(model)
+        if reason is not None:
+            raise UnsupportedModelError(f"HFModel: {reason}")
         _register()
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
         self.model = model.eval()
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
         self._ones = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device)
+        self._configs = _configs(model)
+        if verify and not getattr(model, "_specdec_proven", False):
+            reason = _probe(self)
+            if reason is not None:
+                raise UnsupportedModelError(f"HFModel: {_arch(model)} {reason}")
+            model._specdec_proven = True  # the probe's verdict, kept with the model
 
     @property
     def config(self):
@@ -183,6 +279,9 @@ class HFModel:
         if _ACTIVE.cache is not None:
             raise RuntimeError("HFModel.forward: nested forwards on one thread are not supported")
         _ACTIVE.cache, _ACTIVE.mask = cache, tree_mask
+        saved = [c._attn_implementation_internal for c in self._configs]
+        for c in self._configs:
+            c._attn_implementation_internal = ATTN_IMPLEMENTATION
         # A 4-D attention_mask makes transformers skip building its own mask (and
         # its packed-sequence scan of position_ids); our attention ignores it.
         batch, nodes = tokens.shape
@@ -196,10 +295,116 @@ class HFModel:
                 return_dict=True,
             )
         finally:
+            for c, impl in zip(self._configs, saved):
+                c._attn_implementation_internal = impl
             _ACTIVE.cache, _ACTIVE.mask = None, None
         return out.logits
 
     __call__ = forward
+
+
+def _arch(model) -> str:
+    return f"{getattr(model.config, 'model_type', '?')} ({type(model).__name__})"
+
+
+def _attention_layers(config) -> int:
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None and hasattr(config, "get_text_config"):
+        n = getattr(config.get_text_config(), "num_hidden_layers", None)
+    return int(n) if n is not None else -1
+
+
+def _expected_kwargs(config, layer: int) -> set[str]:
+    """The attention arguments the config says layer ``layer`` must pass (a sliding
+    window, a soft-cap), so that a model that declares one but does not pass it to
+    the attention function is caught."""
+    want = set()
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if layer_types[layer] == "sliding_attention" and getattr(config, "sliding_window", None):
+            want.add("sliding_window")
+    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        want.add("sliding_window")
+    if getattr(config, "attn_logit_softcapping", None):
+        want.add("softcap")
+    return want
+
+
+def _probe(m: HFModel) -> str | None:
+    """Run a prompt and a small tree through our path and the same sequences through
+    the model's own forward; the reason the model cannot be run exactly, or None."""
+    from ._forward import forward_tree
+    from .cache import KVCache
+
+    config = m.model.config
+    g = torch.Generator().manual_seed(0)
+    vocab = m.vocab_size
+    prompt = torch.randint(0, vocab, (7,), generator=g)
+    t1, t2, t3 = (int(x) for x in torch.randint(0, vocab, (3,), generator=g))
+    dev = m.device
+    layers = _attention_layers(config)
+    tree_tokens = torch.tensor([[int(prompt[-1]), t1, t2, t3]], device=dev)
+    tree_parents = torch.tensor([[-1, 0, 0, 1]], dtype=torch.int32, device=dev)
+    cache = KVCache(1, 16, dtype=m.dtype, device=dev)
+    ours = []
+    _ACTIVE.kwargs_seen = {}
+    try:
+        for tokens, parents in (
+            (prompt[:-1][None].to(dev), torch.arange(-1, 5, dtype=torch.int32, device=dev)[None]),
+            (tree_tokens, tree_parents),
+        ):
+            _ACTIVE.calls = {}
+            try:
+                with torch.inference_mode():
+                    ours.append(forward_tree(m, cache, tokens, parents, role="probe")[0])
+            except UnsupportedModelError as exc:
+                return str(exc).removeprefix("specdec_cuda.HFModel: ")
+            except (TypeError, ValueError, IndexError, RuntimeError, NotImplementedError) as exc:
+                return f"fails in our attention path: {type(exc).__name__}: {exc}"
+            calls = _ACTIVE.calls
+            if not calls:
+                return "ran no attention layer through our attention function (no K/V reached the cache)"
+            twice = sorted(k for k, v in calls.items() if v != 1)
+            if twice:
+                return (
+                    f"called attention {calls[twice[0]]} times in layer {twice[0]} of one forward; our "
+                    "cache holds one K/V per layer"
+                )
+            if layers >= 0 and sorted(calls) != list(range(layers)):
+                return (
+                    f"routed {len(calls)} attention layers through our cache, but the config has "
+                    f"{layers} layers"
+                )
+            cache.advance(tokens.shape[1])
+        seen = _ACTIVE.kwargs_seen
+    finally:
+        _ACTIVE.calls, _ACTIVE.kwargs_seen = None, None
+    for layer in range(max(layers, 0)):
+        missing = _expected_kwargs(config, layer) - seen.get(layer, set())
+        if missing:
+            return (
+                f"declares {sorted(missing)} in its config but layer {layer} does not pass it to the "
+                "attention function"
+            )
+    # The model's own forward on the same sequences (its own attention and masks).
+    with torch.inference_mode():
+        a = m.model(
+            input_ids=torch.cat([prompt, torch.tensor([t1, t3])])[None].to(dev), use_cache=False
+        ).logits[0]
+        b = m.model(input_ids=torch.cat([prompt, torch.tensor([t2])])[None].to(dev), use_cache=False).logits[
+            0
+        ]
+    got = torch.cat(ours).float()
+    # the prefix (positions 0-5), then the tree in node order: root (6), t1 (7), t2 (7), t3 (8)
+    want = torch.cat([a[:6], a[6:7], a[7:8], b[7:8], a[8:9]]).float()
+    tol = (1e-3 if m.dtype == torch.float32 else 3e-2) * max(1.0, float(want.abs().max()))
+    diff = float((got - want).abs().max())
+    if not diff <= tol:
+        return (
+            f"gives different logits through our attention than through its own (max |difference| "
+            f"{diff:.3g} > {tol:.3g}); its attention does something tree_attention does not"
+        )
+    return None
 
 
 def as_model(obj: Any, *, role: str = "model") -> Any:

@@ -246,3 +246,109 @@ def test_demo_without_models_is_one_line(tmp_path):
     proc = run_cli("demo", "--assets", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: the bundled models are missing")
+
+
+@pytest.mark.parametrize("command", ["generate", "demo"])
+def test_help_describes_every_flag_with_its_default(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    parser_flags = [w for w in text.split() if w.startswith("--") and w != "--help"]
+    assert parser_flags, text
+    assert "speculative" in text.lower()  # a description, not just usage
+    sub = cli._Parser(prog="x").add_subparsers()
+    from specdec_cuda import demo
+
+    p = sub.add_parser(command)
+    (demo.add_generate_args if command == "generate" else demo.add_demo_args)(p)
+    for action in p._actions:
+        if action.option_strings and action.dest != "help" and action.help != "==SUPPRESS==":
+            assert action.help, f"--{action.dest} has no help"
+            if action.default not in (None, False) and action.required is False:
+                assert f"(default: {action.default})" in text, (action.dest, action.default)
+
+
+def test_usage_errors_are_one_line_exit_2():
+    for args in (
+        ["generate", "--prompt", "x"],
+        ["generate", "--target", "t", "--prompt", "x", "--k", "two"],
+        ["nonsense"],
+        [],
+    ):
+        proc = run_cli(*args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (
+            args,
+            proc.stderr,
+        )
+
+
+def test_dtype_flag(pair, capsys):
+    _, target, draft, _ = pair
+    common = [
+        "generate",
+        "--target",
+        str(target),
+        "--draft",
+        str(draft),
+        "--prompt",
+        "def add(",
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
+    assert cli.main([*common, "--dtype", "bfloat16"]) == 0
+    assert "[chain]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:  # argparse: one error line, exit status 2
+        cli.main([*common, "--dtype", "float64"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_same_seed_same_text_with_the_default_adaptive_chain(pair, capsys):
+    """Regression: the default adaptive K followed wall-clock timing, so a seed did not
+    reproduce its sample."""
+    _, target, draft, _ = pair
+    args = [
+        "generate",
+        "--target",
+        str(target),
+        "--draft",
+        str(draft),
+        "--prompt",
+        "class Point:\n",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+        "--max-new-tokens",
+        "40",
+        "--device",
+        "cpu",
+    ]
+    texts = []
+    for _ in range(3):
+        assert cli.main(args) == 0
+        texts.append(capsys.readouterr().out.split("\n\n[chain]")[0])
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_unsupported_architecture_is_one_line(tmp_path, pair):
+    """A model whose attention bypasses the interface (GPT-J) is refused before decoding,
+    in one line, exit 2 (it used to print wrong text with exit status 0)."""
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    _, _, _, tok = pair
+    cfg = GPTJConfig(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=128)
+    path = tmp_path / "gptj"
+    GPTJForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    proc = run_cli("generate", "--target", str(path), "--prompt", "def add(", "--device", "cpu")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: HFModel: gptj (GPTJForCausalLM)") and "not supported" in lines[0], (
+        lines
+    )
+    assert proc.stdout == ""

@@ -326,11 +326,13 @@ def test_greedy_equals_hf_generate_gpt2(drafter, cache):
 
 @needs_hf
 def test_wrapped_hf_model_still_generates():
-    """After the decoder switched its attention to "specdec", HF generate still works
-    (the attention function falls back to SDPA outside our forwards)."""
+    """Wrapping a model never changes what its own generate returns: its attention
+    implementation is switched to "specdec" only during our forwards."""
     s = hf_setup("llama", "cpu")
-    sd.SpeculativeDecoder(s.target, ChainDrafter(s.trunc))
-    assert s.target.config._attn_implementation == "specdec"
+    before = s.target.config._attn_implementation
+    dec = sd.SpeculativeDecoder(s.target, ChainDrafter(s.trunc))
+    dec.generate(_prompts((5,), HF_VOCAB, seed=4), max_new_tokens=4)
+    assert s.target.config._attn_implementation == before != "specdec"
     p = _prompts((7,), HF_VOCAB, seed=3)[0]
     out = s.target.generate(
         p[None], attention_mask=torch.ones(1, 7, dtype=torch.long), do_sample=False, max_new_tokens=10
@@ -1051,7 +1053,7 @@ def test_adaptive_fixed_cost_ratio_is_deterministic_and_optimal():
 
 
 def test_adaptive_measured_cost():
-    al = AdaptiveLength(4, k_min=1, k_max=8)
+    al = AdaptiveLength(4, k_min=1, k_max=8, measure_cost=True)
     assert al.cost is None
     al.observe_cost(1.0, 2.0)
     assert al.cost == pytest.approx(0.5)
@@ -1059,6 +1061,44 @@ def test_adaptive_measured_cost():
     assert al.cost == pytest.approx(0.4)  # exponential average 0.8 / 0.2
     al.observe_cost(1.0, 0.0)  # no target timing: ignored
     assert al.cost == pytest.approx(0.4)
+
+
+def test_adaptive_ignores_timing_unless_asked():
+    """Same seed, same output by default: without measure_cost the timings are ignored."""
+    al = AdaptiveLength(4, k_min=1, k_max=8)
+    al.observe_cost(1.0, 2.0)
+    assert al.cost is None
+
+
+def test_model_drafter_cost_ratio_modes():
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    default = ChainDrafter(s.trunc, k=3)
+    sd.SpeculativeDecoder(s.target, default).generate(prompts, max_new_tokens=4)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert default.length.cost_ratio == pytest.approx(params(s.trunc) / params(s.target))
+    assert not default.length.measure_cost
+    measured = ChainDrafter(s.trunc, k=3, cost_ratio="measured")
+    sd.SpeculativeDecoder(s.target, measured).generate(prompts, max_new_tokens=8)
+    assert measured.length.measure_cost and measured.length.cost is not None
+    assert ChainDrafter(s.trunc, cost_ratio=0.3).length.cost == 0.3
+    with pytest.raises(ValueError, match="cost_ratio must be a number, 'measured' or None"):
+        ChainDrafter(s.trunc, cost_ratio="fast")
+
+
+@pytest.mark.parametrize("drafter", ["chain-adaptive", "dynamic"])
+def test_default_adaptive_drafters_reproduce_a_seed(drafter, seed):
+    """Regression: the default adaptive K followed wall-clock timing, so the same seed
+    gave different samples; now the default is deterministic."""
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    kw = dict(max_new_tokens=20, **SAMPLED, seed=[seed + b for b in range(4)])
+    runs = [
+        sd.SpeculativeDecoder(s.target, DRAFTERS[drafter](s.trunc)).generate(prompts, **kw) for _ in range(3)
+    ]
+    for r in runs[1:]:
+        assert_rows_equal(r.new_tokens, runs[0].new_tokens, drafter)
+        assert r.stats.draft_lengths == runs[0].stats.draft_lengths
 
 
 def test_adaptive_disabled_keeps_k_and_reset_restores():
