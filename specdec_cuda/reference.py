@@ -156,9 +156,11 @@ def tree_attention_paged(
     mask: torch.Tensor,
     scale: float,
 ):
-    """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather pages, then attend."""
+    """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather the slots the
+    rows use (up to ``max(cache_lens) + N``, not the table's whole capacity), then attend."""
     page_size = k_pages.shape[1]
-    slots = block_tables.shape[1] * page_size
+    longest = int(cache_lens.max()) if cache_lens.numel() else 0
+    slots = min(block_tables.shape[1] * page_size, longest + q.shape[1])
     s = torch.arange(slots, device=block_tables.device)
     pages = block_tables.long()[:, s // page_size].clamp(min=0)  # [B, slots]
     k = k_pages[pages, s % page_size].permute(0, 2, 1, 3)  # [B, Hkv, slots, D]

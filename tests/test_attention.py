@@ -657,6 +657,48 @@ def test_torch_compile_fullgraph(device, gen):
     )
 
 
+# Mirrors kDirectFlops and the per-task count of csrc/cpu/attention_cpu.cpp: the
+# tests assert which CPU path each case takes.
+DIRECT_FLOPS = 1 << 20
+
+
+def takes_direct_path(nodes, hq, hkv, dk, dv, lens) -> bool:
+    return 2 * nodes * (hq // hkv) * (dk + dv) * (int(lens.max()) + nodes) < DIRECT_FLOPS
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("longest", [3, 1500], ids=["direct-path", "gemm-path"])
+def test_paged_huge_block_table_short_sequences(device, longest, gen):
+    """Regression: a block table of 2**20 blocks of 2**14 slots (capacity 2**34, a 4 MiB
+    table) holding short sequences.  The direct loop sized its scratch by the capacity
+    (64 GiB: std::bad_alloc); every kernel must size work and memory by
+    max(cache_lens) + N.  The result equals the same call on the table cut to the blocks
+    in use."""
+    batch, nodes, hq, hkv, dim, page_size, max_blocks = 2, 5, 4, 1, 16, 2**14, 2**20
+    lens = torch.tensor([longest // 2, longest], dtype=torch.int32)
+    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens) == (longest == 3)
+    small, num_pages = block_tables_for(gen, lens, nodes, page_size, 1)
+    tables = torch.full((batch, max_blocks), -1, dtype=torch.int32)
+    tables[:, :1] = small
+    parents = tree_batch(gen, batch, nodes, "random")
+    mask = reference.build_tree(parents)[0].to(device)
+    q = randn(gen, (batch, nodes, hq, dim), torch.float32, device)
+    kp = randn(gen, (num_pages, page_size, hkv, dim), torch.float32, device)
+    vp = randn(gen, (num_pages, page_size, hkv, dim), torch.float32, device)
+    lens, tables, small = lens.to(device), tables.to(device), small.to(device)
+    out, lse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, 0.25)
+    want_out, want_lse = ops.tree_attention_paged(q, kp, vp, small, lens, mask, 0.25)
+    if device == "cpu":
+        assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    k, v = paged_to_contiguous(kp, small), paged_to_contiguous(vp, small)
+    check_against_reference(out, lse, q, k, v, lens, mask, 0.25)
+    # The reference's paged path gathers only the slots in use too.
+    ref_out, _ = reference.tree_attention_paged(
+        q.cpu(), kp.cpu(), vp.cpu(), tables.cpu(), lens.cpu(), mask.cpu(), 0.25
+    )
+    assert rel_err(out, ref_out) < 1e-5
+
+
 # ---------------------------------------------------------------------------
 # Bad input: a typed exception naming the op and the argument.
 # ---------------------------------------------------------------------------
@@ -763,6 +805,17 @@ BAD = {
     ),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
     "scale inf": (lambda a, d: a.update(scale=float("inf")), ValueError, "scale must be finite"),
+    # Regression: finite in float64 but +-inf in float32 (the kernels' type).
+    "scale beyond float32": (
+        lambda a, d: a.update(scale=1e39),
+        ValueError,
+        "scale = 1e+39 is outside the float32 range",
+    ),
+    "scale beyond float32 negative": (
+        lambda a, d: a.update(scale=-3.5e38),
+        ValueError,
+        "scale = -3.5e+38 is outside the float32 range",
+    ),
     "head dim too large": (
         lambda a, d: a.update(
             q=a["q"].repeat(1, 1, 1, 20),
@@ -862,6 +915,11 @@ BAD_PAGED = {
     ),
     "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])), ValueError, "q must be contiguous"),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
+    "scale beyond float32": (
+        lambda a, d: a.update(scale=5e38),
+        ValueError,
+        "scale = 5e+38 is outside the float32 range",
+    ),
 }
 
 

@@ -40,7 +40,7 @@ constexpr int64_t kBlock = 1024;
 
 template <typename scalar_t, class BlockLoader>
 void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
-            BlockLoader load, scalar_t* out, float* lse) {
+            int64_t longest, BlockLoader load, scalar_t* out, float* lse) {
   const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const auto run_tasks = [&](int64_t begin, int64_t end) {
@@ -102,8 +102,9 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
   };
   // Big GEMMs (many query rows or long prefixes) run one task at a time so
   // that at::mm and the softmax ops use every thread; many small tasks run
-  // in parallel, one per thread.
-  const int64_t task_flops = 4 * rows * D * (s.capacity + N);
+  // in parallel, one per thread.  Sized by the longest sequence, not the
+  // capacity (a block table may address far more slots than any row uses).
+  const int64_t task_flops = 4 * rows * D * (longest + N);
   if (task_flops >= (int64_t{64} << 20)) {
     run_tasks(0, s.batch * s.kv_heads);
   } else {
@@ -115,14 +116,16 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
 // prefixes) are dominated by the per-call cost of the GEMM path's ATen ops, so
 // they take this direct loop: per query row, the visible scores, their max,
 // exp and the weighted sum of V rows, all float32, no allocation but one
-// scratch row per task.  `row(b, h, slot)` points at a slot's K (or V) row.
+// scratch row per task: a score per slot of the longest sequence (`longest` +
+// N, never the capacity: a block table may address far more).  `row(b, h,
+// slot)` points at a slot's K (or V) row.
 template <typename scalar_t, class KRow, class VRow>
 void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
-                   KRow k_row, VRow v_row, scalar_t* out, float* lse, int64_t grain) {
+                   int64_t longest, KRow k_row, VRow v_row, scalar_t* out, float* lse, int64_t grain) {
   const int64_t G = s.group(), D = s.dim, N = s.nodes;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), acc(D), scores(s.capacity + N);
+    std::vector<float> qf(D), acc(D), scores(longest + N);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
       const int64_t length = lens[b], total = length + N;
@@ -201,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
         auto v_row = [vp, D, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * D; };
         attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
-                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
+                                longest, k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       } else {
         const int64_t ps = s.page_size, mb = s.max_blocks;
         auto where = [tables, ps, mb, H, D](int64_t b, int64_t h, int64_t slot) {
@@ -210,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         auto k_row = [kp, where](int64_t b, int64_t h, int64_t slot) { return kp + where(b, h, slot); };
         auto v_row = [vp, where](int64_t b, int64_t h, int64_t slot) { return vp + where(b, h, slot); };
         attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
-                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
+                                longest, k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       }
     });
     return {out, lse};
@@ -222,8 +225,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
       auto load = [&](int64_t b, int64_t h, int64_t first, int64_t count) {
         return std::pair{f32(k[b][h].narrow(0, first, count)), f32(v[b][h].narrow(0, first, count))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
-                       out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), longest,
+                       load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     } else {
       // [P, page_size, Hkv, D] seen as token rows [P * page_size, D] of head h;
       // a block is gathered through the block table.
@@ -240,8 +243,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         return std::pair{f32(k_rows.select(1, h).index_select(0, index)),
                          f32(v_rows.select(1, h).index_select(0, index))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
-                       out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), longest,
+                       load, out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     }
   });
   return {out, lse};

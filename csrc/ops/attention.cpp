@@ -7,6 +7,7 @@
 #include "specdec/attention_rules.h"
 
 #include <cmath>
+#include <limits>
 
 namespace specdec {
 
@@ -72,7 +73,12 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   check_dtype(op, "mask", mask, at::kInt);
   check_device(op, "mask", mask, device);
   check_contiguous(op, "mask", mask);
+  constexpr double kFloatMax = std::numeric_limits<float>::max();
   TORCH_CHECK_VALUE(std::isfinite(scale), msg(op, "scale", " must be finite, got ", scale));
+  // The kernels compute in float32: a larger scale would become +-inf there.
+  TORCH_CHECK_VALUE(std::abs(scale) <= kFloatMax,
+                    msg(op, "scale", " = ", scale, " is outside the float32 range (|scale| <= ", kFloatMax,
+                        "; the kernels compute in float32)"));
   return s;
 }
 
