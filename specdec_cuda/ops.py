@@ -144,27 +144,47 @@ def tree_attention(
     cache_lens: torch.Tensor,
     mask: torch.Tensor,
     scale: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a tree of draft tokens over the prefix KV cache and its own ancestors.
 
     Args:
         q: ``[B, N, Hq, D]`` float32/float16/bfloat16, contiguous: the tree's queries.
-        k_cache, v_cache: ``[B, Hkv, S, D]``, q's dtype, contiguous; ``Hq`` a multiple of
-            ``Hkv`` (GQA/MQA: K/V are never repeated in memory).  The tree's own K/V is
+        k_cache: ``[B, Hkv, S, D]``, q's dtype, contiguous; ``Hq`` a multiple of ``Hkv``
+            (GQA/MQA: K/V are never repeated in memory).
+        v_cache: ``[B, Hkv, S, Dv]``, as ``k_cache`` except the value head size ``Dv``
+            (``1 <= Dv <= 256``), which may differ from ``D``.  The tree's own K/V is
             already written at slots ``cache_lens[b] .. cache_lens[b] + N - 1``.
         cache_lens: int32 ``[B]``, the committed prefix length; ``cache_lens[b] + N <= S``.
         mask: int32 ``[B, N, ceil(N/32)]`` packed ancestor mask (:func:`build_tree`):
             query i sees tree slot j iff bit j of ``mask[b, i]`` is set.
-        scale: the softmax scale (typically ``D ** -0.5``).
+        scale: the softmax scale (typically ``D ** -0.5``); finite, ``|scale|`` within
+            the float32 range.
+        window: sliding window (keyword only; 0 disables it).  Prefix slot s has position
+            s, tree node j position ``cache_lens[b] + depth_j`` with ``depth_j =
+            popcount(mask[b, j]) - 1``; query i (position ``P_i``) sees a key at position
+            p only if ``P_i - p < window`` (the last ``window`` positions, itself included,
+            as Hugging Face's ``sliding_window``).
+        softcap: logit soft-capping (keyword only; 0 disables it): the score
+            ``s = scale * q . k`` becomes ``softcap * tanh(s / softcap)`` before the mask
+            and the softmax (Gemma 2).  Finite, ``>= 0``.
+        sinks: float32 ``[Hq]`` or None (keyword only): one finite logit per query head, in
+            score units, that joins only the softmax denominator (GPT-OSS); never capped.
 
     Returns:
-        ``out`` ``[B, N, Hq, D]`` in q's dtype (float32 accumulation) and ``lse`` float32
+        ``out`` ``[B, N, Hq, Dv]`` in q's dtype (float32 accumulation) and ``lse`` float32
         ``[B, N, Hq]``, the natural log of the softmax denominator
-        ``log(sum_j exp(scale * q . k_j))`` for merging with other attention kernels.
-        Query i sees every prefix slot ``[0, cache_lens[b])``; a query that sees no key
-        at all gets zeros and ``lse = -inf``.
+        ``log(sum_j exp(s_j) [+ exp(sinks[h])])`` over the visible keys' (capped) scores,
+        for merging with other attention kernels.  Query i sees the prefix slots
+        ``[0, cache_lens[b])`` inside its window; a query that sees no key at all gets
+        zeros and ``lse = -inf`` (``lse = sinks[h]`` with sinks).
     """
-    return torch.ops.specdec.tree_attention(q, k_cache, v_cache, cache_lens, mask, scale)
+    return torch.ops.specdec.tree_attention(
+        q, k_cache, v_cache, cache_lens, mask, scale, window=window, softcap=softcap, sinks=sinks
+    )
 
 
 def tree_attention_paged(
@@ -175,15 +195,31 @@ def tree_attention_paged(
     cache_lens: torch.Tensor,
     mask: torch.Tensor,
     scale: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`tree_attention` over a paged cache.
 
-    ``k_pages``, ``v_pages``: ``[P, page_size, Hkv, D]``; slot s of sequence b lives in
-    page ``block_tables[b, s // page_size]`` (int32 ``[B, max_blocks]``) at offset
-    ``s % page_size``.  The blocks holding slots ``[0, cache_lens[b] + N)`` must be valid
-    pages; ``cache_lens[b] + N <= max_blocks * page_size``.
+    ``k_pages``: ``[P, page_size, Hkv, D]``, ``v_pages``: ``[P, page_size, Hkv, Dv]``; slot
+    s of sequence b lives in page ``block_tables[b, s // page_size]`` (int32
+    ``[B, max_blocks]``) at offset ``s % page_size``.  The blocks holding slots
+    ``[0, cache_lens[b] + N)`` must be valid pages; ``cache_lens[b] + N <= max_blocks *
+    page_size``.  ``window``, ``softcap`` and ``sinks`` as in :func:`tree_attention`.
     """
-    return torch.ops.specdec.tree_attention_paged(q, k_pages, v_pages, block_tables, cache_lens, mask, scale)
+    return torch.ops.specdec.tree_attention_paged(
+        q,
+        k_pages,
+        v_pages,
+        block_tables,
+        cache_lens,
+        mask,
+        scale,
+        window=window,
+        softcap=softcap,
+        sinks=sinks,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -416,14 +452,21 @@ def _build_tree_fake(parents):
     )
 
 
+def _tree_attention_outputs(q, v):
+    """out [B, N, Hq, Dv] (Dv: v's last dim) in q's dtype, lse float32 [B, N, Hq]."""
+    return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
 @torch.library.register_fake("specdec::tree_attention")
-def _tree_attention_fake(q, k_cache, v_cache, cache_lens, mask, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+def _tree_attention_fake(q, k_cache, v_cache, cache_lens, mask, scale, *, window=0, softcap=0.0, sinks=None):
+    return _tree_attention_outputs(q, v_cache)
 
 
 @torch.library.register_fake("specdec::tree_attention_paged")
-def _tree_attention_paged_fake(q, k_pages, v_pages, block_tables, cache_lens, mask, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+def _tree_attention_paged_fake(
+    q, k_pages, v_pages, block_tables, cache_lens, mask, scale, *, window=0, softcap=0.0, sinks=None
+):
+    return _tree_attention_outputs(q, v_pages)
 
 
 @torch.library.register_fake("specdec::sampling_probs")

@@ -118,30 +118,52 @@ def tree_attention(
     cache_lens: torch.Tensor,
     mask: torch.Tensor,
     scale: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ):
     """Reference for :func:`specdec_cuda.ops.tree_attention`, in float64 with a dense mask.
 
     Query i of sequence b attends to the prefix slots ``[0, cache_lens[b])`` and to the
     tree slots ``cache_lens[b] + j`` whose bit j is set in ``mask[b, i]``; query head h
-    uses KV head ``h // (Hq // Hkv)``.  A row with no visible key gets zeros and
-    ``lse = -inf``.  Returns ``out`` in q's dtype and ``lse`` float32 ``[B, N, Hq]``.
+    uses KV head ``h // (Hq // Hkv)``.  ``window > 0``: prefix slot s has position s,
+    tree node j position ``L + depth_j`` (``depth_j`` = the bits of mask row j below N,
+    minus one), and query i at ``P_i = L + depth_i`` sees only keys with
+    ``P_i - p < window``.  ``softcap > 0``: scores ``s = scale * q . k`` become
+    ``softcap * tanh(s / softcap)``.  ``sinks`` ``[Hq]``: ``exp(sinks[h])`` joins the
+    denominator.  A row with no visible key gets zeros and ``lse = -inf`` (or
+    ``sinks[h]``).  Returns ``out`` ``[B, N, Hq, Dv]`` in q's dtype and ``lse`` float32
+    ``[B, N, Hq]``.
     """
-    batch, nodes, hq, dim = q.shape
-    hkv = k_cache.shape[1]
+    batch, nodes, hq, _ = q.shape
+    hkv, dv = k_cache.shape[1], v_cache.shape[-1]
     group = hq // hkv
-    out = torch.zeros(batch, nodes, hq, dim, dtype=torch.float64)
+    out = torch.zeros(batch, nodes, hq, dv, dtype=torch.float64)
     lse = torch.full((batch, nodes, hq), float("-inf"), dtype=torch.float64)
-    tree = unpack_tree_mask(mask.cpu(), nodes)
+    tree = unpack_tree_mask(mask.cpu(), nodes)  # [B, N, N], bits past N dropped
+    depth = tree.sum(-1) - 1  # [B, N]
     for b in range(batch):
         length = int(cache_lens[b])
         keys = k_cache[b, :, : length + nodes].double().cpu().repeat_interleave(group, 0)
         vals = v_cache[b, :, : length + nodes].double().cpu().repeat_interleave(group, 0)
         visible = torch.cat([torch.ones(nodes, length, dtype=torch.bool), tree[b]], dim=1)
+        if window > 0:
+            query_pos = length + depth[b]  # [N]
+            key_pos = torch.cat([torch.arange(length), length + depth[b]])  # [L + N]
+            visible &= (query_pos[:, None] - key_pos[None, :]) < window
         s = torch.einsum("nhd,hsd->nhs", q[b].double().cpu(), keys) * scale
+        if softcap > 0:
+            s = softcap * torch.tanh(s / softcap)
         s = s.masked_fill(~visible[:, None, :], float("-inf"))
-        row_lse = torch.logsumexp(s, dim=-1)  # [N, Hq]
+        if sinks is not None:
+            # The sink is one more logit of the denominator with no value row.
+            sink = sinks.double().cpu()[None, :, None].expand(nodes, hq, 1)
+            row_lse = torch.logsumexp(torch.cat([s, sink], dim=-1), dim=-1)
+        else:
+            row_lse = torch.logsumexp(s, dim=-1)  # [N, Hq]
         p = torch.exp(s - row_lse[..., None])
-        p = torch.nan_to_num(p, nan=0.0)  # rows that see nothing
+        p = torch.nan_to_num(p, nan=0.0)  # rows that see nothing (without sinks)
         out[b] = torch.einsum("nhs,hsd->nhd", p, vals)
         lse[b] = row_lse
     return out.to(device=q.device, dtype=q.dtype), lse.to(device=q.device, dtype=torch.float32)
@@ -155,15 +177,22 @@ def tree_attention_paged(
     cache_lens: torch.Tensor,
     mask: torch.Tensor,
     scale: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ):
-    """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather pages, then attend."""
+    """Reference for :func:`specdec_cuda.ops.tree_attention_paged`: gather the slots the
+    rows use (up to ``max(cache_lens) + N``, not the table's whole capacity), then attend."""
     page_size = k_pages.shape[1]
-    slots = block_tables.shape[1] * page_size
+    nodes = q.shape[1]
+    longest = int(cache_lens.max()) if cache_lens.numel() else 0
+    slots = min(block_tables.shape[1] * page_size, longest + nodes)
     s = torch.arange(slots, device=block_tables.device)
     pages = block_tables.long()[:, s // page_size].clamp(min=0)  # [B, slots]
     k = k_pages[pages, s % page_size].permute(0, 2, 1, 3)  # [B, Hkv, slots, D]
-    v = v_pages[pages, s % page_size].permute(0, 2, 1, 3)
-    return tree_attention(q, k, v, cache_lens, mask, scale)
+    v = v_pages[pages, s % page_size].permute(0, 2, 1, 3)  # [B, Hkv, slots, Dv]
+    return tree_attention(q, k, v, cache_lens, mask, scale, window=window, softcap=softcap, sinks=sinks)
 
 
 # ---------------------------------------------------------------------------

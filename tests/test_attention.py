@@ -6,9 +6,11 @@ only the kernel's own rounding (float32 accumulation, the output rounded to
 q's dtype), not the rounding of the inputs.  ``out`` must be within a relative
 (Frobenius) error of 1e-5 for float32 and 2e-2 for float16/bfloat16; ``lse``
 within 1e-5 (float32) / 1e-3 (half types), relative plus the same absolute.
-Then the op contract (every output written, empty batches, opcheck,
-torch.compile, CUDA graphs) and a table of bad inputs, each raising a typed
-error that names the op and the argument.
+Then the features of docs/ops.md (sliding window, logit soft-capping,
+attention sinks, a value head size other than the key's) on both CPU paths
+and both layouts, the op contract (every output written, empty batches,
+opcheck, torch.compile, CUDA graphs) and a table of bad inputs, each raising a
+typed error that names the op and the argument.
 """
 
 from __future__ import annotations
@@ -111,10 +113,13 @@ def paged_to_contiguous(pages: torch.Tensor, tables: torch.Tensor) -> torch.Tens
 # ---------------------------------------------------------------------------
 
 
-def reference64(q, k, v, lens, mask, scale):
-    """The reference on the op's inputs upcast to float64, on the CPU."""
+def reference64(q, k, v, lens, mask, scale, **features):
+    """The reference on the op's inputs upcast to float64, on the CPU (features: window,
+    softcap, sinks)."""
+    if features.get("sinks") is not None:
+        features = dict(features, sinks=features["sinks"].cpu())
     return reference.tree_attention(
-        q.cpu().double(), k.cpu().double(), v.cpu().double(), lens.cpu(), mask.cpu(), scale
+        q.cpu().double(), k.cpu().double(), v.cpu().double(), lens.cpu(), mask.cpu(), scale, **features
     )
 
 
@@ -140,13 +145,14 @@ def check_lse(got: torch.Tensor, want: torch.Tensor, tol: float) -> float:
     return err
 
 
-def check_against_reference(out, lse, q, k, v, lens, mask, scale, record=None, lse_scale=1.0):
+def check_against_reference(out, lse, q, k, v, lens, mask, scale, record=None, lse_scale=1.0, **features):
     batch, nodes, hq, dim = q.shape
-    assert out.shape == q.shape and out.dtype == q.dtype and out.device == q.device
+    assert out.shape == (batch, nodes, hq, v.shape[-1])
+    assert out.dtype == q.dtype and out.device == q.device
     assert lse.shape == (batch, nodes, hq) and lse.dtype == torch.float32
     assert lse.device == q.device
     assert not torch.isnan(out).any(), "out holds NaN"
-    ref_out, ref_lse = reference64(q, k, v, lens, mask, scale)
+    ref_out, ref_lse = reference64(q, k, v, lens, mask, scale, **features)
     err = rel_err(out, ref_out)
     lse_err = check_lse(lse, ref_lse, LSE_TOL[q.dtype] * lse_scale)
     if record is not None:
@@ -335,9 +341,11 @@ def test_arbitrary_masks(device, dtype, gen, record_property):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-def test_mask_padding_bits_past_n(device, gen):
+@pytest.mark.parametrize("window", [0, 2])
+def test_mask_padding_bits_past_n(device, window, gen):
     """Bits j >= N of the last mask word name no node.  The reference ignores them; the op
-    must either ignore them too or reject the mask -- never attend slots past the tree."""
+    must either ignore them too or reject the mask -- never attend slots past the tree, nor
+    count them in a node's depth (the window's positions)."""
     nodes, slots = 5, 40
     q, k, v, lens, mask = make_inputs(
         gen,
@@ -353,11 +361,11 @@ def test_mask_padding_bits_past_n(device, gen):
     )
     dirty = mask | torch.tensor(-(1 << nodes), dtype=torch.int32, device=device)  # bits N..31
     try:
-        out, lse = ops.tree_attention(q, k, v, lens, dirty, 0.25)
+        out, lse = ops.tree_attention(q, k, v, lens, dirty, 0.25, window=window)
     except ValueError as e:
         assert "specdec::tree_attention" in str(e) and "mask" in str(e), str(e)
         return
-    ref_out, ref_lse = reference64(q, k, v, lens, mask, 0.25)
+    ref_out, ref_lse = reference64(q, k, v, lens, mask, 0.25, window=window)
     assert rel_err(out, ref_out) < 1e-5
     check_lse(lse, ref_lse, 1e-5)
 
@@ -620,6 +628,35 @@ def test_opcheck(device, gen):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
+def test_opcheck_features(device, gen):
+    """opcheck with window, softcap, sinks and a value head size other than the key's."""
+    q, k, _, lens, mask = make_inputs(
+        gen,
+        batch=3,
+        nodes=12,
+        hq=4,
+        hkv=2,
+        dim=32,
+        slots=40,
+        shape="deep",
+        dtype=torch.float16,
+        device=device,
+    )
+    v = randn(gen, (3, 2, 40, 24), torch.float16, device)
+    sinks = random_sinks(gen, 4, device)
+    kwargs = dict(window=5, softcap=4.0, sinks=sinks)
+    torch.library.opcheck(torch.ops.specdec.tree_attention.default, (q, k, v, lens, mask, 32**-0.5), kwargs)
+    tables, num_pages = block_tables_for(gen, lens, 12, 8, 5)
+    kp = randn(gen, (num_pages, 8, 2, 32), torch.float32, device)
+    vp = randn(gen, (num_pages, 8, 2, 48), torch.float32, device)
+    torch.library.opcheck(
+        torch.ops.specdec.tree_attention_paged.default,
+        (q.float(), kp, vp, tables.to(device), lens, mask, 0.5),
+        dict(window=2, sinks=sinks),
+    )
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
 def test_torch_compile_fullgraph(device, gen):
     batch, nodes, dim = 3, 20, 64
     parents = tree_batch(gen, batch, nodes, "random").to(device)
@@ -640,13 +677,22 @@ def test_torch_compile_fullgraph(device, gen):
     kp = randn(gen, (num_pages, 16, 2, dim), torch.float32, device)
     vp = randn(gen, (num_pages, 16, 2, dim), torch.float32, device)
 
-    def step(parents, q, k, v, lens, kp, vp, tables):
+    sinks = random_sinks(gen, 8, device)
+    v_narrow = v[..., :24].contiguous()  # Dv 24 != Dk 64
+
+    def step(parents, q, k, v, lens, kp, vp, tables, v_narrow, sinks):
         mask, depth = ops.build_tree(parents)
         out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
         pout, plse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, dim**-0.5)
-        return out * 2, lse + depth[..., None], pout, plse
+        fout, flse = ops.tree_attention(
+            q, k, v_narrow, lens, mask, dim**-0.5, window=6, softcap=2.0, sinks=sinks
+        )
+        pfout, pflse = ops.tree_attention_paged(
+            q, kp, vp, tables, lens, mask, dim**-0.5, window=3, sinks=sinks
+        )
+        return out * 2, lse + depth[..., None], pout, plse, fout, flse, pfout, pflse
 
-    args = (parents, q, k, v, lens, kp, vp, tables)
+    args = (parents, q, k, v, lens, kp, vp, tables, v_narrow, sinks)
     eager = step(*args)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
     for got, want in zip(compiled, eager):
@@ -655,6 +701,316 @@ def test_torch_compile_fullgraph(device, gen):
     check_against_reference(
         eager[0] / 2, eager[1] - depth[..., None].to(device), q, k, v, lens, mask, dim**-0.5
     )
+    features = dict(window=6, softcap=2.0, sinks=sinks)
+    check_against_reference(eager[4], eager[5], q, k, v_narrow, lens, mask, dim**-0.5, **features)
+    k_p, v_p = paged_to_contiguous(kp, tables), paged_to_contiguous(vp, tables)
+    check_against_reference(eager[6], eager[7], q, k_p, v_p, lens, mask, dim**-0.5, window=3, sinks=sinks)
+
+
+# ---------------------------------------------------------------------------
+# Features: sliding window, softcap, sinks, Dv != Dk (docs/ops.md), on both CPU
+# paths (the direct loop for small problems, the GEMM path for large ones) and
+# both layouts.
+# ---------------------------------------------------------------------------
+
+# Mirrors kDirectFlops and the per-task count of csrc/cpu/attention_cpu.cpp: the
+# tests assert which CPU path each case takes.
+DIRECT_FLOPS = 1 << 20
+
+
+def takes_direct_path(nodes, hq, hkv, dk, dv, lens) -> bool:
+    return 2 * nodes * (hq // hkv) * (dk + dv) * (int(lens.max()) + nodes) < DIRECT_FLOPS
+
+
+def to_paged(gen, k, v, lens, nodes, page_size):
+    """The contiguous caches cut into shuffled pages through a block table (the needed
+    blocks only; -1 past them): (k_pages, v_pages, block_tables)."""
+    batch, hkv, slots, _ = k.shape
+    max_blocks = -(-slots // page_size)
+    tables, num_pages = block_tables_for(gen, lens.cpu(), nodes, page_size, max_blocks)
+    kp = k.new_zeros(num_pages, page_size, hkv, k.shape[-1])
+    vp = v.new_zeros(num_pages, page_size, hkv, v.shape[-1])
+    for b in range(batch):
+        for blk in range(max_blocks):
+            page = int(tables[b, blk])
+            if page >= 0:
+                n = min(page_size, slots - blk * page_size)
+                kp[page, :n] = k[b, :, blk * page_size : blk * page_size + n].transpose(0, 1)
+                vp[page, :n] = v[b, :, blk * page_size : blk * page_size + n].transpose(0, 1)
+    return kp, vp, tables.to(k.device)
+
+
+def run_op(layout, gen, q, k, v, lens, mask, scale, page_size=16, **features):
+    """The op on the contiguous caches, or on the same caches paged."""
+    if layout == "contiguous":
+        return ops.tree_attention(q, k, v, lens, mask, scale, **features)
+    kp, vp, tables = to_paged(gen, k, v, lens, q.shape[1], page_size)
+    return ops.tree_attention_paged(q, kp, vp, tables, lens, mask, scale, **features)
+
+
+def random_sinks(gen, hq, device):
+    """float32 [Hq] in [-2, 6]: around the rows' lse (log of 10 to 200 keys), so they matter."""
+    return (torch.rand(hq, generator=gen) * 8 - 2).to(device)
+
+
+# name -> (window, softcap, sinks, Dk, Dv); Dk None: the path's own D, Dv None: Dv = Dk.
+FEATURES = {
+    "window1": (1, 0.0, False, None, None),
+    "window3": (3, 0.0, False, None, None),
+    "window7": (7, 0.0, False, None, None),
+    "window-beyond-sequence": (100_000, 0.0, False, None, None),
+    "softcap": (0, 1.0, False, None, None),
+    "sinks": (0, 0.0, True, None, None),
+    "dk24-dv16": (0, 0.0, False, 24, 16),
+    "dk192-dv128": (0, 0.0, False, 192, 128),
+    "dk16-dv40": (0, 0.0, False, 16, 40),
+    "window5-softcap-sinks": (5, 2.0, True, None, None),
+    "window2-sinks-dk40-dv24": (2, 0.0, True, 40, 24),
+    "all-dk24-dv16": (6, 1.5, True, 24, 16),
+}
+
+# path -> (batch, nodes, hq, hkv, D, slots, tree shape); "deep" trees reach depths past
+# the small windows, so they cross the prefix/tree boundary.
+PATHS = {
+    "direct": (3, 9, 4, 2, 32, 40, "deep"),
+    "gemm": (3, 24, 8, 2, 64, 160, "deep"),
+}
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_features_match_reference(device, dtype, layout, path, feature, gen, record_property):
+    window, softcap, with_sinks, dk, dv = FEATURES[feature]
+    batch, nodes, hq, hkv, dim, slots, shape = PATHS[path]
+    dk = dim if dk is None else dk
+    dv = dk if dv is None else dv
+    if path == "gemm" and dk + dv < 80:  # keep the GEMM cases above the direct-loop threshold
+        nodes, slots = 33, 240
+    q, k, _, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dk,
+        slots=slots,
+        shape=shape,
+        dtype=dtype,
+        device=device,
+    )
+    v = randn(gen, (batch, hkv, slots, dv), dtype, device)
+    assert takes_direct_path(nodes, hq, hkv, dk, dv, lens) == (path == "direct")
+    features = dict(
+        window=window, softcap=softcap, sinks=random_sinks(gen, hq, device) if with_sinks else None
+    )
+    scale = dk**-0.5
+    out, lse = run_op(layout, gen, q, k, v, lens, mask, scale, **features)
+    check_against_reference(out, lse, q, k, v, lens, mask, scale, record_property, **features)
+    if (0 < window < slots - nodes) or softcap or with_sinks:  # the feature changes the result
+        plain_out, _ = reference64(q, k, v, lens, mask, scale)
+        assert rel_err(out, plain_out) > 5 * OUT_RTOL[dtype]
+
+
+def poison_before_window(k, v, lens, window):
+    """Copies of k, v with NaN in the prefix slots s <= cache_lens[b] - window, outside every
+    query's window (the root, at depth 0, has the earliest one)."""
+    k, v = k.clone(), v.clone()
+    for b in range(k.shape[0]):
+        first = max(0, int(lens[b]) - window + 1)
+        k[b, :, :first] = float("nan")
+        v[b, :, :first] = float("nan")
+    return k, v
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("window", [1, 7, 700, 1500, 5000])
+def test_window_long_prefix_skips_blocks(device, dtype, layout, window, gen, record_property):
+    """Prefixes over 2000 slots (the GEMM path's 1024-key blocks): windows that skip whole
+    blocks, start inside one, or cover everything.  The K/V slots before every row's window
+    (s <= L - window, the root's) hold NaN: reading one would show in the output."""
+    batch, nodes, hq, hkv, dim, slots = 3, 17, 4, 1, 32, 2600
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="deep",
+        dtype=dtype,
+        device=device,
+    )
+    lens = torch.tensor([0, 1300, slots - nodes], dtype=torch.int32, device=device)
+    assert not takes_direct_path(nodes, hq, hkv, dim, dim, lens)
+    k_nan, v_nan = poison_before_window(k, v, lens, window)
+    features = dict(window=window, softcap=3.0, sinks=random_sinks(gen, hq, device))
+    out, lse = run_op(layout, gen, q, k_nan, v_nan, lens, mask, dim**-0.5, page_size=64, **features)
+    # The reference (on the clean caches) multiplies every slot, seen or not.
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, record_property, **features)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_window_slots_before_the_window_are_never_read(device, dtype, layout, path, gen):
+    """The direct loop and the GEMM path on short prefixes: NaN in the slots before every
+    row's window (windows 2 and 6 on deep trees, ragged prefixes) never reaches the output."""
+    batch, nodes, hq, hkv, dim, slots, _ = PATHS[path]
+    for window in (2, 6):
+        q, k, v, lens, mask = make_inputs(
+            gen,
+            batch=batch,
+            nodes=nodes,
+            hq=hq,
+            hkv=hkv,
+            dim=dim,
+            slots=slots,
+            shape="deep",
+            dtype=dtype,
+            device=device,
+        )
+        lens[0] = 3  # a prefix shorter than the window's reach for some rows
+        k_nan, v_nan = poison_before_window(k, v, lens, window)
+        out, lse = run_op(layout, gen, q, k_nan, v_nan, lens, mask, dim**-0.5, window=window)
+        check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, window=window)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("slots", [24, 400], ids=["direct-path", "gemm-path"])
+def test_sinks_row_that_sees_nothing(device, dtype, slots, gen):
+    """With sinks, a row that sees no key gets zeros and lse = sinks[h] exactly; a huge sink
+    takes (almost) all the mass, a very negative one none."""
+    batch, nodes, hq, hkv, dim = 2, 40, 4, 2, 32
+    q, k, v, _, _ = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots + nodes,
+        shape="chain",
+        dtype=dtype,
+        device=device,
+    )
+    parents = tree_batch(gen, batch, nodes, "random")
+    mask = reference.build_tree(parents)[0]
+    mask[0, 3] = 0  # row 3 of sequence 0 (no prefix): nothing at all
+    mask = mask.to(device)
+    lens = torch.tensor([0, slots], dtype=torch.int32, device=device)
+    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens) == (slots == 24)
+    sinks = torch.tensor([0.5, -3.0, 30.0, -1e30], device=device)
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5, sinks=sinks)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, sinks=sinks)
+    assert torch.equal(out[0, 3].cpu(), torch.zeros(hq, dim, dtype=dtype))
+    assert torch.equal(lse[0, 3], sinks)
+    # Head 2's sink (30) dwarfs every row's keys; head 3's (-1e30) changes nothing.
+    assert float(out[:, :, 2].abs().max()) < 1e-6
+    plain_out, plain_lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5)
+    assert rel_err(out[:, :, 3], plain_out[:, :, 3]) < OUT_RTOL[dtype]
+    check_lse(lse[1, :, 3], plain_lse[1, :, 3], LSE_TOL[dtype])
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("window", [0, 3])
+def test_features_with_arbitrary_masks(device, dtype, window, gen):
+    """Masks that are not ancestor masks (random bits, a row with none): depths come from
+    the popcount of each row as stated, the window may see keys at later positions."""
+    batch, nodes, hq, hkv, dim, slots = 2, 37, 4, 2, 16, 90
+    q, k, v, lens, _ = make_inputs(
+        gen,
+        batch=batch,
+        nodes=nodes,
+        hq=hq,
+        hkv=hkv,
+        dim=dim,
+        slots=slots,
+        shape="chain",
+        dtype=dtype,
+        device=device,
+    )
+    bits = torch.rand(batch, nodes, nodes, generator=gen) < 0.3
+    bits[1, 4] = False  # depth -1: its position is L - 1
+    mask = pack_mask(bits).to(device)
+    features = dict(window=window, softcap=2.5, sinks=random_sinks(gen, hq, device))
+    out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5, **features)
+    check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, **features)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("slots", [40, 400], ids=["direct-path", "gemm-path"])
+def test_defaults_are_plain_attention(device, slots, gen):
+    """window=0, softcap=0.0, sinks=None (and a window longer than every sequence) give
+    exactly the result of a call without them."""
+    q, k, v, lens, mask = make_inputs(
+        gen,
+        batch=3,
+        nodes=12,
+        hq=8,
+        hkv=2,
+        dim=32,
+        slots=slots,
+        shape="random",
+        dtype=torch.float32,
+        device=device,
+    )
+    plain = ops.tree_attention(q, k, v, lens, mask, 0.3)
+    for features in (dict(window=0, softcap=0.0, sinks=None), dict(window=slots)):
+        got = ops.tree_attention(q, k, v, lens, mask, 0.3, **features)
+        assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    schema = str(torch.ops.specdec.tree_attention.default._schema)
+    assert "float scale, *, int window=0, float softcap=0., Tensor? sinks=None" in schema, schema
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("longest", [3, 1500], ids=["direct-path", "gemm-path"])
+def test_paged_huge_block_table_short_sequences(device, longest, gen):
+    """Regression: a block table of 2**20 blocks of 2**14 slots (capacity 2**34, a 4 MiB
+    table) holding short sequences.  The direct loop sized its scratch by the capacity
+    (64 GiB: std::bad_alloc); every kernel must size work and memory by
+    max(cache_lens) + N.  The result equals the same call on the table cut to the blocks
+    in use."""
+    batch, nodes, hq, hkv, dim, page_size, max_blocks = 2, 5, 4, 1, 16, 2**14, 2**20
+    lens = torch.tensor([longest // 2, longest], dtype=torch.int32)
+    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens) == (longest == 3)
+    small, num_pages = block_tables_for(gen, lens, nodes, page_size, 1)
+    tables = torch.full((batch, max_blocks), -1, dtype=torch.int32)
+    tables[:, :1] = small
+    parents = tree_batch(gen, batch, nodes, "random")
+    mask = reference.build_tree(parents)[0].to(device)
+    q = randn(gen, (batch, nodes, hq, dim), torch.float32, device)
+    kp = randn(gen, (num_pages, page_size, hkv, dim), torch.float32, device)
+    vp = randn(gen, (num_pages, page_size, hkv, dim), torch.float32, device)
+    lens, tables, small = lens.to(device), tables.to(device), small.to(device)
+    features = dict(window=4, sinks=random_sinks(gen, hq, device))
+    out, lse = ops.tree_attention_paged(q, kp, vp, tables, lens, mask, 0.25, **features)
+    want_out, want_lse = ops.tree_attention_paged(q, kp, vp, small, lens, mask, 0.25, **features)
+    if device == "cpu":
+        assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    k, v = paged_to_contiguous(kp, small), paged_to_contiguous(vp, small)
+    check_against_reference(out, lse, q, k, v, lens, mask, 0.25, **features)
+    # The reference's paged path gathers only the slots in use too.
+    ref_out, _ = reference.tree_attention_paged(
+        q.cpu(),
+        kp.cpu(),
+        vp.cpu(),
+        tables.cpu(),
+        lens.cpu(),
+        mask.cpu(),
+        0.25,
+        window=4,
+        sinks=features["sinks"].cpu(),
+    )
+    assert rel_err(out, ref_out) < 1e-5
 
 
 # ---------------------------------------------------------------------------
@@ -670,7 +1026,10 @@ def _good_args(device):
     lens = torch.tensor([3, 7], dtype=torch.int32, device=device)  # 7 + 5 == S: full
     parents = torch.tensor([[-1, 0, 0, 1, 2], [-1, 0, 1, 2, 3]], dtype=torch.int32)
     mask = reference.build_tree(parents)[0].to(device)
-    return dict(q=q, k_cache=k, v_cache=v, cache_lens=lens, mask=mask, scale=0.25)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], device=device)
+    return dict(
+        q=q, k_cache=k, v_cache=v, cache_lens=lens, mask=mask, scale=0.25, window=3, softcap=5.0, sinks=sinks
+    )
 
 
 def _i32(rows, device):
@@ -693,9 +1052,30 @@ BAD = {
         "k_cache head dim (16) must equal q's (8)",
     ),
     "v shape differs": (
-        lambda a, d: a.update(v_cache=a["v_cache"][..., :8].contiguous()),
+        lambda a, d: a.update(v_cache=a["v_cache"][:, :, :10].contiguous()),
         ValueError,
-        "v_cache must have the shape of k_cache [2, 2, 12, 16]",
+        "v_cache must have the shape of k_cache [2, 2, 12, 16] except in its last dim (the value head size), "
+        "got [2, 2, 10, 16]",
+    ),
+    "v heads differ": (
+        lambda a, d: a.update(v_cache=a["v_cache"][:, :1].contiguous()),
+        ValueError,
+        "v_cache must have the shape of k_cache [2, 2, 12, 16] except in its last dim",
+    ),
+    "v 3-D": (
+        lambda a, d: a.update(v_cache=a["v_cache"][0]),
+        ValueError,
+        "v_cache must be a 4-D tensor [B, Hkv, S, Dv]",
+    ),
+    "v head dim too large": (
+        lambda a, d: a.update(v_cache=a["v_cache"].repeat(1, 1, 1, 17)),
+        ValueError,
+        "v_cache head dim must be in [1, 256], got 272",
+    ),
+    "v head dim zero": (
+        lambda a, d: a.update(v_cache=a["v_cache"][..., :0].contiguous()),
+        ValueError,
+        "v_cache head dim must be in [1, 256], got 0",
     ),
     "k batch differs": (
         lambda a, d: a.update(k_cache=a["k_cache"][:1].contiguous(), v_cache=a["v_cache"][:1].contiguous()),
@@ -763,6 +1143,87 @@ BAD = {
     ),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
     "scale inf": (lambda a, d: a.update(scale=float("inf")), ValueError, "scale must be finite"),
+    # Regression: finite in float64 but +-inf in float32 (the kernels' type).
+    "scale beyond float32": (
+        lambda a, d: a.update(scale=1e39),
+        ValueError,
+        "scale = 1e+39 is outside the float32 range",
+    ),
+    "scale beyond float32 negative": (
+        lambda a, d: a.update(scale=-3.5e38),
+        ValueError,
+        "scale = -3.5e+38 is outside the float32 range",
+    ),
+    "window negative": (
+        lambda a, d: a.update(window=-1),
+        ValueError,
+        "window must be >= 0 (0 disables it), got -1",
+    ),
+    "softcap NaN": (
+        lambda a, d: a.update(softcap=float("nan")),
+        ValueError,
+        "softcap must be finite and >= 0 (0 disables it), got nan",
+    ),
+    "softcap inf": (
+        lambda a, d: a.update(softcap=float("inf")),
+        ValueError,
+        "softcap must be finite and >= 0 (0 disables it), got inf",
+    ),
+    "softcap negative": (
+        lambda a, d: a.update(softcap=-2.0),
+        ValueError,
+        "softcap must be finite and >= 0 (0 disables it), got -2",
+    ),
+    "softcap beyond float32": (
+        lambda a, d: a.update(softcap=1e39),
+        ValueError,
+        "softcap = 1e+39 is outside the float32 range",
+    ),
+    "softcap below float32 normal": (  # would round to a subnormal (or 0: capping silently off)
+        lambda a, d: a.update(softcap=1e-39),
+        ValueError,
+        "softcap = 1e-39 is outside the float32 range",
+    ),
+    "sinks float64": (
+        lambda a, d: a.update(sinks=a["sinks"].double()),
+        TypeError,
+        "sinks must have dtype float32, got float64",
+    ),
+    "sinks wrong length": (
+        lambda a, d: a.update(sinks=a["sinks"][:3].contiguous()),
+        ValueError,
+        "sinks.size(0) must equal Hq (q.size(2)) = 4",
+    ),
+    "sinks 2-D": (
+        lambda a, d: a.update(sinks=a["sinks"][None]),
+        ValueError,
+        "sinks must be a 1-D tensor [Hq]",
+    ),
+    "sinks non-contiguous": (
+        lambda a, d: a.update(sinks=a["sinks"].repeat(2)[::2]),
+        ValueError,
+        "sinks must be contiguous",
+    ),
+    "sinks NaN": (
+        lambda a, d: a["sinks"].__setitem__(3, float("nan")),
+        ValueError,
+        "sinks[3] = nan must be finite",
+    ),
+    "sinks inf": (
+        lambda a, d: a["sinks"].__setitem__(0, float("inf")),
+        ValueError,
+        "sinks[0] = inf must be finite",
+    ),
+    "sinks -inf": (
+        lambda a, d: a["sinks"].__setitem__(2, float("-inf")),
+        ValueError,
+        "sinks[2] = -inf must be finite",
+    ),
+    "sinks NaN reported before cache_lens": (
+        lambda a, d: (a["sinks"].__setitem__(1, float("nan")), a.update(cache_lens=_i32([3, 8], d))),
+        ValueError,
+        "sinks[1] = nan must be finite",
+    ),
     "head dim too large": (
         lambda a, d: a.update(
             q=a["q"].repeat(1, 1, 1, 20),
@@ -808,6 +1269,9 @@ def _good_paged(device):
         cache_lens=a["cache_lens"],
         mask=a["mask"],
         scale=0.25,
+        window=a["window"],
+        softcap=a["softcap"],
+        sinks=a["sinks"],
     )
 
 
@@ -862,6 +1326,42 @@ BAD_PAGED = {
     ),
     "q non-contiguous": (lambda a, d: a.update(q=_noncontig(a["q"])), ValueError, "q must be contiguous"),
     "scale NaN": (lambda a, d: a.update(scale=float("nan")), ValueError, "scale must be finite"),
+    "scale beyond float32": (
+        lambda a, d: a.update(scale=5e38),
+        ValueError,
+        "scale = 5e+38 is outside the float32 range",
+    ),
+    "v_pages heads differ": (
+        lambda a, d: a.update(v_pages=a["v_pages"][:, :, :1].contiguous()),
+        ValueError,
+        "v_pages must have the shape of k_pages [8, 4, 2, 16] except in its last dim",
+    ),
+    "v_pages head dim too large": (
+        lambda a, d: a.update(v_pages=a["v_pages"].repeat(1, 1, 1, 20)),
+        ValueError,
+        "v_pages head dim must be in [1, 256], got 320",
+    ),
+    "window negative": (
+        lambda a, d: a.update(window=-5),
+        ValueError,
+        "window must be >= 0 (0 disables it), got -5",
+    ),
+    "softcap negative": (lambda a, d: a.update(softcap=-0.5), ValueError, "softcap must be finite and >= 0"),
+    "sinks wrong length": (
+        lambda a, d: a.update(sinks=torch.zeros(5, device=d)),
+        ValueError,
+        "sinks.size(0) must equal Hq (q.size(2)) = 4",
+    ),
+    "sinks int32": (
+        lambda a, d: a.update(sinks=torch.zeros(4, dtype=torch.int32, device=d)),
+        TypeError,
+        "sinks must have dtype float32, got int32",
+    ),
+    "sinks NaN": (
+        lambda a, d: a["sinks"].__setitem__(3, float("nan")),
+        ValueError,
+        "sinks[3] = nan must be finite",
+    ),
 }
 
 
@@ -883,6 +1383,10 @@ def test_device_mismatch_is_reported():
     args = _good_args("cuda")
     args["cache_lens"] = args["cache_lens"].cpu()
     with pytest.raises(ValueError, match=r"specdec::tree_attention: cache_lens must be on cuda"):
+        ops.tree_attention(**args)
+    args = _good_args("cuda")
+    args["sinks"] = args["sinks"].cpu()
+    with pytest.raises(ValueError, match=r"specdec::tree_attention: sinks must be on cuda"):
         ops.tree_attention(**args)
     args = _good_paged("cuda")
     args["block_tables"] = args["block_tables"].cpu()

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/index_select.h>
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -34,49 +36,75 @@ namespace {
 // online softmax across blocks.  QK^T and PV are at::mm; the per-block row
 // max, exp, sums and rescaling are vectorised ATen ops; the tree mask is an
 // additive 0 / -inf bias applied only to the tree slots.
-// `load(b, h, first, count)` returns the float32 K and V rows [count, D] of
-// those slots (views of the cache where possible, gathered otherwise).
+// `load(b, h, first, count)` returns the float32 K rows [count, Dk] and V rows
+// [count, Dv] of those slots (views of the cache where possible, gathered
+// otherwise).  Features (docs/ops.md): the window folds into the tree bias and,
+// for prefix slots, starts the key loop at the first slot any row can see
+// (whole blocks before it are never loaded) and masks the blocks that some
+// rows see only partly; softcap caps the block's scores before the mask;
+// the sink joins each row's denominator at the end (finish_row).
 constexpr int64_t kBlock = 1024;
 
 template <typename scalar_t, class BlockLoader>
 void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
-            BlockLoader load, scalar_t* out, float* lse) {
-  const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, N = s.nodes;
+            const float* sinks, int64_t longest, BlockLoader load, scalar_t* out, float* lse) {
+  const int64_t G = s.group(), rows = s.nodes * G, D = s.dim, Dv = s.v_dim, N = s.nodes, W = s.window;
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float cap = s.softcap;
   const auto run_tasks = [&](int64_t begin, int64_t end) {
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     at::Tensor Q = at::empty({rows, D}, f32);
     at::Tensor bias = at::empty({rows, N}, f32);  // the tree part of the mask
-    at::Tensor acc = at::empty({rows, D}, f32);
+    at::Tensor acc = at::empty({rows, Dv}, f32);
     at::Tensor m = at::empty({rows}, f32), l = at::empty({rows}, f32);
+    // The window: each row's first visible prefix slot.
+    at::Tensor first_seen = at::empty({rows}, at::kLong);
     float* qp = Q.data_ptr<float>();
     float* bp = bias.data_ptr<float>();
+    int64_t* fp = first_seen.data_ptr<int64_t>();
+    std::vector<int64_t> depth(N);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
       const int64_t length = lens[b], total = length + N;
+      const int32_t* mseq = mask + b * N * s.words;
+      for (int64_t j = 0; j < N; ++j) depth[j] = attention::node_depth(mseq + j * s.words, s.words, N);
+      int64_t skip = length, last_first = 0;  // min and max of the rows' first visible prefix slots
       for (int64_t i = 0; i < N; ++i) {
-        const int32_t* mrow = mask + (b * N + i) * s.words;
+        const int32_t* mrow = mseq + i * s.words;
+        const int64_t pos = length + depth[i];
+        const int64_t first = W > 0 ? std::clamp<int64_t>(pos - W + 1, 0, length) : 0;
+        skip = std::min(skip, first);
+        last_first = std::max(last_first, first);
         for (int64_t g = 0; g < G; ++g) {
           const scalar_t* src = q + ((b * N + i) * s.q_heads + h * G + g) * D;
           float* dst = qp + (i * G + g) * D;
           for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<float>(src[d]) * scale;
           float* brow = bp + (i * G + g) * N;
           for (int64_t j = 0; j < N; ++j) {
-            brow[j] = attention::visible(length + j, length, mrow) ? 0.0f : neg_inf;
+            const bool seen =
+                attention::visible(length + j, length, mrow) && attention::in_window(pos, length + depth[j], W);
+            brow[j] = seen ? 0.0f : neg_inf;
           }
+          fp[i * G + g] = first;
         }
       }
       acc.zero_();
       m.fill_(neg_inf);
       l.zero_();
-      for (int64_t s0 = 0; s0 < total; s0 += kBlock) {
+      for (int64_t s0 = skip; s0 < total; s0 += kBlock) {
         const int64_t bk = std::min(kBlock, total - s0);
         const auto [Kb, Vb] = load(b, h, s0, bk);
         at::Tensor S = at::mm(Q, Kb.t());  // [rows, bk], already scaled
-        if (s0 + bk > length) {            // this block reaches the tree slots
+        if (cap > 0.0f) S.div_(cap).tanh_().mul_(cap);
+        if (s0 + bk > length) {  // this block reaches the tree slots
           const int64_t first = std::max<int64_t>(0, length - s0);
           const int64_t tree_first = s0 + first - length;
           S.narrow(1, first, bk - first).add_(bias.narrow(1, tree_first, bk - first));
+        }
+        if (last_first > s0 && s0 < length) {  // some rows' windows start inside this block's prefix part
+          const int64_t np = std::min(bk, length - s0);
+          const at::Tensor cols = at::arange(np, at::kLong).unsqueeze(0);
+          S.narrow(1, 0, np).masked_fill_(cols.lt(first_seen.sub(s0).unsqueeze(1)), neg_inf);
         }
         const at::Tensor m_new = at::maximum(m, std::get<0>(S.max(1)));
         // Rows that have seen nothing yet keep m = -inf; subtract 0 there instead.
@@ -92,18 +120,18 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
       const float* lp = l.data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = r / G, head = h * G + r % G;
-        scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
-        const bool seen = lp[r] > 0.0f;
-        const float inv = seen ? 1.0f / lp[r] : 0.0f;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(ap[r * D + d] * inv);
-        lse[(b * N + i) * s.q_heads + head] = seen ? mp[r] + std::log(lp[r]) : neg_inf;
+        scalar_t* o = out + ((b * N + i) * s.q_heads + head) * Dv;
+        const attention::RowFinish f = attention::finish_row(mp[r], lp[r], attention::sink_logit(sinks, head));
+        for (int64_t d = 0; d < Dv; ++d) o[d] = static_cast<scalar_t>(ap[r * Dv + d] * f.inv);
+        lse[(b * N + i) * s.q_heads + head] = f.lse;
       }
     }
   };
   // Big GEMMs (many query rows or long prefixes) run one task at a time so
   // that at::mm and the softmax ops use every thread; many small tasks run
-  // in parallel, one per thread.
-  const int64_t task_flops = 4 * rows * D * (s.capacity + N);
+  // in parallel, one per thread.  Sized by the longest sequence, not the
+  // capacity (a block table may address far more slots than any row uses).
+  const int64_t task_flops = 2 * rows * (D + Dv) * (longest + N);
   if (task_flops >= (int64_t{64} << 20)) {
     run_tasks(0, s.batch * s.kv_heads);
   } else {
@@ -114,27 +142,38 @@ void attend(const AttentionShape& s, const scalar_t* q, const int32_t* lens, con
 // Small problems (decoding with small models: a few query rows, short
 // prefixes) are dominated by the per-call cost of the GEMM path's ATen ops, so
 // they take this direct loop: per query row, the visible scores, their max,
-// exp and the weighted sum of V rows, all float32, no allocation but one
-// scratch row per task.  `row(b, h, slot)` points at a slot's K (or V) row.
+// exp and the weighted sum of V rows, all float32, no allocation but scratch
+// per task: one score per slot of the longest sequence (`longest` + N, never
+// the capacity: a block table may address far more).  `k_row(b, h, slot)` /
+// `v_row` point at a slot's K / V row.  The window starts each row's loop at
+// its first visible prefix slot and tests the tree slots' positions.
 template <typename scalar_t, class KRow, class VRow>
 void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* lens, const int32_t* mask, float scale,
-                   KRow k_row, VRow v_row, scalar_t* out, float* lse, int64_t grain) {
-  const int64_t G = s.group(), D = s.dim, N = s.nodes;
+                   const float* sinks, int64_t longest, KRow k_row, VRow v_row, scalar_t* out, float* lse,
+                   int64_t grain) {
+  const int64_t G = s.group(), D = s.dim, Dv = s.v_dim, N = s.nodes, W = s.window;
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float cap = s.softcap;
   at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), acc(D), scores(s.capacity + N);
+    std::vector<float> qf(D), acc(Dv), scores(longest + N);
+    std::vector<int64_t> depth(N);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
       const int64_t length = lens[b], total = length + N;
+      const int32_t* mseq = mask + b * N * s.words;
+      for (int64_t j = 0; j < N; ++j) depth[j] = attention::node_depth(mseq + j * s.words, s.words, N);
       for (int64_t i = 0; i < N; ++i) {
-        const int32_t* mrow = mask + (b * N + i) * s.words;
+        const int32_t* mrow = mseq + i * s.words;
+        const int64_t pos = length + depth[i];
+        const int64_t first = W > 0 ? std::clamp<int64_t>(pos - W + 1, 0, length) : 0;
         for (int64_t g = 0; g < G; ++g) {
           const int64_t head = h * G + g;
           const scalar_t* src = q + ((b * N + i) * s.q_heads + head) * D;
           for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(src[d]) * scale;
           float mx = neg_inf;
-          for (int64_t j = 0; j < total; ++j) {
-            if (!attention::visible(j, length, mrow)) {
+          for (int64_t j = first; j < total; ++j) {
+            if (!attention::visible(j, length, mrow) ||
+                (j >= length && !attention::in_window(pos, length + depth[j - length], W))) {
               scores[j] = neg_inf;
               continue;
             }
@@ -147,25 +186,26 @@ void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* le
               for (int64_t l = 0; l < 8; ++l) part[l] += qf[d + l] * static_cast<float>(kr[d + l]);
             }
             for (; d < D; ++d) part[d & 7] += qf[d] * static_cast<float>(kr[d]);
-            const float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+            const float dot = attention::soft_cap(
+                ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7])), cap);
             scores[j] = dot;
             mx = std::max(mx, dot);
           }
           std::fill(acc.begin(), acc.end(), 0.0f);
           float sum = 0.0f;
           if (mx != neg_inf) {
-            for (int64_t j = 0; j < total; ++j) {
+            for (int64_t j = first; j < total; ++j) {
               if (scores[j] == neg_inf) continue;
               const float p = std::exp(scores[j] - mx);
               sum += p;
               const scalar_t* vr = v_row(b, h, j);
-              for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(vr[d]);
+              for (int64_t d = 0; d < Dv; ++d) acc[d] += p * static_cast<float>(vr[d]);
             }
           }
-          scalar_t* o = out + ((b * N + i) * s.q_heads + head) * D;
-          const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-          for (int64_t d = 0; d < D; ++d) o[d] = static_cast<scalar_t>(acc[d] * inv);
-          lse[(b * N + i) * s.q_heads + head] = sum > 0.0f ? mx + std::log(sum) : neg_inf;
+          scalar_t* o = out + ((b * N + i) * s.q_heads + head) * Dv;
+          const attention::RowFinish f = attention::finish_row(mx, sum, attention::sink_logit(sinks, head));
+          for (int64_t d = 0; d < Dv; ++d) o[d] = static_cast<scalar_t>(acc[d] * f.inv);
+          lse[(b * N + i) * s.q_heads + head] = f.lse;
         }
       }
     }
@@ -177,39 +217,47 @@ constexpr int64_t kDirectFlops = int64_t{1} << 20;
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v, const at::Tensor* block_tables,
-                                                 const at::Tensor& cache_lens, const at::Tensor& mask, double scale) {
-  const AttentionShape s = check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale);
+                                                 const at::Tensor& cache_lens, const at::Tensor& mask, double scale,
+                                                 int64_t window, double softcap,
+                                                 const std::optional<at::Tensor>& sinks_opt) {
+  const AttentionShape s =
+      check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale, window, softcap, sinks_opt);
   const int32_t* lens = cache_lens.data_ptr<int32_t>();
   const int32_t* tables = block_tables ? block_tables->data_ptr<int32_t>() : nullptr;
-  std::vector<ErrorRecord> errors(s.batch);
-  for (int64_t b = 0; b < s.batch; ++b) errors[b] = check_attention_row(s, b, lens, tables);
+  const float* sinks = s.has_sinks ? sinks_opt->data_ptr<float>() : nullptr;
+  // The sinks (one record for the call) first, then every sequence's indices;
+  // as on CUDA, an empty batch runs no kernel and checks no values.
+  std::vector<ErrorRecord> errors(s.batch + 1);
+  errors[0] = s.batch > 0 ? attention::check_sinks(sinks, s.q_heads) : no_error(0);
+  for (int64_t b = 0; b < s.batch; ++b) errors[b + 1] = check_attention_row(s, b, lens, tables);
   raise_first_error(errors, [&](const ErrorRecord& e) { raise_attention_error(op, s, e); });
-  at::Tensor out = at::empty_like(q);
+  at::Tensor out = at::empty({s.batch, s.nodes, s.q_heads, s.v_dim}, q.options());
   at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
   int64_t longest = 0;
   for (int64_t b = 0; b < s.batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
-  const int64_t task_flops = 4 * s.nodes * s.group() * s.dim * (longest + s.nodes);
+  const int64_t task_flops = 2 * s.nodes * s.group() * (s.dim + s.v_dim) * (longest + s.nodes);
+  const float fscale = static_cast<float>(scale);
   if (task_flops < kDirectFlops) {
     // Thread only when the whole call is worth it (about 256k flops a thread).
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_flops, 1));
     SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
       const scalar_t* kp = k.data_ptr<scalar_t>();
       const scalar_t* vp = v.data_ptr<scalar_t>();
-      const int64_t D = s.dim, H = s.kv_heads;
+      const int64_t D = s.dim, Dv = s.v_dim, H = s.kv_heads;
       if (tables == nullptr) {
         const int64_t S = s.capacity;
         auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
-        auto v_row = [vp, D, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * D; };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
+        auto v_row = [vp, Dv, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * Dv; };
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest,
                                 k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       } else {
         const int64_t ps = s.page_size, mb = s.max_blocks;
-        auto where = [tables, ps, mb, H, D](int64_t b, int64_t h, int64_t slot) {
-          return ((static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps) * H + h) * D;
+        auto token = [tables, ps, mb, H](int64_t b, int64_t h, int64_t slot) {
+          return (static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps) * H + h;
         };
-        auto k_row = [kp, where](int64_t b, int64_t h, int64_t slot) { return kp + where(b, h, slot); };
-        auto v_row = [vp, where](int64_t b, int64_t h, int64_t slot) { return vp + where(b, h, slot); };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale),
+        auto k_row = [kp, token, D](int64_t b, int64_t h, int64_t slot) { return kp + token(b, h, slot) * D; };
+        auto v_row = [vp, token, Dv](int64_t b, int64_t h, int64_t slot) { return vp + token(b, h, slot) * Dv; };
+        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest,
                                 k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
       }
     });
@@ -222,14 +270,14 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
       auto load = [&](int64_t b, int64_t h, int64_t first, int64_t count) {
         return std::pair{f32(k[b][h].narrow(0, first, count)), f32(v[b][h].narrow(0, first, count))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest, load,
                        out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     } else {
       // [P, page_size, Hkv, D] seen as token rows [P * page_size, D] of head h;
       // a block is gathered through the block table.
       const int64_t ps = s.page_size, mb = s.max_blocks;
       const at::Tensor k_rows = k.view({s.num_pages * ps, s.kv_heads, s.dim});
-      const at::Tensor v_rows = v.view({s.num_pages * ps, s.kv_heads, s.dim});
+      const at::Tensor v_rows = v.view({s.num_pages * ps, s.kv_heads, s.v_dim});
       auto load = [&, ps, mb](int64_t b, int64_t h, int64_t first, int64_t count) {
         at::Tensor index = at::empty({count}, at::kLong);
         int64_t* ip = index.data_ptr<int64_t>();
@@ -240,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
         return std::pair{f32(k_rows.select(1, h).index_select(0, index)),
                          f32(v_rows.select(1, h).index_select(0, index))};
       };
-      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), static_cast<float>(scale), load,
+      attend<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest, load,
                        out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     }
   });
@@ -249,15 +297,19 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                                                       const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                                                      const at::Tensor& mask, double scale) {
-  return attention_cpu("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale);
+                                                      const at::Tensor& mask, double scale, int64_t window,
+                                                      double softcap, const std::optional<at::Tensor>& sinks) {
+  return attention_cpu("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale, window,
+                       softcap, sinks);
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cpu(const at::Tensor& q, const at::Tensor& k_pages,
                                                             const at::Tensor& v_pages, const at::Tensor& block_tables,
                                                             const at::Tensor& cache_lens, const at::Tensor& mask,
-                                                            double scale) {
-  return attention_cpu("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale);
+                                                            double scale, int64_t window, double softcap,
+                                                            const std::optional<at::Tensor>& sinks) {
+  return attention_cpu("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale,
+                       window, softcap, sinks);
 }
 
 }  // namespace

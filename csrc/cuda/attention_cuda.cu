@@ -4,7 +4,11 @@
 //   specdec/attention_mma_kernels.h   fp16 / bf16 on tensor cores (sm_80+);
 //   specdec/attention_simt_kernels.h  fp32, the rest, and the lse merge of splits.
 // Index errors are recorded per sequence (cuda/device_errors.h) and raised in
-// eager mode; under CUDA graph capture an invalid sequence writes zeros.
+// eager mode; under CUDA graph capture an invalid sequence writes zeros.  The
+// sinks' values are checked on the device too (record 0, before the
+// sequences' records 1..B, the CPU kernel's order); a non-finite sink acts as
+// none under capture.  The value head size may differ from the key's: such
+// calls run the SIMT kernel.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -17,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "cuda/device_errors.h"
 #include "cuda/static_switch.h"
@@ -40,21 +45,24 @@ __global__ void __launch_bounds__(simt::kThreads) tree_attention_simt_kernel(sim
 
 template <int kKind>
 __global__ void merge_kernel(const float* part_out, const float* part_lse, int64_t splits, int64_t rows, int64_t dim,
-                             void* out, float* lse) {
-  simt::merge_row<kKind>(part_out, part_lse, splits, rows, dim, blockIdx.x, threadIdx.x, blockDim.x, out, lse);
+                             void* out, float* lse, const float* sinks, int64_t q_heads) {
+  const int64_t row = blockIdx.x;  // (b * N + node) * Hq + head
+  simt::merge_row<kKind>(part_out, part_lse, splits, rows, dim, row, threadIdx.x, blockDim.x, out, lse,
+                         attention::sink_logit(sinks, row % q_heads));
 }
 
-// Combines the split partials into out / lse (one block per output row).
+// Combines the split partials into out / lse (one block per output row; `dim`
+// the value head size), adding each row's sink once.
 void launch_merge(at::ScalarType dtype, const float* part_out, const float* part_lse, int64_t splits, int64_t rows,
-                  int64_t dim, void* out, float* lse, cudaStream_t stream) {
+                  int64_t dim, void* out, float* lse, const float* sinks, int64_t q_heads, cudaStream_t stream) {
   SPECDEC_KIND_SWITCH(dtype, kKind, [&] {
-    merge_kernel<kKind><<<rows, 128, 0, stream>>>(part_out, part_lse, splits, rows, dim, out, lse);
+    merge_kernel<kKind><<<rows, 128, 0, stream>>>(part_out, part_lse, splits, rows, dim, out, lse, sinks, q_heads);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The per-sequence index errors the kernels recorded, raised eagerly (one
-// synchronisation; skipped under CUDA graph capture).
+// The errors the kernels recorded (record 0: the sinks; 1 + b: sequence b),
+// raised eagerly (one synchronisation; skipped under CUDA graph capture).
 void raise_row_errors(const char* op, const AttentionShape& s, const at::Tensor& errors, cudaStream_t stream) {
   raise_device_errors(errors, stream, [&](const ErrorRecord& e) { raise_attention_error(op, s, e); });
 }
@@ -81,15 +89,17 @@ void launch_mma(tc::Params p, const tc::Plan& pl, cudaStream_t stream) {
 }
 
 // The tensor-core kernel runs fp16 / bf16 with D a multiple of 8 (16-byte row
-// chunks) from 16-byte aligned storage, capacity below 2^31, on sm_80+ with
-// the shared memory its tile needs (sm_86/89 have less than sm_80/90); returns
-// false, launching nothing, otherwise: the SIMT kernel above takes the call.
+// chunks) and Dv == D from 16-byte aligned storage, capacity below 2^31, on
+// sm_80+ with the shared memory its tile needs (sm_86/89 have less than
+// sm_80/90); returns false, launching nothing, otherwise: the SIMT kernel
+// below takes the call.
 bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor* block_tables, const at::Tensor& cache_lens,
-                   const at::Tensor& mask, double scale, cudaStream_t stream, at::Tensor& out, at::Tensor& lse) {
+                   const at::Tensor& mask, double scale, const float* sinks, cudaStream_t stream, at::Tensor& out,
+                   at::Tensor& lse) {
   auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  if ((q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) || s.dim % 8 != 0 || s.capacity >= INT32_MAX ||
-      !aligned(q) || !aligned(k) || !aligned(v)) {
+  if ((q.scalar_type() != at::kHalf && q.scalar_type() != at::kBFloat16) || s.dim % 8 != 0 || s.v_dim != s.dim ||
+      s.capacity >= INT32_MAX || !aligned(q) || !aligned(k) || !aligned(v)) {
     return false;
   }
   const int dev = q.device().index();
@@ -111,7 +121,7 @@ bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q,
     part_out = at::empty({pl.splits, rows_total, s.dim}, q.options().dtype(at::kFloat));
     part_lse = at::empty({pl.splits, rows_total}, q.options().dtype(at::kFloat));
   }
-  at::Tensor errors = device_error_records(s.batch, q.options());
+  at::Tensor errors = device_error_records(s.batch + 1, q.options());
   auto bits = [](const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); };
   tc::Params p{bits(q),
                bits(k),
@@ -123,7 +133,7 @@ bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q,
                lse.data_ptr<float>(),
                pl.splits > 1 ? part_out.data_ptr<float>() : nullptr,
                pl.splits > 1 ? part_lse.data_ptr<float>() : nullptr,
-               record_ptr(errors),
+               record_ptr(errors) + 1,
                s.batch,
                s.nodes,
                s.q_heads,
@@ -138,7 +148,11 @@ bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q,
                pl.splits,
                pl.chunk,
                pl.q_tiles,
-               pl.warps};
+               pl.warps,
+               s.window,
+               s.softcap,
+               sinks,
+               record_ptr(errors)};
   SPECDEC_BOOL_SWITCH(q.scalar_type() == at::kBFloat16, kBf16, [&] {
     SPECDEC_BOOL_SWITCH(block_tables != nullptr, kPaged, [&] {
       SPECDEC_HEAD_DIM_SWITCH(s.dim, kD, [&] { launch_mma<kBf16, kPaged, kD>(p, pl, stream); });
@@ -146,7 +160,7 @@ bool attention_mma(const char* op, const AttentionShape& s, const at::Tensor& q,
   });
   if (pl.splits > 1) {
     launch_merge(q.scalar_type(), p.part_out, p.part_lse, pl.splits, rows_total, s.dim, out.data_ptr(),
-                 lse.data_ptr<float>(), stream);
+                 lse.data_ptr<float>(), sinks, s.q_heads, stream);
   }
   raise_row_errors(op, s, errors, stream);
   return true;
@@ -162,14 +176,20 @@ void launch_simt(const simt::Params& a, dim3 grid, cudaStream_t stream) {
 
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tensor& q, const at::Tensor& k,
                                                   const at::Tensor& v, const at::Tensor* block_tables,
-                                                  const at::Tensor& cache_lens, const at::Tensor& mask, double scale) {
-  const AttentionShape s = check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale);
-  at::Tensor out = at::empty_like(q);
+                                                  const at::Tensor& cache_lens, const at::Tensor& mask, double scale,
+                                                  int64_t window, double softcap,
+                                                  const std::optional<at::Tensor>& sinks_opt) {
+  const AttentionShape s =
+      check_tree_attention(op, q, k, v, block_tables, cache_lens, mask, scale, window, softcap, sinks_opt);
+  at::Tensor out = at::empty({s.batch, s.nodes, s.q_heads, s.v_dim}, q.options());
   at::Tensor lse = at::empty({s.batch, s.nodes, s.q_heads}, q.options().dtype(at::kFloat));
   if (s.batch == 0) return {out, lse};
   const c10::cuda::CUDAGuard guard(q.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (attention_mma(op, s, q, k, v, block_tables, cache_lens, mask, scale, stream, out, lse)) return {out, lse};
+  const float* sinks = s.has_sinks ? sinks_opt->data_ptr<float>() : nullptr;
+  if (attention_mma(op, s, q, k, v, block_tables, cache_lens, mask, scale, sinks, stream, out, lse)) {
+    return {out, lse};
+  }
 
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index()));
@@ -177,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
   TORCH_CHECK_VALUE(s.batch * s.kv_heads <= 65535 && q_tiles <= 65535,
                     msg(op, "q", " is too large for one launch (B * Hkv and N * Hq / Hkv / 16 must be <= 65535)"));
   const int64_t rows_total = s.batch * s.nodes * s.q_heads;
-  at::Tensor errors = device_error_records(s.batch, q.options());
+  at::Tensor errors = device_error_records(s.batch + 1, q.options());
   simt::Params a{q.data_ptr(),
                  k.data_ptr(),
                  v.data_ptr(),
@@ -188,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
                  lse.data_ptr<float>(),
                  nullptr,
                  nullptr,
-                 record_ptr(errors),
+                 record_ptr(errors) + 1,
                  s.batch,
                  s.nodes,
                  s.q_heads,
@@ -201,12 +221,18 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
                  s.num_pages,
                  static_cast<float>(scale),
                  1,
-                 0};
+                 0,
+                 s.v_dim,
+                 s.window,
+                 s.softcap,
+                 sinks,
+                 record_ptr(errors)};
   const int64_t target_blocks = 2 * static_cast<int64_t>(sms);
-  SPECDEC_HEAD_DIM_SWITCH(s.dim, kD, [&] { simt::plan_splits<kD>(a, q_tiles, target_blocks); });
+  const int64_t tile_dim = std::max(s.dim, s.v_dim);  // the SIMT tile holds K and V rows of this width
+  SPECDEC_HEAD_DIM_SWITCH(tile_dim, kD, [&] { simt::plan_splits<kD>(a, q_tiles, target_blocks); });
   at::Tensor part_out, part_lse;
   if (a.splits > 1) {
-    part_out = at::empty({a.splits, rows_total, s.dim}, q.options().dtype(at::kFloat));
+    part_out = at::empty({a.splits, rows_total, s.v_dim}, q.options().dtype(at::kFloat));
     part_lse = at::empty({a.splits, rows_total}, q.options().dtype(at::kFloat));
     a.part_out = part_out.data_ptr<float>();
     a.part_lse = part_lse.data_ptr<float>();
@@ -214,13 +240,13 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(s.batch * s.kv_heads),
                   static_cast<unsigned>(q_tiles));
   SPECDEC_KIND_SWITCH(q.scalar_type(), kKind, [&] {
-    SPECDEC_HEAD_DIM_SWITCH(s.dim, kD, [&] {
+    SPECDEC_HEAD_DIM_SWITCH(tile_dim, kD, [&] {
       SPECDEC_BOOL_SWITCH(block_tables != nullptr, kPaged, [&] { launch_simt<kKind, kD, kPaged>(a, grid, stream); });
     });
   });
   if (a.splits > 1) {
-    launch_merge(q.scalar_type(), a.part_out, a.part_lse, a.splits, rows_total, s.dim, out.data_ptr(),
-                 lse.data_ptr<float>(), stream);
+    launch_merge(q.scalar_type(), a.part_out, a.part_lse, a.splits, rows_total, s.v_dim, out.data_ptr(),
+                 lse.data_ptr<float>(), sinks, s.q_heads, stream);
   }
   raise_row_errors(op, s, errors, stream);
   return {out, lse};
@@ -228,15 +254,19 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const char* op, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache,
                                                        const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                                                       const at::Tensor& mask, double scale) {
-  return attention_cuda("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale);
+                                                       const at::Tensor& mask, double scale, int64_t window,
+                                                       double softcap, const std::optional<at::Tensor>& sinks) {
+  return attention_cuda("specdec::tree_attention", q, k_cache, v_cache, nullptr, cache_lens, mask, scale, window,
+                        softcap, sinks);
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_paged_cuda(const at::Tensor& q, const at::Tensor& k_pages,
                                                              const at::Tensor& v_pages, const at::Tensor& block_tables,
                                                              const at::Tensor& cache_lens, const at::Tensor& mask,
-                                                             double scale) {
-  return attention_cuda("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale);
+                                                             double scale, int64_t window, double softcap,
+                                                             const std::optional<at::Tensor>& sinks) {
+  return attention_cuda("specdec::tree_attention_paged", q, k_pages, v_pages, &block_tables, cache_lens, mask, scale,
+                        window, softcap, sinks);
 }
 
 }  // namespace

@@ -7,12 +7,14 @@
 #include "specdec/attention_rules.h"
 
 #include <cmath>
+#include <limits>
 
 namespace specdec {
 
 AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor* block_tables, const at::Tensor& cache_lens,
-                                    const at::Tensor& mask, double scale) {
+                                    const at::Tensor& mask, double scale, int64_t window, double softcap,
+                                    const std::optional<at::Tensor>& sinks) {
   const bool paged = block_tables != nullptr;
   const char* kname = paged ? "k_pages" : "k_cache";
   const char* vname = paged ? "v_pages" : "v_cache";
@@ -29,8 +31,13 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   TORCH_CHECK_VALUE(s.dim >= 1 && s.dim <= attention::kMaxHeadDim,
                     msg(op, "q", " head dim must be in [1, ", attention::kMaxHeadDim, "], got ", s.dim));
   check_dim(op, kname, k, 4, paged ? "[P, page_size, Hkv, D]" : "[B, Hkv, S, D]");
-  TORCH_CHECK_VALUE(v.sizes().equals(k.sizes()), msg(op, vname, " must have the shape of ", kname, " ",
-                                                     shape_str(k.sizes()), ", got ", shape_str(v.sizes())));
+  check_dim(op, vname, v, 4, paged ? "[P, page_size, Hkv, Dv]" : "[B, Hkv, S, Dv]");
+  TORCH_CHECK_VALUE(v.sizes().slice(0, 3).equals(k.sizes().slice(0, 3)),
+                    msg(op, vname, " must have the shape of ", kname, " ", shape_str(k.sizes()),
+                        " except in its last dim (the value head size), got ", shape_str(v.sizes())));
+  s.v_dim = v.size(3);
+  TORCH_CHECK_VALUE(s.v_dim >= 1 && s.v_dim <= attention::kMaxHeadDim,
+                    msg(op, vname, " head dim must be in [1, ", attention::kMaxHeadDim, "], got ", s.v_dim));
   for (auto [name, t] :
        {std::pair<const char*, const at::Tensor*>{kname, &k}, std::pair<const char*, const at::Tensor*>{vname, &v}}) {
     TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(),
@@ -72,7 +79,31 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   check_dtype(op, "mask", mask, at::kInt);
   check_device(op, "mask", mask, device);
   check_contiguous(op, "mask", mask);
+  constexpr double kFloatMax = std::numeric_limits<float>::max(), kFloatMin = std::numeric_limits<float>::min();
   TORCH_CHECK_VALUE(std::isfinite(scale), msg(op, "scale", " must be finite, got ", scale));
+  // The kernels compute in float32: a larger scale would become +-inf there.
+  TORCH_CHECK_VALUE(std::abs(scale) <= kFloatMax,
+                    msg(op, "scale", " = ", scale, " is outside the float32 range (|scale| <= ", kFloatMax,
+                        "; the kernels compute in float32)"));
+  TORCH_CHECK_VALUE(window >= 0, msg(op, "window", " must be >= 0 (0 disables it), got ", window));
+  s.window = window;
+  TORCH_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0.0,
+                    msg(op, "softcap", " must be finite and >= 0 (0 disables it), got ", softcap));
+  // 0 or a normal float32: a cap that rounds to 0 (or to a subnormal) in float32
+  // would silently switch capping off, one beyond float32 would become inf.
+  TORCH_CHECK_VALUE(softcap == 0.0 || (softcap >= kFloatMin && softcap <= kFloatMax),
+                    msg(op, "softcap", " = ", softcap, " is outside the float32 range [", kFloatMin, ", ", kFloatMax,
+                        "] (0 disables it; the kernels compute in float32)"));
+  s.softcap = static_cast<float>(softcap);
+  if (sinks.has_value()) {
+    const at::Tensor& t = *sinks;
+    check_dtype(op, "sinks", t, at::kFloat);
+    check_dim(op, "sinks", t, 1, "[Hq]");
+    check_size(op, "sinks", t, 0, s.q_heads, "Hq (q.size(2))");
+    check_device(op, "sinks", t, device);
+    check_contiguous(op, "sinks", t);
+    s.has_sinks = true;
+  }
   return s;
 }
 
@@ -90,6 +121,8 @@ void raise_attention_error(const char* op, const AttentionShape& s, const ErrorR
     case attention::kBlock:
       TORCH_CHECK_INDEX(false, msg(op, "block_tables", "[", e.row, ", ", e.where, "] = ", e.value, " is outside [0, ",
                                    s.num_pages, ") (the number of pages)"));
+    case attention::kSink:
+      TORCH_CHECK_VALUE(false, msg(op, "sinks", "[", e.where, "] = ", bits_double(e.value), " must be finite"));
     default:
       TORCH_CHECK(false, msg(op, "internal", ": unknown validation code ", e.code));
   }
@@ -97,25 +130,28 @@ void raise_attention_error(const char* op, const AttentionShape& s, const ErrorR
 
 std::tuple<at::Tensor, at::Tensor> tree_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                                   const at::Tensor& v_cache, const at::Tensor& cache_lens,
-                                                  const at::Tensor& mask, double scale) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("specdec::tree_attention", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(q, k_cache, v_cache, cache_lens, mask, scale);
+                                                  const at::Tensor& mask, double scale, int64_t window, double softcap,
+                                                  const std::optional<at::Tensor>& sinks) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("specdec::tree_attention", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, double, int64_t, double, const std::optional<at::Tensor>&)>();
+  return op.call(q, k_cache, v_cache, cache_lens, mask, scale, window, softcap, sinks);
 }
 
 std::tuple<at::Tensor, at::Tensor> tree_attention_paged(const at::Tensor& q, const at::Tensor& k_pages,
                                                         const at::Tensor& v_pages, const at::Tensor& block_tables,
                                                         const at::Tensor& cache_lens, const at::Tensor& mask,
-                                                        double scale) {
+                                                        double scale, int64_t window, double softcap,
+                                                        const std::optional<at::Tensor>& sinks) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("specdec::tree_attention_paged", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(q, k_pages, v_pages, block_tables, cache_lens, mask, scale);
+                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                    int64_t, double, const std::optional<at::Tensor>&)>();
+  return op.call(q, k_pages, v_pages, block_tables, cache_lens, mask, scale, window, softcap, sinks);
 }
 
 }  // namespace specdec

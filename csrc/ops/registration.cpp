@@ -14,10 +14,11 @@ TORCH_LIBRARY(specdec, m) {
   m.def("build_tree(Tensor parents) -> (Tensor mask, Tensor depth)");
   m.def(
       "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, Tensor mask, "
-      "float scale) -> (Tensor out, Tensor lse)");
+      "float scale, *, int window=0, float softcap=0.0, Tensor? sinks=None) -> (Tensor out, Tensor lse)");
   m.def(
       "tree_attention_paged(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_tables, "
-      "Tensor cache_lens, Tensor mask, float scale) -> (Tensor out, Tensor lse)");
+      "Tensor cache_lens, Tensor mask, float scale, *, int window=0, float softcap=0.0, Tensor? sinks=None) "
+      "-> (Tensor out, Tensor lse)");
   m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
   m.def(
       "verify_greedy(Tensor tokens, Tensor parents, Tensor target_argmax) "

@@ -2,7 +2,11 @@
 // emulator (cuda_emulator.h), against a float64 dense-mask softmax:
 //   - the tensor-core kernel (specdec/attention_mma_kernels.h), fp16 / bf16;
 //   - the SIMT kernel (specdec/attention_simt_kernels.h), fp32 / fp16 / bf16;
-//   - the lse merge of split partials both use (merge_row).
+//   - the lse merge of split partials both use (merge_row);
+// plain attention and with the features of docs/ops.md: the sliding window,
+// logit soft-capping, attention sinks (added once: in-kernel with one split,
+// in the merge with several) and, in the SIMT kernel, a value head size other
+// than the key's.
 // These run everywhere (no GPU needed); on a GPU the same source is checked
 // through the op by the CUDA cases of test_tree_attention.cpp / .py.
 #include <gtest/gtest.h>
@@ -32,16 +36,25 @@ struct Case {
   int64_t page_size = 16;  // paged only
   int64_t target_blocks = 1;
   int tree = 0;  // 0 random, 1 chain, 2 star
+  // Features: 0 / 0 / false / 0 disable them (v_dim 0: Dv = dim).
+  int64_t window = 0;
+  float softcap = 0.0f;
+  bool sinks = false;
+  int64_t v_dim = 0;
+  // With a window: K/V of the prefix slots before every row's window hold NaN
+  // (storage only): a kernel that reads one turns it into NaN in the output.
+  bool poison_outside_window = false;
 };
 
 // Inputs in q's dtype (`kind`), stored as the kernels see them, and their
 // float values for the reference.
 struct Inputs {
   int kind;
-  int64_t B, N, Hq, Hkv, D, S, words, max_blocks = 0, num_pages = 0;
-  std::vector<float> q, k, v;             // logical: q [B,N,Hq,D], k/v [B,Hkv,S,D]
+  int64_t B, N, Hq, Hkv, D, Dv, S, words, max_blocks = 0, num_pages = 0;
+  std::vector<float> q, k, v;             // logical: q [B,N,Hq,D], k [B,Hkv,S,D], v [B,Hkv,S,Dv]
   std::vector<unsigned char> qs, ks, vs;  // storage (paged: k/v as pages)
   std::vector<int32_t> mask, tables;
+  std::vector<float> sinks;  // [Hq] or empty
 
   size_t elem() const { return kind == simt::kF32 ? 4 : 2; }
   // kernel::store / kernel::load with the kind chosen at run time.
@@ -76,48 +89,22 @@ Inputs make_inputs(const Case& cs, int kind, bool paged, uint32_t seed) {
   in.Hq = cs.q_heads;
   in.Hkv = cs.kv_heads;
   in.D = cs.dim;
+  in.Dv = cs.v_dim > 0 ? cs.v_dim : cs.dim;
   in.S = cs.capacity;
   in.words = (cs.nodes + 31) / 32;
-  const int64_t B = in.B, N = in.N, Hkv = in.Hkv, D = in.D, S = in.S;
+  const int64_t B = in.B, N = in.N, Hkv = in.Hkv, D = in.D, Dv = in.Dv, S = in.S;
   auto fill = [&](std::vector<float>& x, int64_t n) {
     x.resize(n);
     for (auto& e : x) e = in.round(normal(rng));
   };
   fill(in.q, B * N * in.Hq * D);
   fill(in.k, B * Hkv * S * D);
-  fill(in.v, B * Hkv * S * D);
+  fill(in.v, B * Hkv * S * Dv);
   in.qs.resize(in.q.size() * in.elem());
   for (size_t i = 0; i < in.q.size(); ++i) in.put(in.qs, i, in.q[i]);
-  if (!paged) {
-    in.ks.resize(in.k.size() * in.elem());
-    in.vs.resize(in.v.size() * in.elem());
-    for (size_t i = 0; i < in.k.size(); ++i) {
-      in.put(in.ks, i, in.k[i]);
-      in.put(in.vs, i, in.v[i]);
-    }
-  } else {
-    in.max_blocks = S / cs.page_size;
-    in.num_pages = B * in.max_blocks + 3;
-    std::vector<int32_t> perm(in.num_pages);
-    for (int64_t i = 0; i < in.num_pages; ++i) perm[i] = static_cast<int32_t>(i);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    in.tables.assign(perm.begin(), perm.begin() + B * in.max_blocks);
-    const int64_t n = in.num_pages * cs.page_size * Hkv * D;
-    in.ks.resize(n * in.elem());
-    in.vs.resize(n * in.elem());
-    for (int64_t i = 0; i < n; ++i) {  // pages nobody uses: loud values
-      in.put(in.ks, i, 1e4f);
-      in.put(in.vs, i, 1e4f);
-    }
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < Hkv; ++h)
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t d = 0; d < D; ++d) {
-            const int64_t page = in.tables[b * in.max_blocks + s / cs.page_size];
-            const int64_t dst = ((page * cs.page_size + s % cs.page_size) * Hkv + h) * D + d;
-            in.put(in.ks, dst, in.k[((b * Hkv + h) * S + s) * D + d]);
-            in.put(in.vs, dst, in.v[((b * Hkv + h) * S + s) * D + d]);
-          }
+  if (cs.sinks) {  // around the rows' lse (log of ~10 to ~150 keys): the sinks matter
+    std::uniform_real_distribution<float> uniform(1.0f, 5.0f);
+    for (int64_t h = 0; h < in.Hq; ++h) in.sinks.push_back(uniform(rng));
   }
   // Trees and their ancestor masks.
   std::vector<int32_t> parents(B * N);
@@ -131,6 +118,47 @@ Inputs make_inputs(const Case& cs, int kind, bool paged, uint32_t seed) {
         in.mask[(b * N + i) * in.words + a / 32] |= int32_t(1u << (a % 32));
     }
   }
+  // Storage value of logical element (b, h, s, d) of K (or V): NaN for the
+  // prefix slots before every row's window when poisoning (the root, depth 0,
+  // has the earliest window: it starts at L - window + 1).
+  auto stored = [&](const std::vector<float>& x, int64_t width, int64_t b, int64_t h, int64_t s, int64_t d) {
+    if (cs.poison_outside_window && cs.window > 0 && s < cs.lens[b] && s <= cs.lens[b] - cs.window) {
+      return std::numeric_limits<float>::quiet_NaN();
+    }
+    return x[((b * Hkv + h) * S + s) * width + d];
+  };
+  if (!paged) {
+    in.ks.resize(in.k.size() * in.elem());
+    in.vs.resize(in.v.size() * in.elem());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t s = 0; s < S; ++s) {
+          for (int64_t d = 0; d < D; ++d) in.put(in.ks, ((b * Hkv + h) * S + s) * D + d, stored(in.k, D, b, h, s, d));
+          for (int64_t d = 0; d < Dv; ++d) {
+            in.put(in.vs, ((b * Hkv + h) * S + s) * Dv + d, stored(in.v, Dv, b, h, s, d));
+          }
+        }
+  } else {
+    in.max_blocks = S / cs.page_size;
+    in.num_pages = B * in.max_blocks + 3;
+    std::vector<int32_t> perm(in.num_pages);
+    for (int64_t i = 0; i < in.num_pages; ++i) perm[i] = static_cast<int32_t>(i);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    in.tables.assign(perm.begin(), perm.begin() + B * in.max_blocks);
+    const int64_t rows = in.num_pages * cs.page_size * Hkv;
+    in.ks.resize(rows * D * in.elem());
+    in.vs.resize(rows * Dv * in.elem());
+    for (int64_t i = 0; i < rows * D; ++i) in.put(in.ks, i, 1e4f);  // pages nobody uses: loud values
+    for (int64_t i = 0; i < rows * Dv; ++i) in.put(in.vs, i, 1e4f);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t page = in.tables[b * in.max_blocks + s / cs.page_size];
+          const int64_t token = (page * cs.page_size + s % cs.page_size) * Hkv + h;
+          for (int64_t d = 0; d < D; ++d) in.put(in.ks, token * D + d, stored(in.k, D, b, h, s, d));
+          for (int64_t d = 0; d < Dv; ++d) in.put(in.vs, token * Dv + d, stored(in.v, Dv, b, h, s, d));
+        }
+  }
   return in;
 }
 
@@ -140,28 +168,32 @@ struct Outputs {
   std::vector<unsigned char> out;
   std::vector<float> lse, part_out, part_lse;
   std::vector<specdec::ErrorRecord> errors;
+  specdec::ErrorRecord sink_error{};
   int64_t splits = 1;
 };
 
 Outputs alloc_outputs(const Inputs& in, int64_t splits) {
   const int64_t rows = in.B * in.N * in.Hq;
   Outputs o;
-  o.out.assign(rows * in.D * in.elem(), 0x7e);  // NaN in every dtype: unwritten elements show
+  o.out.assign(rows * in.Dv * in.elem(), 0x7e);  // NaN in every dtype: unwritten elements show
   o.lse.assign(rows, std::numeric_limits<float>::quiet_NaN());
-  o.part_out.assign(splits > 1 ? splits * rows * in.D : 0, std::nanf(""));
+  o.part_out.assign(splits > 1 ? splits * rows * in.Dv : 0, std::nanf(""));
   o.part_lse.assign(splits > 1 ? splits * rows : 0, std::nanf(""));
   o.errors.assign(in.B, specdec::ErrorRecord{});
   o.splits = splits;
   return o;
 }
 
+const float* sinks_of(const Inputs& in) { return in.sinks.empty() ? nullptr : in.sinks.data(); }
+
+// The merge kernel of attention_cuda.cu: each row's sink joins here.
 template <int kKind>
 void merge(const Inputs& in, Outputs& o) {
   if (o.splits == 1) return;
   const int64_t rows = in.B * in.N * in.Hq;
   for (int64_t r = 0; r < rows; ++r) {
-    simt::merge_row<kKind>(o.part_out.data(), o.part_lse.data(), o.splits, rows, in.D, r, 0, 1, o.out.data(),
-                           o.lse.data());
+    simt::merge_row<kKind>(o.part_out.data(), o.part_lse.data(), o.splits, rows, in.Dv, r, 0, 1, o.out.data(),
+                           o.lse.data(), specdec::attention::sink_logit(sinks_of(in), r % in.Hq));
   }
 }
 
@@ -195,7 +227,11 @@ Outputs run_mma(const Case& cs, const Inputs& in) {
                 pl.splits,
                 pl.chunk,
                 pl.q_tiles,
-                pl.warps};
+                pl.warps,
+                cs.window,
+                cs.softcap,
+                sinks_of(in),
+                &o.sink_error};
   EmulatedGrid grid(32 * pl.warps, pl.smem);
   grid.launch(pl.splits * pl.q_tiles, in.B * in.Hkv, 1,
               [&](const EmuCtx& ctx) { mma::tree_attention_block<EmuCtx, kBf16, kPaged, kD>(ctx, p); });
@@ -228,7 +264,12 @@ Outputs run_simt(const Case& cs, const Inputs& in) {
                  in.num_pages,
                  1.0f / std::sqrt(float(in.D)),
                  1,
-                 0};
+                 0,
+                 in.Dv,
+                 cs.window,
+                 cs.softcap,
+                 sinks_of(in),
+                 nullptr};
   const int64_t q_tiles = (in.N * (in.Hq / in.Hkv) + simt::kRowsPerTile - 1) / simt::kRowsPerTile;
   simt::plan_splits<kMaxD>(a, q_tiles, cs.target_blocks);
   Outputs o = alloc_outputs(in, a.splits);
@@ -237,6 +278,7 @@ Outputs run_simt(const Case& cs, const Inputs& in) {
   a.part_out = o.part_out.data();
   a.part_lse = o.part_lse.data();
   a.errors = o.errors.data();
+  a.sink_error = &o.sink_error;
   EmulatedGrid grid(simt::kThreads, simt::Tile<kMaxD>::kSmem);
   grid.launch(a.splits, in.B * in.Hkv, q_tiles,
               [&](const EmuCtx& ctx) { simt::tree_attention_block<EmuCtx, kKind, kMaxD, kPaged>(ctx, a); });
@@ -245,39 +287,54 @@ Outputs run_simt(const Case& cs, const Inputs& in) {
 }
 
 // Relative (Frobenius) error of out, worst absolute lse error, and the number
-// of outputs left unwritten (NaN), against float64 on the same rounded inputs.
+// of outputs left unwritten (NaN), against float64 on the same rounded inputs,
+// with the case's window (positions from the mask's depths), softcap and sinks.
 struct Result {
   double out_rel, lse_max_abs;
   int64_t unwritten;
 };
 
 Result compare(const Case& cs, const Inputs& in, const Outputs& o) {
-  const int64_t B = in.B, N = in.N, Hq = in.Hq, Hkv = in.Hkv, D = in.D, S = in.S, G = Hq / Hkv;
+  const int64_t B = in.B, N = in.N, Hq = in.Hq, Hkv = in.Hkv, D = in.D, Dv = in.Dv, S = in.S, G = Hq / Hkv;
   for (const specdec::ErrorRecord& e : o.errors) EXPECT_EQ(e.code, 0);
+  EXPECT_EQ(o.sink_error.code, 0);
   const double scale = 1.0f / std::sqrt(float(D));
   double err2 = 0, ref2 = 0, lse_err = 0;
   int64_t unwritten = 0;
+  auto bit = [&](int64_t b, int64_t i, int64_t j) {
+    return (static_cast<uint32_t>(in.mask[(b * N + i) * in.words + j / 32]) >> (j % 32)) & 1u;
+  };
   for (int64_t b = 0; b < B; ++b) {
     const int64_t L = cs.lens[b];
+    std::vector<int64_t> depth(N, -1);
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < N; ++j) depth[i] += bit(b, i, j);
     for (int64_t i = 0; i < N; ++i) {
+      const int64_t qpos = L + depth[i];
       for (int64_t hq = 0; hq < Hq; ++hq) {
         const int64_t h = hq / G, r = (b * N + i) * Hq + hq;
         std::vector<double> sc(L + N, -INFINITY);
-        double m = -INFINITY;
+        double m = in.sinks.empty() ? -INFINITY : double(in.sinks[hq]);
         for (int64_t s = 0; s < L + N; ++s) {
           const int64_t j = s - L;
-          if (s >= L && !((static_cast<uint32_t>(in.mask[(b * N + i) * in.words + j / 32]) >> (j % 32)) & 1u)) continue;
+          if (s >= L && !bit(b, i, j)) continue;
+          const int64_t kpos = s < L ? s : L + depth[j];
+          if (cs.window > 0 && qpos - kpos >= cs.window) continue;
           double x = 0;
           for (int64_t d = 0; d < D; ++d) x += double(in.q[r * D + d]) * in.k[((b * Hkv + h) * S + s) * D + d];
-          sc[s] = x * scale;
+          x *= scale;
+          if (cs.softcap > 0) x = cs.softcap * std::tanh(x / cs.softcap);
+          sc[s] = x;
           m = std::max(m, sc[s]);
         }
-        double l = 0;
+        double l = in.sinks.empty() ? 0.0 : std::exp(in.sinks[hq] - m);
         for (double x : sc) l += std::exp(x - m);
-        for (int64_t d = 0; d < D; ++d) {
+        for (int64_t d = 0; d < Dv; ++d) {
           double ref = 0;
-          for (int64_t s = 0; s < L + N; ++s) ref += std::exp(sc[s] - m) / l * in.v[((b * Hkv + h) * S + s) * D + d];
-          const double x = in.get(o.out, r * D + d);
+          for (int64_t s = 0; s < L + N; ++s) {
+            if (sc[s] != -INFINITY) ref += std::exp(sc[s] - m) / l * in.v[((b * Hkv + h) * S + s) * Dv + d];
+          }
+          const double x = in.get(o.out, r * Dv + d);
           if (!std::isfinite(x)) ++unwritten;
           err2 += (x - ref) * (x - ref);
           ref2 += ref * ref;
@@ -378,6 +435,123 @@ TEST(TreeAttentionSimtEmulated, SplitsSeveralTilesAndWideHeads) {
   check_simt<simt::kF32, false, 256>(wide, 26);
   wide.dim = 100;
   check_simt<simt::kF32, false, 128>(wide, 27);
+}
+
+// ---- features: window, softcap, sinks, Dv != Dk ------------------------------
+
+// base() with a window, softcap 1 (scores are about N(0, 1): capping changes
+// them markedly), sinks, and NaN in the prefix slots before every row's window.
+Case featured(int64_t window, int tree) {
+  Case cs = base();
+  cs.window = window;
+  cs.softcap = 1.0f;
+  cs.sinks = true;
+  cs.poison_outside_window = true;
+  cs.tree = tree;
+  return cs;
+}
+
+int64_t mma_splits(const Case& cs) {
+  return mma::make_plan<64>(cs.batch, cs.nodes, cs.q_heads, cs.kv_heads, cs.dim, cs.capacity, cs.target_blocks).splits;
+}
+
+TEST(TreeAttentionMmaEmulated, WindowSoftcapSinksOneSplit) {
+  // Window 7 on a chain of 12: deep nodes see no prefix, only their last ancestors.
+  Case cs = featured(7, 1);
+  ASSERT_EQ(mma_splits(cs), 1);
+  check_mma<false, false, 64>(cs, 41);
+  cs = featured(3, 0);  // window 3, random tree, paged, no softcap
+  cs.softcap = 0.0f;
+  check_mma<true, true, 64>(cs, 42);
+}
+
+TEST(TreeAttentionMmaEmulated, WindowSoftcapSinksSplits) {
+  // Many splits: most lie before the window (no keys: lse -inf partials); the
+  // sinks join once, in the merge.
+  Case cs = featured(20, 0);
+  cs.batch = 2;
+  cs.lens = {40, 370};
+  cs.capacity = 384;  // three splits of 128 keys: the second row's window (from 351) lies in the last
+  cs.target_blocks = 1000;
+  ASSERT_EQ(mma_splits(cs), 3);
+  check_mma<false, true, 64>(cs, 43);
+  cs = featured(20, 0);
+  cs.target_blocks = 1000;
+  ASSERT_EQ(mma_splits(cs), 2);
+  check_mma<true, false, 64>(cs, 46);
+  cs = featured(1, 1);  // window 1: every row sees only itself
+  cs.target_blocks = 1000;
+  check_mma<true, false, 64>(cs, 44);
+  cs = featured(0, 0);  // no window, softcap and sinks only
+  cs.poison_outside_window = false;
+  cs.target_blocks = 1000;
+  check_mma<false, false, 64>(cs, 45);
+}
+
+TEST(TreeAttentionSimtEmulated, WindowSoftcapSinksOneSplitAndSplits) {
+  Case cs = featured(7, 0);
+  check_simt<simt::kF32, false, 64>(cs, 51);
+  cs = featured(20, 1);
+  cs.batch = 2;
+  cs.lens = {40, 500};
+  cs.capacity = 528;  // splits of 192 keys (at least 4 tiles of 64): the second row's window is in the last
+  cs.target_blocks = 1000;
+  simt::Params plan{};
+  plan.batch = cs.batch;
+  plan.nodes = cs.nodes;
+  plan.q_heads = cs.q_heads;
+  plan.kv_heads = cs.kv_heads;
+  plan.capacity = cs.capacity;
+  plan.v_dim = cs.dim;
+  simt::plan_splits<64>(plan, 3, cs.target_blocks);
+  ASSERT_EQ(plan.splits, 3);
+  check_simt<simt::kF32, true, 64>(cs, 52);
+  cs = featured(1000, 2);  // a window longer than every sequence: plain attention (with softcap, sinks)
+  cs.dim = 36;
+  check_simt<simt::kBF16, false, 64>(cs, 53);
+}
+
+TEST(TreeAttentionSimtEmulated, ValueHeadSizeDiffers) {
+  // Dk 24, Dv 16 (bucket 64); Dk 192, Dv 128 (bucket 256, 8-key tiles); Dk 32,
+  // Dv 100 (bucket 128: the V tile is the wider one).  One split and splits.
+  Case cs{2, 6, 4, 2, 24, {0, 37}, 48, 16, 1, 0};
+  cs.v_dim = 16;
+  check_simt<simt::kF16, false, 64>(cs, 61);
+  cs.target_blocks = 1000;
+  cs.window = 9;
+  cs.sinks = true;
+  check_simt<simt::kBF16, true, 64>(cs, 62);
+  Case wide{1, 5, 4, 2, 192, {40}, 48, 16, 1, 0};
+  wide.v_dim = 128;
+  check_simt<simt::kF32, false, 256>(wide, 63);
+  wide.target_blocks = 1000;
+  wide.softcap = 2.0f;
+  wide.sinks = true;
+  check_simt<simt::kF32, true, 256>(wide, 64);
+  Case tall{1, 5, 4, 1, 32, {20}, 32, 16, 1000, 1};
+  tall.v_dim = 100;
+  tall.window = 4;
+  check_simt<simt::kF32, false, 128>(tall, 65);
+}
+
+// A non-finite sink is recorded (the launcher raises it in eager mode); the
+// outputs stay finite (under graph capture the row runs as without a sink).
+TEST(TreeAttentionEmulated, NonFiniteSinkIsRecorded) {
+  for (const float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    Case cs = base();
+    cs.sinks = true;
+    Inputs in = make_inputs(cs, simt::kF16, false, 71);
+    in.sinks[5] = bad;
+    for (int kernel_kind = 0; kernel_kind < 2; ++kernel_kind) {
+      const Outputs o = kernel_kind == 0 ? run_mma<false, false, 64>(cs, in) : run_simt<simt::kF16, false, 64>(cs, in);
+      EXPECT_EQ(o.sink_error.code, specdec::attention::kSink);
+      EXPECT_EQ(o.sink_error.where, 5);
+      const double got = specdec::bits_double(o.sink_error.value);
+      EXPECT_TRUE(std::isnan(bad) ? std::isnan(got) : got == bad) << got;
+      for (size_t i = 0; i < o.lse.size(); ++i) ASSERT_TRUE(std::isfinite(o.lse[i])) << i;
+      for (size_t i = 0; i < o.lse.size() * in.Dv; ++i) ASSERT_TRUE(std::isfinite(in.get(o.out, i))) << i;
+    }
+  }
 }
 
 // ---- conversions ---------------------------------------------------------------

@@ -14,6 +14,13 @@
 // with the row statistics of rows g and g + 8 (g = lane / 4) kept in the
 // four lanes that hold them (the accumulator layout), reduced by shuffles.
 //
+// Features (docs/ops.md): the value head size must equal the key's here (the
+// launcher routes Dv != Dk to the SIMT kernel); the window starts the key loop
+// at the first slot any of the block's rows can see (window_first_slot: earlier
+// tiles are never copied) and tests every score (sees); softcap caps the
+// scores (soft_cap) before the log2 scaling; the sink joins the denominator in
+// finish_row_log2 with one split, in merge_row with several (exactly once).
+//
 // The body is a template over a context `Ctx` that supplies the thread and
 // block indices, shared memory, __syncthreads, __shfl_xor_sync and the mma
 // instruction.  csrc/cuda/attention_cuda.cu instantiates it with the device context of specdec/kernel_ctx.h;
@@ -55,7 +62,11 @@ struct Params {
   int64_t page_size, max_blocks, num_pages;
   float scale;
   int64_t splits, chunk, q_tiles;
-  int warps;  // blockDim.x / 32, 1..kMaxWarps
+  int warps;                          // blockDim.x / 32, 1..kMaxWarps
+  int64_t window = 0;                 // 0: no sliding window
+  float softcap = 0.0f;               // 0: no soft-capping
+  const float* sinks = nullptr;       // [Hq] or nullptr
+  ErrorRecord* sink_error = nullptr;  // one record, zeroed: the first non-finite sink
 };
 
 constexpr int kMaxWarps = 8;
@@ -129,6 +140,7 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
 
   unsigned char* smem = ctx.shared();
   int* ok = reinterpret_cast<int*>(smem);
+  int64_t* first_slot = reinterpret_cast<int64_t*>(smem + 8);  // the window's start for this block
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem + T::kHeader);
   uint16_t* sKV = sQ + 16 * p.warps * kStride;  // stage s: K at sKV + 2s * kKeys * kStride, then V
   const uint32_t* sQw = reinterpret_cast<const uint32_t*>(sQ);
@@ -142,9 +154,16 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
   const int64_t length = p.lens[b];
   const int32_t* table = kPaged ? p.tables + b * p.max_blocks : nullptr;
 
+  const int32_t* mseq = p.mask + b * p.nodes * p.words;
   if (tid == 0) {
     *ok = check_and_record(b, length, p.nodes, p.capacity, table, p.page_size, p.num_pages,
                            split == 0 && h == 0 && tile == 0, p.errors);
+    const int64_t r_end = rows < row0 + 16 * p.warps ? rows : row0 + 16 * p.warps;
+    *first_slot = window_first_slot(length, mseq, p.words, p.nodes, row0 / G, (r_end - 1) / G + 1, p.window);
+    if (p.sink_error != nullptr && split == 0 && ctx.block_y() == 0 && tile == 0) {
+      const ErrorRecord e = check_sinks(p.sinks, p.q_heads);
+      if (e.code != kOk) *p.sink_error = e;
+    }
   }
   // Q tile: rows past N * G and columns past D are zero.
   for (int idx = tid; idx < 16 * p.warps * T::kChunks; idx += threads) {
@@ -159,14 +178,17 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
   ctx.sync();
 
   const int64_t total = *ok ? length + p.nodes : 0;
-  const int64_t begin = split * p.chunk, end = total < begin + p.chunk ? total : begin + p.chunk;
-  // This thread's two rows (g and g + 8 of its warp's 16) and their mask rows.
-  int64_t row[2];
+  const int64_t split_begin = split * p.chunk, end = total < split_begin + p.chunk ? total : split_begin + p.chunk;
+  const int64_t begin = split_begin > *first_slot ? split_begin : *first_slot;
+  // This thread's two rows (g and g + 8 of its warp's 16), their mask rows and
+  // (with a window) their query positions.
+  int64_t row[2], query_pos[2];
   const int32_t* mrow[2];
   SPECDEC_UNROLL
   for (int i = 0; i < 2; ++i) {
     row[i] = row0 + 16 * warp + g + 8 * i;
-    mrow[i] = p.mask + (b * p.nodes + (row[i] < rows ? row[i] / G : 0)) * p.words;
+    mrow[i] = mseq + (row[i] < rows ? row[i] / G : 0) * p.words;
+    query_pos[i] = p.window > 0 ? length + node_depth(mrow[i], p.words, p.nodes) : 0;
   }
   const float scale2 = p.scale * kLog2e;  // scores in log2 units: exp2 below
   float o[kDTiles][4];
@@ -231,8 +253,15 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
       for (int e = 0; e < 4; ++e) {
         const int i = e / 2;
         const int64_t slot = t0 + 8 * t + 2 * c + (e & 1);
-        const bool seen = row[i] < rows && slot < end && visible(slot, length, mrow[i]);
-        s[t][e] = seen ? s[t][e] * scale2 : -INFINITY;
+        const bool seen =
+            row[i] < rows && slot < end && sees(slot, length, mrow[i], mseq, p.words, p.nodes, query_pos[i], p.window);
+        if (!seen) {
+          s[t][e] = -INFINITY;
+        } else if (p.softcap > 0.0f) {
+          s[t][e] = soft_cap(s[t][e] * p.scale, p.softcap) * kLog2e;
+        } else {
+          s[t][e] *= scale2;
+        }
         tile_max[i] = fmaxf(tile_max[i], s[t][e]);
       }
     }
@@ -289,13 +318,13 @@ SPECDEC_HOST_DEVICE void tree_attention_block(const Ctx& ctx, const Params& p) {
     l_run[i] += ctx.shfl_xor(l_run[i], 1);
     l_run[i] += ctx.shfl_xor(l_run[i], 2);
   }
-  constexpr float kLn2 = 0.6931471805599453f;
   SPECDEC_UNROLL
   for (int i = 0; i < 2; ++i) {
     if (row[i] >= rows) continue;
-    const int64_t out_row = (b * p.nodes + row[i] / G) * p.q_heads + h * G + row[i] % G;
-    const float inv = l_run[i] > 0.0f ? 1.0f / l_run[i] : 0.0f;
-    const float row_lse = l_run[i] > 0.0f ? (m_run[i] + log2f(l_run[i])) * kLn2 : -INFINITY;
+    const int64_t head = h * G + row[i] % G, out_row = (b * p.nodes + row[i] / G) * p.q_heads + head;
+    // One split: the sink joins here; several: in merge_row.
+    const RowFinish f = finish_row_log2(m_run[i], l_run[i], p.splits == 1 ? sink_logit(p.sinks, head) : -INFINITY);
+    const float inv = f.inv, row_lse = f.lse;
     if (p.splits == 1) {
       SPECDEC_UNROLL
       for (int t = 0; t < kDTiles; ++t) {
