@@ -182,8 +182,17 @@ def tree_attention(
         ``[0, cache_lens[b])`` inside its window; a query that sees no key at all gets
         zeros and ``lse = -inf`` (``lse = sinks[h]`` with sinks).
     """
+    op, t = "specdec::tree_attention", _validate.tensor
     return torch.ops.specdec.tree_attention(
-        q, k_cache, v_cache, cache_lens, mask, scale, window=window, softcap=softcap, sinks=sinks
+        t(op, "q", q),
+        t(op, "k_cache", k_cache),
+        t(op, "v_cache", v_cache),
+        t(op, "cache_lens", cache_lens),
+        t(op, "mask", mask),
+        _validate.number(op, "scale", scale),
+        window=window,
+        softcap=_validate.number(op, "softcap", softcap),
+        sinks=_validate.optional_tensor(op, "sinks", sinks),
     )
 
 
@@ -208,17 +217,18 @@ def tree_attention_paged(
     ``[0, cache_lens[b] + N)`` must be valid pages; ``cache_lens[b] + N <= max_blocks *
     page_size``.  ``window``, ``softcap`` and ``sinks`` as in :func:`tree_attention`.
     """
+    op, t = "specdec::tree_attention_paged", _validate.tensor
     return torch.ops.specdec.tree_attention_paged(
-        q,
-        k_pages,
-        v_pages,
-        block_tables,
-        cache_lens,
-        mask,
-        scale,
+        t(op, "q", q),
+        t(op, "k_pages", k_pages),
+        t(op, "v_pages", v_pages),
+        t(op, "block_tables", block_tables),
+        t(op, "cache_lens", cache_lens),
+        t(op, "mask", mask),
+        _validate.number(op, "scale", scale),
         window=window,
-        softcap=softcap,
-        sinks=sinks,
+        softcap=_validate.number(op, "softcap", softcap),
+        sinks=_validate.optional_tensor(op, "sinks", sinks),
     )
 
 
@@ -457,8 +467,43 @@ def _tree_attention_outputs(q, v):
     return q.new_empty((*q.shape[:3], v.shape[-1])), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+def _check_attention(op, q, k, v, block_tables, cache_lens, mask, sinks):
+    paged = block_tables is not None
+    kname, vname = ("k_pages", "v_pages") if paged else ("k_cache", "v_cache")
+    _v.check_dim(op, "q", q, 4, "[B, N, Hq, D]")
+    _v.check_dtype(op, "q", q, _v.FLOATS)
+    device, batch, nodes = q.device, q.shape[0], q.shape[1]
+    _v.check_dim(op, kname, k, 4, "[P, page_size, Hkv, D]" if paged else "[B, Hkv, S, D]")
+    _v.check_dim(op, vname, v, 4, "[P, page_size, Hkv, Dv]" if paged else "[B, Hkv, S, Dv]")
+    for name, t in ((kname, k), (vname, v)):
+        if t.dtype != q.dtype:
+            raise TypeError(
+                f"{op}: {name} must have the dtype of q ({_v._dtype_name(q.dtype)}), got "
+                f"{_v._dtype_name(t.dtype)}"
+            )
+        _v.check_device(op, name, t, device)
+    specs = [
+        ("cache_lens", cache_lens, 1, "[B]", _I32),
+        ("mask", mask, 3, "[B, N, ceil(N / 32)] (build_tree's mask)", _I32),
+    ]
+    if paged:
+        specs.append(("block_tables", block_tables, 2, "[B, max_blocks]", _I32))
+    if sinks is not None:
+        specs.append(("sinks", sinks, 1, "[Hq]", _F32))
+    _v.check_tensors(op, device, specs)
+    _v.check_size(op, "cache_lens", cache_lens, 0, batch, "B (q.size(0))")
+    if not paged:
+        _v.check_size(op, kname, k, 0, batch, "B (q.size(0))")
+    words = (nodes + 31) // 32
+    if tuple(mask.shape) != (batch, nodes, words):
+        raise ValueError(
+            f"{op}: mask must have shape [{batch}, {nodes}, {words}] for N = {nodes}, got {_v._shape(mask)}"
+        )
+
+
 @torch.library.register_fake("specdec::tree_attention")
 def _tree_attention_fake(q, k_cache, v_cache, cache_lens, mask, scale, *, window=0, softcap=0.0, sinks=None):
+    _check_attention("specdec::tree_attention", q, k_cache, v_cache, None, cache_lens, mask, sinks)
     return _tree_attention_outputs(q, v_cache)
 
 
@@ -466,6 +511,9 @@ def _tree_attention_fake(q, k_cache, v_cache, cache_lens, mask, scale, *, window
 def _tree_attention_paged_fake(
     q, k_pages, v_pages, block_tables, cache_lens, mask, scale, *, window=0, softcap=0.0, sinks=None
 ):
+    _check_attention(
+        "specdec::tree_attention_paged", q, k_pages, v_pages, block_tables, cache_lens, mask, sinks
+    )
     return _tree_attention_outputs(q, v_pages)
 
 

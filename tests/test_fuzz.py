@@ -60,6 +60,29 @@ def _args(op: str, device="cpu", g=None):
         )
     elif op == "build_tree":
         a = dict(parents=parents)
+    elif op in ("tree_attention", "tree_attention_paged"):
+        mask = torch.ops.specdec.build_tree(parents)[0]
+        q = torch.randn(batch, nodes, 4, 8, generator=g)
+        lens = torch.tensor([3, 5], dtype=I32)
+        if op == "tree_attention":
+            a = dict(
+                q=q,
+                k_cache=torch.randn(batch, 2, 12, 8, generator=g),
+                v_cache=torch.randn(batch, 2, 12, 8, generator=g),
+                cache_lens=lens,
+                mask=mask,
+                scale=0.35,
+            )
+        else:
+            a = dict(
+                q=q,
+                k_pages=torch.randn(6, 4, 2, 8, generator=g),
+                v_pages=torch.randn(6, 4, 2, 8, generator=g),
+                block_tables=torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=I32),
+                cache_lens=lens,
+                mask=mask,
+                scale=0.35,
+            )
     elif op == "sampling_probs":
         a = dict(
             logits=torch.randn(batch, 3, vocab, generator=g),
@@ -202,6 +225,13 @@ MALFORMED = {  # op -> (argument, replacement builder, exception, fragment)
         "block_tables must have dtype int32",
     ),
     "build_tree": ("parents", lambda t: t[0], ValueError, "parents must be a 2-D tensor"),
+    "tree_attention": ("mask", lambda t: t[:, :2], ValueError, "mask must have shape [2, 4, 1]"),
+    "tree_attention_paged": (
+        "block_tables",
+        lambda t: t.long(),
+        TypeError,
+        "block_tables must have dtype int32",
+    ),
     "sampling_probs": ("top_k", lambda t: t.float(), TypeError, "top_k must have dtype int32"),
     "verify_greedy": (
         "target_argmax",
@@ -332,6 +362,11 @@ def test_fuzz_op_boundary(op, seed):
             ref = getattr(reference, op)(**args)
             for a, b in zip(out, ref):
                 assert torch.equal(a, b), (op, a, b)
+        elif op in ("tree_attention", "tree_attention_paged"):
+            ref = getattr(reference, op)(**args)
+            assert torch.allclose(out[0], ref[0], atol=1e-4, rtol=1e-4) and torch.allclose(
+                out[1], ref[1], atol=1e-4
+            )
         elif op == "build_tree":
             ref = reference.build_tree(args["parents"])
             assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])

@@ -18,6 +18,8 @@ AttentionShape check_tree_attention(const char* op, const at::Tensor& q, const a
   const bool paged = block_tables != nullptr;
   const char* kname = paged ? "k_pages" : "k_cache";
   const char* vname = paged ? "v_pages" : "v_cache";
+  check_defined(op, {{"q", &q}, {kname, &k}, {vname, &v}, {"cache_lens", &cache_lens}, {"mask", &mask}});
+  if (paged) check_defined(op, {{"block_tables", block_tables}});
   check_dim(op, "q", q, 4, "[B, N, Hq, D]");
   check_float_kv(op, "q", q);
   check_contiguous(op, "q", q);
