@@ -204,6 +204,11 @@ def static_refusal(model) -> str | None:
         return f"{arch} is an encoder-decoder model; only decoder-only causal LMs are supported"
     if model.get_output_embeddings() is None:
         return f"{arch} has no LM head; pass a causal LM (AutoModelForCausalLM)"
+    if hasattr(config, "is_decoder") and not config.is_decoder:
+        return (
+            f"{arch} is a bidirectional encoder (config.is_decoder is False), not a causal decoder; "
+            "only causal LMs can be decoded speculatively"
+        )
     model_type = getattr(config, "model_type", "")
     if getattr(config, "alibi", False) or model_type in ("bloom", "mpt"):
         return f"{arch} uses ALiBi position biases, which tree_attention does not implement"
