@@ -35,6 +35,15 @@ def _features(window: int, softcap: float, sinks: torch.Tensor | None) -> dict:
     return out
 
 
+def _by_shape(items: list, key=lambda t: tuple(t.shape)) -> list[list]:
+    """``items`` grouped by ``key`` (a tensor's shape), in first-seen order: the KV ops
+    take tensors of one shape per call."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
 class CacheFullError(RuntimeError):
     """A forward would write past the cache's capacity (``max_len``)."""
 
@@ -230,8 +239,13 @@ class KVCache(_CacheBase):
         return out[..., :dv]
 
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
-        """Keep the accepted path of the last tree (``kv_compact_`` over all layers)."""
-        ops.kv_compact_(self.tensors(), self.lens, accept_nodes, num_accepted)
+        """Keep the accepted path of the last tree (``kv_compact_`` over all layers: one
+        launch, or one per distinct layer shape when layers differ in KV heads)."""
+        groups = _by_shape(self.tensors())
+        for i, group in enumerate(groups):
+            # every call advances the lengths it is given: all but the last get a copy
+            lens = self.lens if i == len(groups) - 1 else self.lens.clone()
+            ops.kv_compact_(group, lens, accept_nodes, num_accepted)
         self._room = 0
         self._slots = {}
 
@@ -363,9 +377,17 @@ class PagedKVCache(_CacheBase):
 
     def commit(self, accept_nodes: torch.Tensor, num_accepted: torch.Tensor) -> None:
         """Keep the accepted path of the last tree (``kv_compact_paged_`` over all layers)."""
-        ops.kv_compact_paged_(
-            self.k_pages, self.v_pages, self.block_tables, self.lens, accept_nodes, num_accepted
-        )
+        groups = _by_shape(list(range(len(self.k_pages))), key=lambda i: tuple(self.k_pages[i].shape))
+        for i, layers in enumerate(groups):
+            lens = self.lens if i == len(groups) - 1 else self.lens.clone()
+            ops.kv_compact_paged_(
+                [self.k_pages[j] for j in layers],
+                [self.v_pages[j] for j in layers],
+                self.block_tables,
+                lens,
+                accept_nodes,
+                num_accepted,
+            )
         self._room = 0
         self._slots = {}
 
