@@ -32,7 +32,7 @@ from .drafters import (  # noqa: E402
 )
 from .drafting import Draft, DraftContext, Drafter, ModelDrafter, StepFeedback  # noqa: E402
 from .length_policy import AdaptiveLength  # noqa: E402
-from .models import HFModel  # noqa: E402
+from .models import HFModel, UnsupportedModelError  # noqa: E402
 
 __version__: str = _C.__version__
 
@@ -63,4 +63,5 @@ __all__ = [
     "StepFeedback",
     "AdaptiveLength",
     "HFModel",
+    "UnsupportedModelError",
 ]
