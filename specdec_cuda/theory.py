@@ -530,6 +530,8 @@ class Analysis:
     plain: MeasuredRun
     cost: dict
     header: str = ""
+    #: the per-text :class:`Positions` the predictions came from (not in ``as_dict``)
+    texts: list[Positions] = field(default_factory=list, repr=False)
 
     # -- derived ------------------------------------------------------------
     def relative_errors(self, predictor: str) -> dict[int, float]:
@@ -813,6 +815,7 @@ def analyze(
         tree=tree_out,
         plain=plain,
         cost=cost,
+        texts=pos,
     )
 
 

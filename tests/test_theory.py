@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -364,3 +365,218 @@ def test_one_step_expectations_match_rejection_sample():
     exact = enumerate_tree(P_TABLE, Q_TABLE, tree, 1)
     se = got.std().item() / math.sqrt(rows)
     assert abs(got.mean().item() - (exact.tokens - 1)) < 6 * se
+
+
+# ---------------------------------------------------------------------------
+# 4. The analyze command.
+# ---------------------------------------------------------------------------
+
+
+def _run_cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "specdec_cuda", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_analyze_help_describes_every_flag_with_its_default():
+    import argparse
+
+    from specdec_cuda import cli
+
+    proc = _run_cli("analyze", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "total-variation" in text and "speculative" in text.lower()
+    p = cli._Parser(prog="x").add_subparsers().add_parser("analyze")
+    theory.add_analyze_args(p)
+    flags = [a for a in p._actions if a.option_strings and a.dest != "help"]
+    for want in ("temperature", "k_max", "cost_ratio", "prompts", "max_new_tokens", "out", "device", "dtype"):
+        assert any(a.dest == want for a in flags), want
+    for action in flags:
+        assert action.help and action.help != argparse.SUPPRESS, f"--{action.dest} has no help"
+        assert f"--{action.dest.replace('_', '-')}" in text
+        if action.default is not None:
+            assert f"(default: {action.default})" in text, (action.dest, action.default)
+    assert "default: measured" in text  # --cost-ratio's default is described in words
+
+
+@pytest.fixture(scope="module")
+def hf_pairs(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from test_cli import make_tokenizer, save_pair
+
+    root = tmp_path_factory.mktemp("analyze")
+    target, draft = save_pair(root / "a", make_tokenizer(300))
+    _, other = save_pair(root / "b", make_tokenizer(280, extra="zzzz qqqq wwww"))
+    return target, draft, other
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target", "{missing}"], "no such directory"),
+        (["--target", "{target}", "--draft", "{other}"], "tokenizers differ"),
+        (["--k-max", "0"], "--k-max must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--prompts", "0"], "--prompts must be >= 1"),
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-k", "-2"], "--top-k must be >= 0"),
+        (["--cost-ratio", "-0.5"], "--cost-ratio must be a finite number >= 0"),
+        (["--tree", "[[0]"], "not a JSON choice list"),
+        (["--tree", "[[1, 0]]"], "needs its parent"),
+        (["--prompts-file", "{missing}"], "no such file"),
+        (["--prompts-file", "{bad_json}"], "not JSON"),
+        (["--prompts-file", "{not_list}"], "must be a non-empty JSON list"),
+    ],
+)
+def test_analyze_errors_are_one_line(hf_pairs, tmp_path, args, message, capsys):
+    from specdec_cuda import cli
+
+    target, draft, other = hf_pairs
+    (tmp_path / "bad.json").write_text("[1, 2")
+    (tmp_path / "dict.json").write_text('{"a": "b"}')
+    fill = dict(
+        missing=str(tmp_path / "nope"),
+        target=str(target),
+        other=str(other),
+        bad_json=str(tmp_path / "bad.json"),
+        not_list=str(tmp_path / "dict.json"),
+    )
+    base = ["analyze", "--target", str(target), "--draft", str(draft), "--device", "cpu"]
+    rc = cli.main([*base, *[a.format(**fill) for a in args]])
+    assert rc == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+
+
+def test_analyze_usage_errors_exit_2_without_traceback():
+    for args in (["analyze", "--k-max", "two"], ["analyze", "--dtype", "float64"]):
+        proc = _run_cli(*args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+@pytest.mark.skipif(not (ASSETS / "target" / "config.json").is_file(), reason="bundled models missing")
+def test_analyze_writes_table_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("matplotlib")
+    from specdec_cuda import cli
+
+    out = tmp_path / "res"
+    rc = cli.main(
+        [
+            "analyze",
+            "--prompts",
+            "1",
+            "--max-new-tokens",
+            "12",
+            "--k-max",
+            "2",
+            "--samples",
+            "1",
+            "--tree",
+            "[[0], [1], [0, 0]]",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for needle in ("alpha = E[1 - TV]", "chain K=1", "chain K=2", "tree (4)", "best K", "measured"):
+        assert needle in text, needle
+    data = json.loads((out / "analyze.json").read_text())
+    assert set(data["chain"]) == {"1", "2"}
+    for k in ("1", "2"):
+        row = data["chain"][k]
+        assert row["measured"]["steps"] > 0 and 1.0 <= row["measured"]["tau"] <= int(k) + 1
+        for pred in ("iid", "positional_tv", "positional"):
+            assert 1.0 <= row[pred]["tau"] <= int(k) + 1
+    assert 0.0 <= data["alpha"] <= 1.0 and data["cost"]["c_measured"] > 0
+    assert (out / "analyze.png").stat().st_size > 1000
+    assert (out / "analyze.txt").read_text().strip() == text.split("\nresults:")[0].strip()
+
+
+# ---------------------------------------------------------------------------
+# 3. The bundled pair: the prediction's error against the real loop.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled target/draft pair (float32, CPU) and 2 prompts of its held-out file."""
+    pytest.importorskip("transformers")
+    if not (ASSETS / "target" / "config.json").is_file():
+        pytest.skip("bundled models missing")
+    from specdec_cuda.demo import load_checkpoint
+    from specdec_cuda.models import as_model
+
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steady on a shared machine
+    target, tok = load_checkpoint(ASSETS / "target", "target", cpu, torch.float32)
+    draft, _ = load_checkpoint(ASSETS / "draft", "draft", cpu, torch.float32)
+    texts = json.loads((ASSETS / "prompts.json").read_text())[:2]
+    prompts = [tok(t, return_tensors="pt").input_ids[0] for t in texts]
+    yield as_model(target, role="target"), as_model(draft, role="draft model"), prompts
+    torch.set_num_threads(threads)
+
+
+def _pooled(texts, reach) -> theory.RenewalSums:
+    total = theory.RenewalSums()
+    for x in texts:
+        total = total + theory.renewal(reach(x), x.n_starts)
+    return total
+
+
+def test_bundled_pair_greedy_prediction_is_exact(bundled):
+    """At T = 0 the positional prediction on the target's greedy text is the loop's
+    own count: tau(K) and the acceptance by position of every chain and of a tree
+    agree with the loop to 1e-9 (they are the same steps, barring argmax near-ties
+    between the teacher-forced and the cached forwards, which these prompts do not
+    hit).  Power: two deliberately wrong predictions from the same positions, an
+    off-by-one (the j-th draft judged at position t + j instead of t + j - 1) and
+    start positions weighted uniformly instead of by the renewal, miss the loop by
+    more than 1e-3."""
+    target, draft, prompts = bundled
+    res = theory.analyze(
+        target,
+        draft,
+        prompts,
+        temperature=0.0,
+        ks=(1, 4),
+        tree_choices=[[0], [1], [0, 0]],
+        max_new_tokens=32,
+        samples=1,
+    )
+    for k, v in res.chain.items():
+        meas = v["measured"]
+        assert meas.steps > 0
+        assert v["positional"].tau == pytest.approx(meas.tau, abs=1e-9), k
+        assert v["positional"].acceptance_by_position == pytest.approx(meas.acceptance_by_position, abs=1e-9)
+        assert v["positional_tv"].tau == pytest.approx(meas.tau, abs=1e-9)  # r_t = 1 - TV_t at T = 0
+        shifted = _pooled(res.texts, lambda x, k=k: theory.chain_reach(x.realized[1:], k, x.n_starts))
+        assert abs(shifted.tau - meas.tau) > 1e-3, k
+        if k > 1:
+            uniform = torch.cat([theory.chain_reach(x.realized, k, x.n_starts).sum(1) for x in res.texts])
+            assert abs(uniform.mean().item() - meas.tau) > 1e-3
+    tree = res.tree
+    assert tree["positional"].tau == pytest.approx(tree["measured"].tau, abs=1e-9)
+    assert tree["positional"].acceptance_by_position == pytest.approx(
+        tree["measured"].acceptance_by_position, abs=1e-9
+    )
