@@ -354,6 +354,21 @@ class Prediction:
 
     tau: float
     acceptance_by_position: list[float]
+    #: standard error of ``tau`` over the texts it was pooled from (0: not estimated)
+    tau_se: float = 0.0
+
+
+def ratio_se(num: Sequence[float], den: Sequence[float]) -> float:
+    """Standard error of the pooled ratio ``sum num / sum den`` over independent
+    units (texts or runs), by the delta method:
+    ``sqrt(n / (n - 1) sum_i (num_i - R den_i)^2) / sum den`` (0 for n < 2)."""
+    n, total = len(num), float(sum(den))
+    if n != len(den):
+        raise ValueError(f"ratio_se: {n} numerators but {len(den)} denominators")
+    if n < 2 or total <= 0:
+        return 0.0
+    r = float(sum(num)) / total
+    return math.sqrt(n / (n - 1) * sum((a - r * b) ** 2 for a, b in zip(num, den))) / total
 
 
 def predict_tree_iid(tree: StaticTree, rank_acceptance: Sequence[float]) -> Prediction:
@@ -455,6 +470,7 @@ class MeasuredRun:
     accepted_by_position: list[int] = field(default_factory=list)
     wall_s: float = 0.0
     phase_s: dict[str, float] = field(default_factory=dict)
+    runs: list[tuple[int, int]] = field(default_factory=list)  # (steps, emitted) per generate call
 
     @property
     def tau(self) -> float:
@@ -463,6 +479,11 @@ class MeasuredRun:
     @property
     def acceptance_by_position(self) -> list[float]:
         return [a / p if p else 0.0 for a, p in zip(self.accepted_by_position, self.proposed_by_position)]
+
+    @property
+    def tau_se(self) -> float:
+        """Standard error of ``tau`` over the runs (:func:`ratio_se`)."""
+        return ratio_se([e for _, e in self.runs], [s for s, _ in self.runs])
 
     @property
     def tokens_per_s(self) -> float:
@@ -482,12 +503,13 @@ class MeasuredRun:
             self.proposed_by_position[j] += stats.proposed_by_position[j]
             self.accepted_by_position[j] += stats.accepted_by_position[j]
         self.wall_s += wall_s
+        self.runs.append((stats.row_steps, stats.emitted_per_call_sum))
         for k, v in stats.phase_s.items():
             self.phase_s[k] = self.phase_s.get(k, 0.0) + v
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(tau=self.tau, acceptance_by_position=self.acceptance_by_position)
+        d.update(tau=self.tau, tau_se=self.tau_se, acceptance_by_position=self.acceptance_by_position)
         d.update(tokens_per_s=self.tokens_per_s)
         return d
 
@@ -538,6 +560,15 @@ class Analysis:
         """``(predicted - measured) / measured`` tau of each K for one predictor."""
         return {k: (v[predictor].tau - v["measured"].tau) / v["measured"].tau for k, v in self.chain.items()}
 
+    def z_scores(self) -> dict[int, float]:
+        """``(positional - measured) / sqrt(se_meas^2 + se_pos^2)`` tau of each K (0
+        where neither standard error could be estimated, e.g. one run at T = 0)."""
+        out = {}
+        for k, v in self.chain.items():
+            se = math.hypot(v["measured"].tau_se, v["positional"].tau_se)
+            out[k] = (v["positional"].tau - v["measured"].tau) / se if se > 0 else 0.0
+        return out
+
     def speedups(self) -> dict[int, dict[str, float]]:
         c, t1, td = self.cost["c"], self.cost["target_s_per_plain_step"], self.cost["draft_s_per_forward"]
         base = self.plain.tokens_per_s
@@ -576,6 +607,7 @@ class Analysis:
                 for k, v in self.chain.items()
             },
             relative_error={p: self.relative_errors(p) for p in ("iid", "positional_tv", "positional")},
+            z_positional=self.z_scores(),
             tree_choices=self.tree_choices,
             tree=None
             if self.tree is None
@@ -610,29 +642,38 @@ class Analysis:
             f"draft {1e3 * cost['draft_s_per_forward']:.2f} ms per forward -> measured c = "
             f"{cost['c_measured']:.3f}; c used = {cost['c']:.3f} ({c_note})",
             "",
-            "tokens per target call (tau): measured in the loop vs predicted; err = (pred - meas) / meas",
-            f"{'drafter':<12} {'measured':>8} {'iid':>7} {'err':>7} {'pos 1-TV':>9} {'err':>7} "
-            f"{'positional':>10} {'err':>7}",
-            "-" * 74,
+            "tokens per target call (tau): measured in the loop vs predicted; err = (pred - meas) / meas;",
+            "se: standard error over runs (measured) and over texts (positional); "
+            "z = (positional - measured) / sqrt(se_meas^2 + se_pos^2)",
+            f"{'drafter':<12} {'measured':>8} {'se':>5} {'iid':>7} {'err':>7} {'pos 1-TV':>9} {'err':>7} "
+            f"{'positional':>10} {'se':>5} {'err':>7} {'z':>5}",
+            "-" * 92,
         ]
+
+        def row(name: str, meas: MeasuredRun, preds: dict) -> str:
+            m = meas.tau
+            cols = [f"{name:<12} {m:>8.3f} {meas.tau_se:>5.3f}"]
+            for key, width in (("iid", 7), ("positional_tv", 9)):
+                pred = preds.get(key)
+                cols.append(
+                    f"{pred.tau:>{width}.3f} {err(pred.tau, m)}" if pred else f"{'':>{width}} {'':>7}"
+                )
+            pos = preds["positional"]
+            se = math.hypot(meas.tau_se, pos.tau_se)
+            z = f"{(pos.tau - m) / se:+5.1f}" if se > 0 else f"{'n/a':>5}"
+            cols.append(f"{pos.tau:>10.3f} {pos.tau_se:>5.3f} {err(pos.tau, m)} {z}")
+            return " ".join(cols)
+
         for k, v in self.chain.items():
-            m = v["measured"].tau
-            lines.append(
-                f"{f'chain K={k}':<12} {m:>8.3f} {v['iid'].tau:>7.3f} {err(v['iid'].tau, m)} "
-                f"{v['positional_tv'].tau:>9.3f} {err(v['positional_tv'].tau, m)} "
-                f"{v['positional'].tau:>10.3f} {err(v['positional'].tau, m)}"
-            )
+            lines.append(row(f"chain K={k}", v["measured"], v))
         if self.tree is not None:
-            m = self.tree["measured"].tau
-            lines.append(
-                f"{f'tree ({len(self.tree_choices) + 1})':<12} {m:>8.3f} {self.tree['iid'].tau:>7.3f} "
-                f"{err(self.tree['iid'].tau, m)} {'':>9} {'':>7} {self.tree['positional'].tau:>10.3f} "
-                f"{err(self.tree['positional'].tau, m)}"
-            )
+            lines.append(row(f"tree ({len(self.tree_choices) + 1})", self.tree["measured"], self.tree))
         worst = {p: max(abs(e) for e in self.relative_errors(p).values()) for p in ("iid", "positional")}
+        zs = self.z_scores()
         lines += [
             f"largest |err| over K: iid {100 * worst['iid']:.1f}%, "
-            f"positional {100 * worst['positional']:.1f}% (tree row: iid = rank profile)",
+            f"positional {100 * worst['positional']:.1f}%; largest |z| (positional) "
+            f"{max(abs(z) for z in zs.values()):.1f} (tree row: iid = rank profile)",
             "",
         ]
         k_last = max(self.chain)
@@ -751,10 +792,10 @@ def analyze(
     rank_acc = torch.cat([x.rank_probs for x in pos]).mean(0).tolist()
 
     def pooled(reaches) -> Prediction:
-        total = RenewalSums()
-        for reach, x in zip(reaches, pos):
-            total = total + renewal(reach, x.n_starts)
-        return Prediction(total.tau, total.acceptance_by_position)
+        per_text = [renewal(reach, x.n_starts) for reach, x in zip(reaches, pos)]
+        total = sum(per_text, RenewalSums())
+        se = ratio_se([r.tokens for r in per_text], [r.steps for r in per_text])
+        return Prediction(total.tau, total.acceptance_by_position, se)
 
     chain: dict[int, dict] = {}
     for k in ks:
@@ -1010,8 +1051,12 @@ def run_analyze(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "analyze.txt").write_text(table + "\n")
     (out_dir / "analyze.json").write_text(json.dumps(result.as_dict(), indent=1))
-    plot(out_dir / "analyze.png", result)
-    print(f"\nresults: {out_dir} (analyze.txt, analyze.json, analyze.png)")
+    try:
+        plot(out_dir / "analyze.png", result)
+        written = "analyze.txt, analyze.json, analyze.png"
+    except ImportError:
+        written = "analyze.txt, analyze.json; no plot: matplotlib is not installed"
+    print(f"\nresults: {out_dir} ({written})")
     return 0
 
 

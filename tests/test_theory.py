@@ -11,9 +11,9 @@
    texts (sum over all texts of P(text) x the renewal on that text) must equal the
    enumeration to float precision.  The same one-step expectations are checked
    against the real ``rejection_sample`` op by Monte Carlo.
-3. The bundled pair: the predicted tau(K) within a measured bound of the loop's tau,
-   and deliberately wrong predictors outside it (see
-   ``test_bundled_pair_prediction_error``).
+3. The bundled pair: at T = 0 the prediction equals the loop's count (1e-9); at
+   T = 1 it is within 4 combined standard errors of the loop's tau; deliberately
+   wrong predictors fail both (``test_bundled_pair_*``).
 4. The ``analyze`` command: help, errors (one line, exit 2), a small end-to-end run.
 """
 
@@ -580,3 +580,42 @@ def test_bundled_pair_greedy_prediction_is_exact(bundled):
     assert tree["positional"].acceptance_by_position == pytest.approx(
         tree["measured"].acceptance_by_position, abs=1e-9
     )
+
+
+def test_ratio_se_against_simulation():
+    """The delta-method standard error of a pooled ratio against the spread of the
+    ratio over many simulated repetitions (within 15 %), and 0 for fewer than 2 units."""
+    g = torch.Generator().manual_seed(7)
+    reps, n = 2000, 40
+    den = torch.randint(5, 30, (reps, n), generator=g).double()
+    num = den * 2.5 + torch.randn(reps, n, generator=g, dtype=torch.float64) * 3.0
+    ratios = num.sum(1) / den.sum(1)
+    se = torch.tensor([theory.ratio_se(a.tolist(), b.tolist()) for a, b in zip(num[:200], den[:200])])
+    assert se.mean().item() == pytest.approx(ratios.std().item(), rel=0.15)
+    assert theory.ratio_se([3.0], [2.0]) == 0.0
+    with pytest.raises(ValueError, match="ratio_se"):
+        theory.ratio_se([1.0, 2.0], [1.0])
+
+
+def test_bundled_pair_sampled_prediction_within_its_error(bundled):
+    """At T = 1 the positional prediction (exact in expectation, see the module
+    docstring) and the loop's tau are two independent estimates of one number, from
+    different seeds: their difference must be within 4 combined standard errors
+    (z, :meth:`theory.Analysis.z_scores`; about 6e-5 two-sided under normality; the
+    errors also share the prompts, so the bound is conservative), and within 15 %
+    relative.  Power: a deliberately wrong theory, the i.i.d. sum with the
+    acceptance of the draft's argmax token E[p_t(d_t^(0))] (right for argmax drafts,
+    wrong for the sampled drafts the chain verifies), is more than 4 standard errors
+    away."""
+    target, draft, prompts = bundled
+    res = theory.analyze(
+        target, draft, prompts, temperature=1.0, ks=(2, 4), tree_choices=None, max_new_tokens=32, samples=3
+    )
+    for k, z in res.z_scores().items():
+        v = res.chain[k]
+        se = math.hypot(v["measured"].tau_se, v["positional"].tau_se)
+        assert se > 0 and len(v["measured"].runs) == 6
+        assert abs(z) < 4.0, (k, z, v["positional"].tau, v["measured"].tau)
+        assert abs(res.relative_errors("positional")[k]) < 0.15
+        wrong = theory.tau_iid(res.rank_acceptance[0], k)
+        assert abs(wrong - v["measured"].tau) > 4.0 * se, (k, wrong, v["measured"].tau, se)
