@@ -4,6 +4,7 @@ Commands:
   info      print one JSON object describing the build and every op's backends
   demo      the bundled tiny model pair: plain vs speculative decoding, a table and a plot
   generate  speculative decoding on local Hugging Face checkpoints, streamed
+  analyze   the theory (TV distances -> acceptance, tau(K), speedup) against the loop
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
     demo.add_demo_args(sub.add_parser("demo", help="run the bundled tiny models: table + plot"))
     demo.add_generate_args(sub.add_parser("generate", help="speculative decoding on local checkpoints"))
+    from . import theory
+
+    theory.add_analyze_args(
+        sub.add_parser("analyze", help="predicted (TV distances) against measured acceptance and tau")
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return demo.run_demo(args)
+        if args.command == "analyze":
+            return theory.run_analyze(args)
         return demo.run_generate(args)
     except demo.CLIError as exc:
         message = str(exc)
