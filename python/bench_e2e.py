@@ -5,7 +5,8 @@ Usage:
         [--target DIR --draft DIR | --random] [--max-new-tokens N] [--prompts N]
         [--repeats N] [--k K] [--batch B] [--eos] [--out FILE]
     python python/bench_e2e.py --verification [--temperatures 1.0,0.7] [--prompts N]
-        [--max-new-tokens N] [--repeats N] [--threads N] [--json] [--out FILE]
+        [--max-new-tokens N] [--repeats N] [--verification-rows R] [--threads N] [--json]
+        [--out FILE]
 
 One run, one target and one draft, greedy decoding (temperature 0), and these
 methods:
@@ -95,7 +96,9 @@ it as ``phase_ms_per_step``, plus ``speedup_vs_ours_ar``, ``draft_len`` (K, or t
 mean proposed length), ``same_output_prompts`` and ``first_divergence`` (the first
 new-token index that differs from hf_generate, per prompt).
 
-Verification mode (``--verification``): sampled decoding, batch 1, the lossless
+Verification mode (``--verification``): sampled decoding, batch 1 (``--verification-rows
+R``: R copies of each prompt with row seeds ``seed * R + i``, for a tau over many more
+steps; tokens/s is then the batch's), the lossless
 verification rules of ``rejection_sample`` on the same drafters:
 
 chain_K4/tokenwise, chain_K4/block
@@ -904,12 +907,18 @@ def run_verification(args, setup: Setup, device: torch.device) -> list[str]:
     prompts = setup.prompts
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    copies = max(args.verification_rows, 1)
+
     def call(dec, prompt, temperature, seed):
+        # `copies` rows of the prompt, row seeds seed * copies + i (one row: the seed itself)
+        seeds = seed if copies == 1 else seed * copies + torch.arange(copies, dtype=torch.int64)
         sync()
         t0 = time.perf_counter()
-        out = dec.generate([prompt], max_new_tokens=args.max_new_tokens, temperature=temperature, seed=seed)
+        out = dec.generate(
+            [prompt] * copies, max_new_tokens=args.max_new_tokens, temperature=temperature, seed=seeds
+        )
         sync()
-        return time.perf_counter() - t0, out.new_tokens[0].numel(), out.stats.row_steps
+        return time.perf_counter() - t0, sum(t.numel() for t in out.new_tokens), out.stats.row_steps
 
     for _, dec in systems:  # warm-up, untimed
         call(dec, prompts[0], temps[0], args.seed)
@@ -962,7 +971,8 @@ def run_verification(args, setup: Setup, device: torch.device) -> list[str]:
                 }
             )
     note(
-        f"verification: batch 1, {len(prompts)} prompts x {args.max_new_tokens} new tokens, sampled "
+        f"verification: batch {copies} (copies of one prompt, row seeds seed * {copies} + i), "
+        f"{len(prompts)} prompts x {args.max_new_tokens} new tokens, sampled "
         f"(top-k/top-p off), {args.repeats} round(s) after 1 warm-up call per system; tau = new tokens / "
         "verification steps; tokens/s = new tokens / wall time (prefill included)"
     )
@@ -1022,6 +1032,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="sampled: tokenwise vs block (chain K) and RSD vs traversal (stochastic tree), batch 1",
     )
     p.add_argument("--temperatures", default="1.0,0.7", help="--verification: comma-separated temperatures")
+    p.add_argument(
+        "--verification-rows",
+        type=int,
+        default=1,
+        help="--verification: rows per call (copies of the prompt with distinct seeds; tau over all rows)",
+    )
     args = p.parse_args(argv)
     q = args.quick
     v = args.verification
