@@ -4,6 +4,9 @@ Usage:
     python python/bench_e2e.py [--json] [--quick] [--device cpu|cuda] [--threads N]
         [--target DIR --draft DIR | --random] [--max-new-tokens N] [--prompts N]
         [--repeats N] [--k K] [--batch B] [--eos] [--out FILE]
+    python python/bench_e2e.py --verification [--temperatures 1.0,0.7] [--prompts N]
+        [--max-new-tokens N] [--repeats N] [--verification-rows R] [--threads N] [--json]
+        [--out FILE]
 
 One run, one target and one draft, greedy decoding (temperature 0), and these
 methods:
@@ -93,6 +96,30 @@ it as ``phase_ms_per_step``, plus ``speedup_vs_ours_ar``, ``draft_len`` (K, or t
 mean proposed length), ``same_output_prompts`` and ``first_divergence`` (the first
 new-token index that differs from hf_generate, per prompt).
 
+Verification mode (``--verification``): sampled decoding, batch 1 (``--verification-rows
+R``: R copies of each prompt with row seeds ``seed * R + i``, for a tau over many more
+steps; tokens/s is then the batch's), the lossless
+verification rules of ``rejection_sample`` on the same drafters:
+
+chain_K4/tokenwise, chain_K4/block
+    ``ChainDrafter(draft, k=K, adaptive=False)`` verified token-wise (standard
+    speculative sampling) or by block verification (Sun et al. 2024).
+stochastic_tree/tokenwise, stochastic_tree/traversal
+    ``StochasticTreeDrafter(draft, branching=(3, 2, 1))`` (siblings drawn without
+    replacement, 15 drafts) verified with RSD's recursive rule (token-wise,
+    siblings without replacement) or by traversal verification (Weng et al. 2025).
+
+at each temperature of ``--temperatures`` (default 1.0 and 0.7; top-k and top-p
+off).  Defaults here: 6 prompts, 96 new tokens, 3 rounds.  One warm-up call per
+system, then every round runs every (prompt, temperature) with every system in turn
+(the order rotated each round), with the same row seed for all systems (seed =
+``--seed`` + 1000 * round + prompt), so the systems see the same prompts and
+streams.  Per run (round x temperature x system): ``tau`` = new tokens / verification
+steps over the prompts, ``tokens_per_s`` = new tokens / wall seconds (prefill
+included).  The table lists every run, then per temperature and system the pooled
+tau, the median tokens/s over rounds and the ratio of each rule to its token-wise
+baseline.
+
 Models.  ``--target DIR --draft DIR``: any local HF checkpoints
 (``AutoModelForCausalLM.from_pretrained(dir, dtype=...)``, tokenizer from the target
 dir).  Otherwise the bundled pair ``specdec_cuda/assets/tiny/{target,draft}`` when
@@ -136,6 +163,7 @@ from specdec_cuda import (  # noqa: E402
     NoDrafter,
     PromptLookupDrafter,
     SpeculativeDecoder,
+    StochasticTreeDrafter,
     TreeDrafter,
 )
 
@@ -853,6 +881,114 @@ def machine_note(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------
+# --verification: the lossless rules on the same drafters, sampled.
+# ---------------------------------------------------------------------------
+
+VERIFICATION_SYSTEMS = (
+    ("chain_K{k}", "tokenwise"),
+    ("chain_K{k}", "block"),
+    ("stochastic_tree", "tokenwise"),
+    ("stochastic_tree", "traversal"),
+)
+
+
+def run_verification(args, setup: Setup, device: torch.device) -> list[str]:
+    t_model, d_model = HFModel(setup.target), HFModel(setup.draft)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    systems = []
+    for drafter, rule in VERIFICATION_SYSTEMS:
+        name = drafter.format(k=args.k)
+        build = (
+            (lambda: ChainDrafter(d_model, k=args.k, adaptive=False))
+            if drafter.startswith("chain")
+            else (lambda: StochasticTreeDrafter(d_model, branching=(3, 2, 1)))
+        )
+        systems.append((f"{name}/{rule}", SpeculativeDecoder(t_model, build(), verification=rule)))
+    prompts = setup.prompts
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    copies = max(args.verification_rows, 1)
+
+    def call(dec, prompt, temperature, seed):
+        # `copies` rows of the prompt, row seeds seed * copies + i (one row: the seed itself)
+        seeds = seed if copies == 1 else seed * copies + torch.arange(copies, dtype=torch.int64)
+        sync()
+        t0 = time.perf_counter()
+        out = dec.generate(
+            [prompt] * copies, max_new_tokens=args.max_new_tokens, temperature=temperature, seed=seeds
+        )
+        sync()
+        return time.perf_counter() - t0, sum(t.numel() for t in out.new_tokens), out.stats.row_steps
+
+    for _, dec in systems:  # warm-up, untimed
+        call(dec, prompts[0], temps[0], args.seed)
+    runs = []  # (round, temperature, system, tokens, seconds, steps)
+    t_start = time.perf_counter()
+    for rnd in range(args.repeats):
+        order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
+        acc = {(t, n): [0, 0.0, 0] for t in temps for n, _ in systems}
+        for i, prompt in enumerate(prompts):
+            for t in temps:
+                for name, dec in order:
+                    secs, tokens, steps = call(dec, prompt, t, args.seed + 1000 * rnd + i)
+                    a = acc[(t, name)]
+                    a[0], a[1], a[2] = a[0] + tokens, a[1] + secs, a[2] + steps
+        for (t, name), (tokens, secs, steps) in acc.items():
+            runs.append((rnd + 1, t, name, tokens, secs, steps))
+        progress(f"round {rnd + 1}/{args.repeats} done ({time.perf_counter() - t_start:.1f} s elapsed)")
+    rows = [
+        {
+            "round": r,
+            "T": t,
+            "system": n,
+            "tau": round(tok / max(st, 1), 3),
+            "tokens_per_s": round(tok / sec, 1),
+            "tokens": tok,
+            "seconds": round(sec, 3),
+        }
+        for r, t, n, tok, sec, st in runs
+    ]
+    summary = []
+    for t in temps:
+        base = {}
+        for name, _ in systems:
+            mine = [x for x in runs if x[1] == t and x[2] == name]
+            tau = sum(x[3] for x in mine) / max(sum(x[5] for x in mine), 1)
+            tps = statistics.median(x[3] / x[4] for x in mine)
+            kind = name.split("/")[0]
+            if name.endswith("/tokenwise"):
+                base[kind] = (tau, tps)
+            b_tau, b_tps = base.get(kind, (tau, tps))
+            summary.append(
+                {
+                    "T": t,
+                    "system": name,
+                    "tau": round(tau, 3),
+                    "tau_vs_tokenwise": round(tau / b_tau, 3),
+                    "tokens_per_s_median": round(tps, 1),
+                    "tokens_per_s_vs_tokenwise": round(tps / b_tps, 3),
+                    "tokens_per_s_runs": [round(x[3] / x[4], 1) for x in mine],
+                }
+            )
+    note(
+        f"verification: batch {copies} (copies of one prompt, row seeds seed * {copies} + i), "
+        f"{len(prompts)} prompts x {args.max_new_tokens} new tokens, sampled "
+        f"(top-k/top-p off), {args.repeats} round(s) after 1 warm-up call per system; tau = new tokens / "
+        "verification steps; tokens/s = new tokens / wall time (prefill included)"
+    )
+    note(f"models: {setup.models}")
+    note(machine_note(device))
+    if args.json:
+        return [json.dumps(r) for r in rows + summary] + [json.dumps({"note": n}) for n in NOTES]
+    lines = ["# every run (per round: all prompts of one temperature)"]
+    lines += format_table(rows, list(rows[0]))
+    lines += ["", "# per temperature and system (tau pooled over runs; tokens/s median over runs)"]
+    lines += format_table(summary, list(summary[0]))
+    lines += [f"# {n}" for n in NOTES]
+    return lines
+
+
+# ---------------------------------------------------------------------------
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -890,10 +1026,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eos", action="store_true", help="stop at EOS (default: fixed length)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the table / JSON lines here instead of stdout")
+    p.add_argument(
+        "--verification",
+        action="store_true",
+        help="sampled: tokenwise vs block (chain K) and RSD vs traversal (stochastic tree), batch 1",
+    )
+    p.add_argument("--temperatures", default="1.0,0.7", help="--verification: comma-separated temperatures")
+    p.add_argument(
+        "--verification-rows",
+        type=int,
+        default=1,
+        help="--verification: rows per call (copies of the prompt with distinct seeds; tau over all rows)",
+    )
     args = p.parse_args(argv)
     q = args.quick
-    args.prompts = args.prompts or (2 if q else 4)
-    args.max_new_tokens = args.max_new_tokens or (32 if q else 128)
+    v = args.verification
+    args.prompts = args.prompts or (2 if q else 6 if v else 4)
+    args.max_new_tokens = args.max_new_tokens or (32 if q else 96 if v else 128)
     args.repeats = args.repeats or (1 if q else 3)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device available")
@@ -914,6 +1063,18 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     setup = load_setup(args, device, DTYPES[args.dtype])
     progress(f"models: {setup.models}")
+    if args.verification:
+        lines = run_verification(args, setup, device)
+        text = "\n".join(
+            lines + ([] if args.json else [f"# total runtime {time.perf_counter() - t_start:.1f} s"])
+        )
+        text += "\n"
+        if args.out:
+            Path(args.out).write_text(text)
+            progress(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+        return
     bench = Bench(args, setup, device)
     methods = build_methods(bench, args)
     measure(bench, methods, args.repeats)

@@ -28,6 +28,7 @@ from .drafters import (  # noqa: E402
     DynamicTreeDrafter,
     NoDrafter,
     PromptLookupDrafter,
+    StochasticTreeDrafter,
     TreeDrafter,
 )
 from .drafting import Draft, DraftContext, Drafter, ModelDrafter, StepFeedback  # noqa: E402
@@ -55,6 +56,7 @@ __all__ = [
     "TreeDrafter",
     "DynamicTreeDrafter",
     "PromptLookupDrafter",
+    "StochasticTreeDrafter",
     "NoDrafter",
     "Draft",
     "DraftContext",

@@ -8,7 +8,9 @@ One step, for a batch of rows that each accept a different number of tokens:
    ancestors (``tree_attention``);
 3. verification: ``verify_greedy`` (temperature 0) or ``sampling_probs`` +
    ``rejection_sample`` (lossless; with the draft's probabilities for sampled
-   chains, the deterministic rule for trees and prompt lookup);
+   chains and stochastic trees, the deterministic rule for static and dynamic
+   trees and prompt lookup; ``verification`` picks the rule: token-wise, block
+   verification of chains or traversal verification of trees);
 4. ``kv_compact_`` keeps the accepted path's K/V (root included) in place;
 5. the accepted drafts and the corrected/bonus token are emitted; the bonus
    token is the next root.
@@ -242,9 +244,16 @@ class SpeculativeDecoder:
         page_size: tokens per page for paged caches.
         tokenizer, draft_tokenizer: optional; when both are given their vocabularies
             must be identical.
+        verification: the lossless rule of sampled steps (``ops.rejection_sample``'s
+            ``method``): ``"tokenwise"`` (default), ``"block"`` (block verification;
+            chains only: a drafter that proposes trees raises ``ValueError``, here or
+            at the first step that proposes one) or ``"traversal"`` (traversal
+            verification of trees; on chains the same as ``"block"``).  Each
+            proposal's ``siblings`` tells the rule how its children were drawn.
+            Greedy steps verify with ``verify_greedy`` whatever this says.
 
     Raises ``TypeError`` for models that follow neither protocol and ``ValueError``
-    for mismatched vocabularies.
+    for mismatched vocabularies or an unknown ``verification``.
     """
 
     def __init__(
@@ -256,13 +265,25 @@ class SpeculativeDecoder:
         page_size: int = 16,
         tokenizer=None,
         draft_tokenizer=None,
+        verification: str = "tokenwise",
     ):
+        if verification not in ops.METHODS:
+            raise ValueError(
+                f"SpeculativeDecoder: verification must be 'tokenwise', 'block' or 'traversal', "
+                f"got {verification!r}"
+            )
         self.target = as_model(target, role="target")
         if drafter is None:
             drafter = NoDrafter()
         elif not isinstance(drafter, Drafter):
             drafter = ChainDrafter(drafter)
         self.drafter = drafter
+        self.verification = verification
+        if verification == "block" and drafter.proposes_chains is False:
+            raise ValueError(
+                f"SpeculativeDecoder: verification='block' verifies chains only, but the "
+                f"{type(drafter).__name__} proposes trees; use verification='traversal'"
+            )
         self.vocab_size = int(self.target.vocab_size)
         dv = getattr(drafter, "vocab_size", None)
         if dv is not None and dv != self.vocab_size:
@@ -428,6 +449,15 @@ class SpeculativeDecoder:
         widest = max(min(max_prompt, _forward.PREFILL_CHUNK), 2 * self.drafter.max_width() + 1)
         return capacity + widest
 
+    def _check_chain(self, draft) -> None:
+        n = draft.parents.shape[1]
+        chain = torch.arange(-1, n - 1, device=draft.parents.device, dtype=draft.parents.dtype)
+        if not bool((draft.parents == chain).all()):
+            raise ValueError(
+                f"SpeculativeDecoder: verification='block' verifies chains only, but the "
+                f"{type(self.drafter).__name__} proposed a tree; use verification='traversal'"
+            )
+
     def _run(self, req: _Request) -> Iterator[StepOutput]:
         t_start = time.perf_counter()
         batch, dev = len(req.prompts), self.device
@@ -466,6 +496,8 @@ class SpeculativeDecoder:
                 active = rows.active()
                 stats.draft_lengths.append(self.drafter.draft_length)  # the length this step uses
                 draft = self.drafter.propose(ctx)
+                if self.verification == "block" and self.drafter.proposes_chains is not True:
+                    self._check_chain(draft)
                 stats.draft_calls += draft.draft_calls
                 draft_s = clock.tick("draft")
                 logits, depth = forward_tree(
@@ -478,8 +510,13 @@ class SpeculativeDecoder:
                 else:
                     probs = ops.sampling_probs(logits, req.temperature, req.top_k, req.top_p)
                     offset = torch.full((batch,), 2 * ctx.step, dtype=torch.long, device=dev)
+                    rule = {}  # the defaults are not passed: the call stays today's call
+                    if self.verification != "tokenwise":
+                        rule["method"] = self.verification
+                    if draft.siblings != "iid":
+                        rule["siblings"] = draft.siblings
                     acc_nodes, n_acc, nxt = ops.rejection_sample(
-                        draft.tokens, draft.parents, draft.draft_probs, probs, req.seed, offset
+                        draft.tokens, draft.parents, draft.draft_probs, probs, req.seed, offset, **rule
                     )
                 path_tokens = torch.gather(draft.tokens, 1, acc_nodes.clamp(min=0).long())
                 path_tokens, n_list = path_tokens.cpu().tolist(), n_acc.cpu().tolist()

@@ -10,11 +10,15 @@ root (its last committed token), as a :class:`Draft`:
   list; a node's token is the draft's ``rank``-th most probable token);
 - :class:`DynamicTreeDrafter` — EAGLE-2 style: expand the ``topk`` nodes of best
   cumulative draft log-probability level by level, keep the best ``num_nodes``;
+- :class:`StochasticTreeDrafter` — a draft model samples a tree level by level,
+  each node's children drawn without replacement from the draft's
+  ``sampling_probs`` (RSD drafting), verified losslessly with its probabilities;
 - :class:`PromptLookupDrafter` — n-gram matching in the row's own context, no model;
 - :class:`NoDrafter` — plain autoregressive decoding through the same loop.
 
-Tree and prompt-lookup drafts are deterministic given the context, so sampling
-verifies them with the deterministic-draft rule (no draft probabilities).
+Static-tree, dynamic-tree and prompt-lookup drafts are deterministic given the
+context, so sampling verifies them with the deterministic-draft rule (no draft
+probabilities); chains and stochastic trees pass their draft probabilities.
 
 The draft length (K for chains and prompt lookup, the depth for dynamic trees)
 adapts to the measured acceptance with
@@ -40,6 +44,7 @@ __all__ = [
     "ChainDrafter",
     "TreeDrafter",
     "DynamicTreeDrafter",
+    "StochasticTreeDrafter",
     "PromptLookupDrafter",
     "sample_from_probs",
 ]
@@ -61,6 +66,7 @@ class NoDrafter(Drafter):
     """No drafts: each step verifies the root alone, i.e. plain decoding."""
 
     name = "autoregressive"
+    proposes_chains = True
 
     def max_nodes(self) -> int:
         return 1
@@ -95,6 +101,7 @@ class ChainDrafter(ModelDrafter):
     """
 
     name = "chain"
+    proposes_chains = True
 
     def __init__(
         self,
@@ -184,6 +191,7 @@ class TreeDrafter(_TreeDrafterBase):
         self.tree: StaticTree = static_tree(DEFAULT_TREE if choices is None else choices)
         if self.tree.num_nodes < 2:
             raise ValueError("TreeDrafter: the tree needs at least one node besides the root")
+        self.proposes_chains = all(p == i - 1 for i, p in enumerate(self.tree.parents) if i > 0)
 
     @property
     def draft_length(self) -> int:
@@ -320,6 +328,120 @@ class DynamicTreeDrafter(_TreeDrafterBase):
         return Draft(tokens, parents.int().contiguous(), None)
 
 
+def _sample_without(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse CDF over float64 weights ``w`` ``[R, V]`` (rows with mass) with uniforms
+    ``u`` ``[R]``: the first token whose cumulative weight exceeds ``u * total``, never a
+    token of weight 0 (``u * total`` rounded up to the total takes the last token with
+    weight)."""
+    cdf = w.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    vocab = w.shape[-1]
+    last = torch.where(w > 0, torch.arange(vocab, device=w.device), -1).max(-1).values
+    ok = idx < vocab
+    ok &= w.gather(1, idx.clamp(max=vocab - 1)[:, None])[:, 0] > 0
+    return torch.where(ok, idx, last)
+
+
+class StochasticTreeDrafter(_TreeDrafterBase):
+    """A draft model samples a tree: every node at depth d - 1 gets ``branching[d - 1]``
+    children, drawn WITHOUT replacement from the draft's ``sampling_probs`` row after it
+    (RSD drafting, Jeon et al. 2024).  One draft forward per level.
+
+    Children of a node take consecutive indices and are drawn in index order: child i
+    from q with the tokens of its earlier siblings zeroed (renormalised), by inverse
+    CDF with the uniform of index i (its node index) in the row's draft stream
+    (``ctx.seed``, ``ctx.draft_offset()``; every index is used once).  When q has no
+    mass left (fewer tokens of mass than children: top-k, top-p, greedy rows), the
+    remaining children are the draft's most probable tokens not drawn yet
+    (deterministic fillers, which the verifier recognises).  So a greedy row (one-hot
+    q) takes the draft's top tokens.  The proposal carries ``draft_probs`` (the ORIGINAL
+    q rows; leaves' rows are zero) and ``siblings="without_replacement"``; all-greedy
+    batches carry no probabilities.
+
+    Args:
+        model: the draft model (HF causal LM or protocol model).
+        branching: children per node at each depth, e.g. ``(3, 2, 1)``: 3 + 6 + 6 = 15
+            drafts, depth 3.
+    """
+
+    name = "stochastic_tree"
+
+    def __init__(self, model, branching=(3, 2, 1)):
+        super().__init__(model)
+        branching = tuple(branching)
+        if not branching or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in branching):
+            raise ValueError(
+                "StochasticTreeDrafter: branching must be a non-empty sequence of ints >= 1, "
+                f"got {branching!r}"
+            )
+        self.branching = branching
+        parents, levels = [-1], [[0]]
+        for b in branching:
+            level = []
+            for node in levels[-1]:
+                for _ in range(b):
+                    level.append(len(parents))
+                    parents.append(node)
+            levels.append(level)
+        self.parents, self.levels = parents, levels
+        self.proposes_chains = all(b == 1 for b in branching)
+
+    @property
+    def draft_length(self) -> int:
+        return len(self.branching)
+
+    def max_nodes(self) -> int:
+        return len(self.parents)
+
+    def start(self, ctx: DraftContext) -> None:
+        super().start(ctx)
+        if max(self.branching) > self.vocab_size:
+            raise ValueError(
+                f"StochasticTreeDrafter: branching {max(self.branching)} exceeds the vocabulary "
+                f"({self.vocab_size} tokens): siblings must be distinct"
+            )
+
+    def draft(self, ctx: DraftContext) -> Draft:
+        dev, batch, n = ctx.device, ctx.batch_size, len(self.parents)
+        self._begin(ctx)
+        parents = torch.tensor(self.parents, dtype=torch.int32, device=dev)
+        local_par = parents[1:] - 1  # node i > 0 -> local index i - 1; the root -> -1
+        tokens = torch.zeros(batch, n, dtype=torch.long, device=dev)
+        tokens[:, 0] = ctx.roots()
+        probs = torch.zeros(batch, n, self.vocab_size, dtype=torch.float32, device=dev)
+        offset = ctx.draft_offset()
+        for d, b in enumerate(self.branching, start=1):
+            done = self.levels[d][0]  # nodes 0..done-1 have tokens
+            root_l, node_l = self._level(tokens[:, 1:done], local_par[: done - 1].expand(batch, -1))
+            all_l = torch.cat([root_l[:, None], node_l], dim=1)  # [B, done, V] by node index
+            heads = torch.tensor(self.levels[d - 1], dtype=torch.long, device=dev)  # this level's parents
+            logits = all_l[:, heads]  # [B, H, V]
+            h = heads.numel()
+            flat = logits.reshape(batch * h, -1).contiguous()
+            q = ops.sampling_probs(  # row b's parameters for its H nodes
+                flat, *(t.repeat_interleave(h) for t in (ctx.temperature, ctx.top_k, ctx.top_p))
+            )
+            probs[:, heads] = q.view(batch, h, -1)
+            w = q.double()
+            kids = torch.tensor(self.levels[d], dtype=torch.long, device=dev).view(h, b)  # node indices
+            masked = flat.clone()
+            for k in range(b):
+                idx = kids[:, k]  # [H]: the k-th child of every parent at this level
+                u = uniforms(ctx.seed, offset, idx)  # [B, H]
+                has_mass = w.sum(-1) > 0
+                drawn = _sample_without(torch.where(has_mass[:, None], w, 1.0), u.reshape(-1).double())
+                filler = masked.argmax(-1)  # the most probable token not drawn yet
+                tok = torch.where(has_mass, drawn, filler)
+                w.scatter_(1, tok[:, None], 0.0)
+                masked.scatter_(1, tok[:, None], float("-inf"))
+                tokens[:, idx] = tok.view(batch, h)
+        self._finish()
+        draft_probs = None if ctx.greedy else probs
+        return Draft(
+            tokens, parents.expand(batch, -1).contiguous(), draft_probs, siblings="without_replacement"
+        )
+
+
 # ---------------------------------------------------------------------------
 # Prompt lookup.
 # ---------------------------------------------------------------------------
@@ -336,6 +458,7 @@ class PromptLookupDrafter(Drafter):
     """
 
     name = "prompt_lookup"
+    proposes_chains = True
 
     def __init__(
         self,

@@ -24,9 +24,15 @@ Rules a drafter must keep:
   (``parents[:, 0] = -1``, ``parents[:, i] < i``) with at most ``max_nodes()`` nodes.
 - ``draft_probs`` (``[B, N, V]`` float32, row i: the distribution node i's children
   were sampled from, the same ``sampling_probs`` transform as the target) only
-  when the children were sampled independently from it; ``None`` for
-  deterministic drafts (top-k, n-grams), which the verifier then treats with the
-  deterministic-draft rule.  Greedy outputs never depend on it.
+  when the children were sampled from it, and ``siblings`` says how: ``"iid"``
+  (independently, the default) or ``"without_replacement"`` (in index order, each
+  from the row without the tokens drawn before it; ``draft_probs`` still holds the
+  original row).  ``None`` for deterministic drafts (top-k, n-grams), which the
+  verifier then treats with the deterministic-draft rule.  Greedy outputs never
+  depend on it.
+- ``proposes_chains``: True for a drafter whose trees are always chains, False
+  when they never are, None (the default) when it depends; the decoder's
+  ``verification="block"`` verifies chains only and checks this.
 - Random numbers come from the rows' Philox streams (``ctx.seed``,
   ``ctx.draft_offset()``), never from a global generator, so a seed reproduces.
 - A drafter with a model keeps its own KV cache (``ctx.new_cache(model)``); see
@@ -131,13 +137,18 @@ class Draft:
     ``tokens`` int64 ``[B, N]`` (column 0: the roots), ``parents`` int32 ``[B, N]``,
     ``draft_probs`` float32 ``[B, N, V]`` (row i: the distribution node i's children
     were sampled from) or ``None`` for deterministic drafts, ``draft_calls`` the
-    draft-model forwards this proposal cost.
+    draft-model forwards this proposal cost, ``siblings`` how each node's children
+    were sampled from its row: ``"iid"`` (independently) or ``"without_replacement"``
+    (in index order, each from the row without the earlier siblings' tokens,
+    renormalised); it selects the verifier's rule (``ops.rejection_sample``) and is
+    ignored without ``draft_probs``.
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     draft_probs: torch.Tensor | None = None
     draft_calls: int = 0
+    siblings: str = "iid"
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,9 @@ class Drafter:
     length: AdaptiveLength | None = None
     #: the draft model's vocabulary, checked against the target's (None: no model)
     vocab_size: int | None = None
+    #: True: every proposal is a chain; False: never; None: it depends (the decoder
+    #: checks each proposal when it verifies with ``verification="block"``)
+    proposes_chains: bool | None = None
 
     def start(self, ctx: DraftContext) -> None:
         """Called once per generation before the first step; resets the adaptive

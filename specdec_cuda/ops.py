@@ -302,6 +302,10 @@ def verify_greedy(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: to
     )
 
 
+METHODS = ("tokenwise", "block", "traversal")
+SIBLINGS = ("iid", "without_replacement")
+
+
 def rejection_sample(
     tokens: torch.Tensor,
     parents: torch.Tensor,
@@ -309,28 +313,58 @@ def rejection_sample(
     target_probs: torch.Tensor,
     seed: torch.Tensor,
     offset: torch.Tensor,
+    *,
+    method: str = "tokenwise",
+    siblings: str = "iid",
 ) -> Verdict:
     """Lossless verification: the emitted tokens follow the target distribution exactly.
 
     ``target_probs`` float32 ``[B, N, V]``: the target's next-token distribution after
     each node (rows taken as normalised, e.g. from :func:`sampling_probs`).
-    ``draft_probs`` float32 ``[B, N, V]`` or ``None``: the draft distribution node i's
-    children were drawn from.  With it, siblings are independent draws: accept child
-    x with probability ``min(1, p(x)/q(x))``; on rejection ``p <- normalise(max(p - q,
-    0))`` and try the next sibling.  Without it (deterministic drafts: top-k, n-gram):
-    accept x with probability ``p(x)``; on rejection zero ``p(x)`` and renormalise.  When
-    all children are rejected the next token is drawn from the residual; at a leaf,
-    from its target distribution (bonus).  A residual with no mass falls back to
-    the node's target distribution.
+    ``draft_probs`` float32 ``[B, N, V]`` or ``None``: the (original) draft distribution
+    node i's children were drawn from.  docs/ops.md states every rule exactly.
+
+    ``method`` (keyword only):
+
+    * ``"tokenwise"`` (default): walk from the root, test each child in index order.
+      With ``siblings="iid"`` (children drawn independently): accept x with probability
+      ``min(1, p(x)/q(x))``; on rejection ``p <- normalise(max(p - q, 0))`` and try the
+      next sibling.  With ``siblings="without_replacement"`` (children drawn without
+      replacement, in index order: RSD) the draft side follows the drafting: the next
+      sibling's draft distribution is q without the earlier siblings' tokens,
+      renormalised, and rejected tokens leave the residual.
+    * ``"block"``: block verification of a chain (Sun et al. 2024): every draft gets a
+      weight ``P_i = min(1, P_{i-1} p(x_i)/q(x_i))``; the accepted length is the deepest
+      i whose test passes (stop probability ``rho_i / (1 - P_i + rho_i)``, ``P_K`` for
+      the last), the correction comes from ``max(P_i p_i - q_i, 0)``.  Never accepts
+      fewer tokens in expectation than tokenwise.  A tree that is not a chain raises
+      ``ValueError`` (naming ``parents``).
+    * ``"traversal"``: traversal verification of a tree (Weng et al. 2025): depth first,
+      each node tested after its subtree was rejected, leaves first; on a chain it
+      returns exactly what ``"block"`` returns from the same uniforms.  ``siblings``
+      selects the draft-side update as for tokenwise.
+
+    ``siblings`` (keyword only): ``"iid"`` or ``"without_replacement"``: how each node's
+    children were drafted from its ``draft_probs`` row; a mismatch is not lossless.
+
+    Without draft probabilities (deterministic drafts: top-k, n-gram) every method
+    runs the deterministic rule: accept x with probability ``p(x)``; on rejection zero
+    ``p(x)`` and renormalise (``siblings`` is then ignored; ``"block"`` still needs a
+    chain).  Block's and traversal's rules for deterministic drafts give the very same
+    distribution of outputs.  When all children are rejected the next token is drawn
+    from the residual; at a leaf, from its target distribution (bonus).  A residual
+    with no mass falls back to the node's target distribution.
 
     ``seed``, ``offset`` int64 ``[B]``: the row's Philox4x32-10 stream (uniform index c
     for node c's test, N for the final draw); advance ``offset`` every step (e.g. by
     N + 1) and give rows different seeds.  Same seed and offset give the same
     result on CPU and CUDA.
+
+    Raises ``ValueError`` naming ``method`` or ``siblings`` for any other string.
     """
     op = "specdec::rejection_sample"
     t = _validate.tensor
-    return torch.ops.specdec.rejection_sample(
+    args = (
         t(op, "tokens", tokens),
         t(op, "parents", parents),
         _validate.optional_tensor(op, "draft_probs", draft_probs),
@@ -338,6 +372,18 @@ def rejection_sample(
         t(op, "seed", seed),
         t(op, "offset", offset),
     )
+    _check_rule(op, method, siblings)
+    return torch.ops.specdec.rejection_sample(*args, method=method, siblings=siblings)
+
+
+def _check_rule(op: str, method, siblings) -> None:
+    """rejection_sample's method and siblings, with the native kernels' messages."""
+    for arg, value, allowed in (("method", method, METHODS), ("siblings", siblings, SIBLINGS)):
+        if not isinstance(value, str):
+            raise TypeError(f"{op}: {arg} must be a str, got {type(value).__name__}")
+        if value not in allowed:
+            names = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
+            raise ValueError(f"{op}: {arg} must be {names}, got '{value}'")
 
 
 def typical_accept(
@@ -588,8 +634,11 @@ def _verify_greedy_fake(tokens, parents, target_argmax):
 
 
 @torch.library.register_fake("specdec::rejection_sample")
-def _rejection_sample_fake(tokens, parents, draft_probs, target_probs, seed, offset):
+def _rejection_sample_fake(
+    tokens, parents, draft_probs, target_probs, seed, offset, *, method="tokenwise", siblings="iid"
+):
     op = "specdec::rejection_sample"
+    _check_rule(op, method, siblings)
     _check_tree_args(op, tokens, parents)
     _check_probs(op, "target_probs", target_probs, tokens)
     if draft_probs is not None:

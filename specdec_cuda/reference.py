@@ -21,6 +21,8 @@ __all__ = [
     "unpack_tree_mask",
     "verify_greedy",
     "rejection_sample",
+    "verify_row",
+    "PhiloxUniforms",
     "typical_accept",
     "sampling_probs",
     "verify_greedy_chain",
@@ -273,13 +275,38 @@ def rejection_sample(
     target_probs: torch.Tensor,
     seed: torch.Tensor,
     offset: torch.Tensor,
+    *,
+    method: str = "tokenwise",
+    siblings: str = "iid",
 ):
-    """Reference for :func:`specdec_cuda.ops.rejection_sample` (see the rules above)."""
+    """Reference for :func:`specdec_cuda.ops.rejection_sample` (see the rules above, and
+    :func:`verify_row` for the methods "block" and "traversal" and for siblings drawn
+    without replacement)."""
     from . import _philox
 
+    _check_rule(method, siblings)
     batch, nodes = tokens.shape
     toks, pars = tokens.tolist(), parents.tolist()
+    if method == "block":
+        for b in range(batch):
+            _check_chain(pars[b], b)
     u_all = _philox.uniforms(seed.cpu(), offset.cpu(), torch.arange(nodes + 1)).tolist()
+    if draft_probs is not None and (method, siblings) != ("tokenwise", "iid"):
+        paths, nexts = [], []
+        for b in range(batch):
+            path, nxt = verify_row(
+                toks[b],
+                pars[b],
+                target_probs[b].double().tolist(),
+                draft_probs[b].double().tolist(),
+                PhiloxUniforms(u_all[b]),
+                method=method,
+                siblings=siblings,
+            )
+            paths.append(path)
+            nexts.append(nxt)
+        return _outputs(paths, nexts, nodes, tokens.device)
+    # tokenwise with iid siblings, and every method without draft probabilities
     paths, nexts = [], []
     for b in range(batch):
         node, path = 0, [0]
@@ -322,6 +349,278 @@ def rejection_sample(
             path.append(node)
         paths.append(path)
     return _outputs(paths, nexts, nodes, tokens.device)
+
+
+# ---------------------------------------------------------------------------
+# rejection_sample, one row, every method (docs/ops.md states the rules; the
+# uniform index of node c's test is c, of the final draw N).  Rows are lists of
+# Python floats (float64).  Residuals are kept as the ops keep them:
+# numerators w(y) = max(A p(y) - B q(y), 0) of mass Z, zero at excluded tokens.
+# `source` is the randomness: source.test(index, num, den) is "u_index * den <
+# num" and source.draw(index, weights, fallback) the inverse-CDF draw with
+# u_index; PhiloxUniforms gives the op's, and a test can pass an enumerator to
+# compute exact probabilities.
+# ---------------------------------------------------------------------------
+
+METHODS = ("tokenwise", "block", "traversal")
+SIBLINGS = ("iid", "without_replacement")
+
+
+def _check_rule(method: str, siblings: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"reference.rejection_sample: unknown method {method!r}")
+    if siblings not in SIBLINGS:
+        raise ValueError(f"reference.rejection_sample: unknown siblings {siblings!r}")
+
+
+def _check_chain(parents_row: list[int], row: int) -> None:
+    for i in range(1, len(parents_row)):
+        if parents_row[i] != i - 1:
+            raise ValueError(
+                f"reference.rejection_sample: parents[{row}, {i}] = {parents_row[i]}: method='block' "
+                "verifies chains only"
+            )
+
+
+def _draw_list(weights: list[float], fallback: list[float], u: float) -> int:
+    """_draw on lists: the smallest x with w(0) + ... + w(x) > u * sum(w); the fallback if
+    w has no mass."""
+    if not sum(weights) > 0.0:
+        weights = fallback
+    cdf, c = [], 0.0
+    for w in weights:
+        c += w
+        cdf.append(c)
+    target = u * cdf[-1]
+    for x, cx in enumerate(cdf):
+        if cx > target:
+            return x
+    return max(x for x, w in enumerate(weights) if w > 0.0)  # u * total rounded up to the total
+
+
+class PhiloxUniforms:
+    """One row's uniforms (index -> value) as the randomness of :func:`verify_row`."""
+
+    def __init__(self, u: list[float]):
+        self.u = u
+
+    def test(self, index: int, num: float, den: float) -> bool:
+        return self.u[index] * den < num
+
+    def draw(self, index: int, weights: list[float], fallback: list[float]) -> int:
+        return _draw_list(weights, fallback, self.u[index])
+
+
+def _ratio(num: float, den: float) -> float:
+    """P(u * den < num), u ~ U[0, 1), den >= 0."""
+    if den > 0.0:
+        return min(1.0, num / den)
+    return 1.0 if num > 0.0 else 0.0
+
+
+def _share(w: float, z: float) -> float:
+    return w / z if z > 0.0 else 0.0
+
+
+def _residual(p: list[float], q: list[float] | None, a: float, b: float, excluded=()) -> list[float]:
+    """max(a p - b q, 0), zero at the excluded tokens (q None: b must be 0)."""
+    ex = set(excluded)
+    if q is None:
+        return [0.0 if y in ex else max(py * a - 0.0, 0.0) for y, py in enumerate(p)]
+    return [0.0 if y in ex else max(py * a - qy * b, 0.0) for y, (py, qy) in enumerate(zip(p, q))]
+
+
+def verify_row(
+    tokens: list[int],
+    parents: list[int],
+    p: list[list[float]],
+    q: list[list[float]] | None,
+    source,
+    *,
+    method: str = "tokenwise",
+    siblings: str = "iid",
+) -> tuple[list[int], int]:
+    """rejection_sample on one row: returns (accepted path from the root, next token).
+
+    ``p[i]`` / ``q[i]``: the target / draft distribution after node i (lists of floats);
+    ``q`` None means deterministic drafts, for which every method is the deterministic
+    rule ("block" still requires a chain).  ``source`` as described above.
+    """
+    _check_rule(method, siblings)
+    if method == "block":
+        _check_chain(parents, 0)
+    kids = [[] for _ in tokens]
+    for c in range(1, len(tokens)):
+        kids[parents[c]].append(c)
+    if q is None:
+        return _tokenwise_deterministic(tokens, kids, p, source)
+    if method == "tokenwise":
+        return _tokenwise(tokens, kids, p, q, source, siblings == "without_replacement")
+    if method == "block":
+        return _block(tokens, p, q, source)
+    return _traversal(tokens, parents, kids, p, q, source, siblings == "without_replacement")
+
+
+def _tokenwise_deterministic(tokens, kids, p, source):
+    """Child x accepted iff u * Z < w(x); w is p with the rejected siblings' tokens zeroed,
+    Z = 1 - their mass; Z = 0 restarts w at p, at its real mass."""
+    node, path = 0, [0]
+    while True:
+        w, z = list(p[node]), 1.0
+        for c in kids[node]:
+            x = tokens[c]
+            if source.test(c, w[x], z):
+                node = c
+                break
+            z -= w[x]
+            w[x] = 0.0
+            if not z > 0.0:
+                w, z = list(p[node]), sum(p[node])
+        else:
+            nxt = source.draw(len(tokens), w if kids[node] else p[node], p[node])
+            return path, nxt
+        path.append(node)
+
+
+def _tokenwise(tokens, kids, p, q, source, wor: bool):
+    """Top-down recursive rejection sampling.  iid siblings: the library's rule (S = q).
+    Without replacement (RSD): the sibling after k rejections was drafted from q without
+    the k rejected tokens, S = q / m there (m = their remaining q mass), and a rejected
+    token leaves the residual: w <- normalise(max(w - S, 0)) with that token zeroed, kept
+    as A <- A / Z, B <- B / Z + 1 / m.  Once m = 0 the rest are deterministic fillers
+    (S = one-hot: B unchanged, the token zeroed)."""
+    n = len(tokens)
+    node, path = 0, [0]
+    while True:
+        pu, qu = p[node], q[node]
+        a, b, z, m = 1.0, 0.0, 1.0, 1.0
+        rejected: list[int] = []  # tokens, in order (all of them leave S)
+        w_from = 0  # rejected[w_from:] leave w (a restart clears the rest)
+        accepted = None
+        for c in kids[node]:
+            x = tokens[c]
+            if wor:
+                exhausted = not m > 0.0
+                s = 1.0 if exhausted else (0.0 if x in rejected else qu[x] / m)
+                wx = 0.0 if x in rejected[w_from:] else max(pu[x] * a - qu[x] * b, 0.0)
+                if source.test(c, _share(wx, z), s):
+                    accepted = c
+                    break
+                if not z > 0.0:
+                    continue
+                a, b = a / z, b / z + (0.0 if exhausted else 1.0 / m)
+                rejected.append(x)
+                if not exhausted:
+                    m = sum(0.0 if y in rejected else qy for y, qy in enumerate(qu))
+                z = sum(_residual(pu, qu, a, b, rejected[w_from:]))
+                if not z > 0.0:  # no residual mass: back to the target, at its real mass
+                    a, b, w_from, z = 1.0, 0.0, len(rejected), sum(pu)
+            else:
+                wx = max(pu[x] * a - qu[x] * b, 0.0)
+                if source.test(c, wx / z, qu[x]):
+                    accepted = c
+                    break
+                a, b = a / z, b / z + 1.0
+                z = sum(_residual(pu, qu, a, b))
+                if not z > 0.0:
+                    a, b, z = 1.0, 0.0, sum(pu)
+        if accepted is None:
+            if not kids[node]:
+                return path, source.draw(n, pu, pu)
+            return path, source.draw(n, _residual(pu, qu, a, b, rejected[w_from:] if wor else ()), pu)
+        node = accepted
+        path.append(node)
+
+
+def _block(tokens, p, q, source):
+    """Block verification of a chain (Sun et al. 2024).  P_0 = 1,
+    P_i = ratio(P_{i-1} p_{i-1}(x_i), q_{i-1}(x_i)); R_i = max(P_i p_i - q_i, 0) of mass
+    rho_i; node i's stop test u_i < h_i with h_K = P_K, h_i = rho_i / ((1 - P_i) + rho_i)
+    (rho_i = 0: 1 if P_i >= 1, else 0); tau = the largest passing i (0 if none); the next
+    token from R_tau, or p_K at tau = K; R_tau without mass falls back to p_tau."""
+    k = len(tokens) - 1
+    weight = [1.0]
+    for i in range(1, k + 1):
+        x = tokens[i]
+        weight.append(_ratio(weight[i - 1] * p[i - 1][x], q[i - 1][x]))
+
+    def residual(i):
+        return [max(py * weight[i] - qy * 1.0, 0.0) for py, qy in zip(p[i], q[i])]
+
+    tau = 0
+    for i in range(k, 0, -1):
+        if i == k:
+            h = weight[k]
+        else:
+            rho = sum(residual(i))
+            h = rho / ((1.0 - weight[i]) + rho) if rho > 0.0 else (1.0 if weight[i] >= 1.0 else 0.0)
+        if source.test(i, h, 1.0):
+            tau = i
+            break
+    w = p[k] if tau == k else residual(tau)
+    return list(range(tau + 1)), source.draw(k + 1, w, p[tau])
+
+
+def _traversal(tokens, parents, kids, p, q, source, wor: bool):
+    """Traversal verification (Weng et al. 2025), depth first, each node tested (u_c < P_c)
+    after its subtree was rejected.  Entering child c (token x) of u:
+    P_c = ratio(P_u W_u(x), S_u(x)) with W_u = w_u / Z_u and S_u(x) = q_u(x) (iid),
+    q_u(x) / M_u (without replacement; 0 for a token drawn before; 1 once M_u = 0).
+    Rejecting c: A_u <- P_u A_u / Z_u, B_u <- P_u B_u / Z_u + (1 | 1 / M_u | 0);
+    without replacement x leaves W_u and S_u (M_u <- the q_u mass left);
+    rho = sum w_u; rho > 0: P_u <- rho / ((1 - P_u) + rho), Z_u <- rho; else if
+    P_u >= 1: w_u restarts at p_u (real mass, exclusions of w cleared); else P_u <- 0.
+    The root is accepted when all its children are."""
+    n = len(tokens)
+    A, B, Z, P, M = [1.0] * n, [0.0] * n, [1.0] * n, [0.0] * n, [1.0] * n
+    rejected = [[] for _ in range(n)]
+    w_from = [0] * n
+
+    def wnum(v):
+        return _residual(p[v], q[v], A[v], B[v], rejected[v][w_from[v] :])
+
+    def visit(u):
+        for c in kids[u]:
+            x = tokens[c]
+            wx = 0.0 if x in rejected[u][w_from[u] :] else max(p[u][x] * A[u] - q[u][x] * B[u], 0.0)
+            if not wor:
+                s = q[u][x]
+            elif not M[u] > 0.0:
+                s = 1.0
+            else:
+                s = 0.0 if x in rejected[u] else q[u][x] / M[u]
+            A[c], B[c], Z[c], P[c], M[c] = 1.0, 0.0, 1.0, _ratio(P[u] * _share(wx, Z[u]), s), 1.0
+            rejected[c], w_from[c] = [], 0
+            hit = visit(c)
+            if hit is not None:
+                return hit
+            exhausted = wor and not M[u] > 0.0
+            add = 1.0 if not wor else (0.0 if exhausted else 1.0 / M[u])
+            if Z[u] > 0.0:
+                A[u], B[u] = P[u] * A[u] / Z[u], P[u] * B[u] / Z[u] + add
+            if wor:
+                rejected[u].append(x)
+                if not exhausted:
+                    M[u] = sum(0.0 if y in rejected[u] else qy for y, qy in enumerate(q[u]))
+            rho = sum(wnum(u))
+            if rho > 0.0:
+                P[u], Z[u] = rho / ((1.0 - P[u]) + rho), rho
+            elif P[u] >= 1.0:
+                A[u], B[u], w_from[u], Z[u] = 1.0, 0.0, len(rejected[u]), sum(p[u])
+            else:
+                P[u] = 0.0
+        if u == 0:
+            return 0
+        return u if source.test(u, P[u], 1.0) else None
+
+    P[0] = 1.0
+    acc = visit(0)
+    path = [acc]
+    while parents[path[-1]] >= 0:
+        path.append(parents[path[-1]])
+    path.reverse()
+    w = wnum(acc) if kids[acc] else p[acc]
+    return path, source.draw(n, w, p[acc])
 
 
 def typical_accept(

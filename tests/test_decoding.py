@@ -45,6 +45,7 @@ from specdec_cuda.drafters import (
     DynamicTreeDrafter,
     NoDrafter,
     PromptLookupDrafter,
+    StochasticTreeDrafter,
     TreeDrafter,
 )
 from specdec_cuda.length_policy import AdaptiveLength
@@ -71,6 +72,7 @@ SEEDS = dict(
     toy_target=3001,
     toy_indep_draft=3002,
     stat_target=5,
+    stat_indep_draft=5002,
     prompts=7,
 )
 HF_VOCAB = 96
@@ -764,6 +766,14 @@ def _check_top_p_margin(logits: torch.Tensor, cfg: dict) -> None:
 def stat_models():
     target = ToyLM(STAT_V, 16, 2, seed=SEEDS["stat_target"])
     return target, target.truncated(1)
+
+
+@pytest.fixture(scope="module")
+def stat_models_far():
+    """The statistical target with an independent one-layer draft: drafts are rejected
+    often enough that the verification rules' residual updates matter."""
+    target = ToyLM(STAT_V, 16, 2, seed=SEEDS["stat_target"])
+    return target, ToyLM(STAT_V, 16, 1, seed=SEEDS["stat_indep_draft"])
 
 
 _STAT_RUNS: dict = {}
@@ -1489,3 +1499,307 @@ def test_decoder_reuse_across_batches():
             out = dec.generate(batch, max_new_tokens=12)
             assert_rows_equal(out.new_tokens, s.refs(batch, 12), f"{drafter} reuse")
             assert dec.target_cache.batch_size == len(batch)
+
+
+# ---------------------------------------------------------------------------
+# 8. Verification methods (SpeculativeDecoder(verification=...)) and the
+#    stochastic tree drafter (siblings drawn without replacement).
+# ---------------------------------------------------------------------------
+
+STOCHASTIC = lambda d: StochasticTreeDrafter(d, branching=(3, 2, 1))  # noqa: E731
+
+
+@needs_hf
+@pytest.mark.parametrize("cache", ["contig", "paged16"])
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_stochastic_tree_greedy_equals_hf_generate_llama(device, cache):
+    s = hf_setup("llama", device)
+    prompts = _prompts(PROMPT_LENS, HF_VOCAB)
+    for verification in ("tokenwise", "traversal"):  # greedy steps use verify_greedy either way
+        dec = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.trunc), verification=verification, **CACHES[cache])
+        out = dec.generate(prompts, max_new_tokens=MAX_NEW)
+        assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), f"stochastic/{cache}")
+        assert out.stats.tau > 1.2, out.stats.summary()
+    indep = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.indep), **CACHES[cache])
+    assert_rows_equal(indep.generate(prompts, max_new_tokens=MAX_NEW).new_tokens, s.refs(prompts, MAX_NEW))
+    one = _prompts((9,), HF_VOCAB, seed=11)[0]
+    single = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.trunc), **CACHES[cache]).generate(
+        one, max_new_tokens=20
+    )
+    assert_rows_equal(single.new_tokens, [s.ref(one, 20)], "batch 1")
+
+
+@pytest.mark.parametrize("cache", ["contig", "paged1", "paged16"])
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_stochastic_tree_greedy_equals_reference_toy(device, cache):
+    s = toy_setup(device)
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    for branching in ((3, 2, 1), (2, 2, 2, 1), (1, 1)):
+        out = sd.SpeculativeDecoder(
+            s.target, StochasticTreeDrafter(s.trunc, branching=branching), **CACHES[cache]
+        ).generate(prompts, max_new_tokens=MAX_NEW)
+        assert_rows_equal(out.new_tokens, s.refs(prompts, MAX_NEW), f"toy stochastic {branching}/{cache}")
+        assert out.stats.tau > 1.2, out.stats.summary()
+
+
+@needs_hf
+@pytest.mark.parametrize("verification", ["tokenwise", "traversal"])
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+@pytest.mark.parametrize("cache", ["contig", "paged4"])
+def test_stochastic_tree_kv_cache_equals_fresh_forward_llama(cache, mode, verification, seed):
+    s = hf_setup("llama", "cpu")
+    prompts = _prompts(PROMPT_LENS, HF_VOCAB)
+    caches = dict(CACHES, paged4=dict(paged=True, page_size=4))
+    dec = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.trunc), verification=verification, **caches[cache])
+    kw = dict(max_new_tokens=20)
+    if mode == "sampled":
+        kw.update(SAMPLED, seed=[seed + b for b in range(len(prompts))])
+    committed, snaps = _stream_with_snapshots(dec, prompts, **kw)
+    assert len(snaps) > 1
+    final = [torch.tensor(c[:-1]) for c in committed]
+    assert _compare_snapshots(snaps, [s.kv(ids) for ids in final], "target", s.num_layers) > 0
+    _compare_snapshots(snaps, [s.kv(ids, draft=True) for ids in final], "draft", 1)
+
+
+@pytest.mark.parametrize("verification", ["tokenwise", "block", "traversal"])
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_verification_methods_kv_cache_equals_full_forward_toy(mode, verification, seed):
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    build = STOCHASTIC if verification != "block" else (lambda d: ChainDrafter(d, k=3, adaptive=False))
+    dec = sd.SpeculativeDecoder(s.target, build(s.trunc), verification=verification, paged=True, page_size=1)
+    kw = dict(max_new_tokens=20)
+    if mode == "sampled":
+        kw.update(SAMPLED, seed=[seed + b for b in range(len(prompts))])
+    committed, snaps = _stream_with_snapshots(dec, prompts, **kw)
+
+    def kv(model, ids):
+        with torch.no_grad():
+            return [(k[0], v[0]) for k, v in model.full_kv(torch.tensor(ids)[None])]
+
+    final = [c[:-1] for c in committed]
+    _compare_snapshots(snaps, [kv(s.target, ids) for ids in final], "target", s.target.num_layers)
+    _compare_snapshots(snaps, [kv(s.trunc, ids) for ids in final], "draft", 1)
+
+
+def test_stochastic_tree_draft_contract():
+    """Each proposal: siblings distinct, drawn from the draft's sampling_probs row of their
+    parent (tokens of probability 0 only as fillers, once the row has no mass left for
+    them); draft_probs holds those ORIGINAL rows (leaves: zero); siblings is
+    "without_replacement"."""
+    s = toy_setup("cpu")
+    drafter = STOCHASTIC(s.trunc)
+    seen = []
+    orig = drafter.propose
+
+    def recording(ctx):
+        d = orig(ctx)
+        seen.append((ctx.seq.clone(), ctx.seq_lens.clone(), ctx.temperature, ctx.top_k, ctx.top_p, d))
+        return d
+
+    drafter.propose = recording
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    sd.SpeculativeDecoder(s.target, drafter).generate(
+        prompts, max_new_tokens=12, seed=[5, 6, 7, 8], **SAMPLED
+    )
+    parents = drafter.parents
+    kids = [[c for c in range(len(parents)) if parents[c] == u] for u in range(len(parents))]
+    fillers = 0
+    for seq, lens, t, k, p, d in seen[:4]:
+        assert d.siblings == "without_replacement" and d.draft_probs is not None
+        assert d.draft_probs.shape == (len(prompts), len(parents), TOY_VOCAB)
+        for b in range(len(prompts)):
+            ctx_ids = seq[b, : int(lens[b])]
+            for u, ch in enumerate(kids):
+                row = d.draft_probs[b, u]
+                if not ch:
+                    assert bool((row == 0).all())
+                    continue
+                path = []
+                v = u
+                while v > 0:
+                    path.append(int(d.tokens[b, v]))
+                    v = parents[v]
+                ids = torch.cat([ctx_ids, torch.tensor(path[::-1], dtype=torch.long)])
+                with torch.no_grad():
+                    logits = s.trunc.full_logits(ids[None])[:, -1]
+                want = reference.sampling_probs(logits, t[b : b + 1], k[b : b + 1], p[b : b + 1])[0]
+                torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-4)
+                toks = [int(d.tokens[b, c]) for c in ch]
+                assert len(set(toks)) == len(toks), (b, u, toks)
+                support = int((row > 0).sum())
+                for j, x in enumerate(toks):
+                    if j < support:
+                        assert float(row[x]) > 0, (b, u, toks)  # a draw
+                    else:
+                        fillers += 1
+    assert fillers > 0  # the greedy row (temperature 0) and top-k rows exercise the fillers
+
+
+@pytest.mark.parametrize("verification", ["tokenwise", "traversal"])
+def test_stochastic_tree_target_as_its_own_draft_is_always_accepted(verification, seed):
+    """q = p: every drawn child is the target's own sample, so it is accepted (RSD and
+    traversal alike) down to the leaves."""
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    kw = dict(max_new_tokens=20, seed=[seed + b for b in range(4)], temperature=1.0)
+    out = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.target), verification=verification).generate(
+        prompts, **kw
+    )
+    acc = out.stats.acceptance_by_position
+    assert len(acc) == 3 and min(acc) >= 0.99, out.stats.summary()
+
+
+def test_block_equals_traversal_on_chains_in_the_loop(seed):
+    """On chains the op returns the same verdicts for block and traversal: whole sampled
+    generations agree."""
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    kw = dict(max_new_tokens=24, seed=[seed + b for b in range(4)], **SAMPLED)
+    outs = {
+        v: sd.SpeculativeDecoder(
+            s.target, ChainDrafter(s.trunc, k=4, adaptive=False), verification=v
+        ).generate(prompts, **kw)
+        for v in ("block", "traversal", "tokenwise")
+    }
+    assert_rows_equal(outs["block"].new_tokens, outs["traversal"].new_tokens, "block vs traversal")
+    assert outs["block"].stats.steps == outs["traversal"].stats.steps
+    assert any(not torch.equal(a, b) for a, b in zip(outs["block"].new_tokens, outs["tokenwise"].new_tokens))
+
+
+@pytest.mark.parametrize("verification", ["tokenwise", "block", "traversal"])
+def test_verification_same_seeds_same_samples_and_greedy_rows(verification, seed):
+    s = toy_setup("cpu")
+    build = (lambda d: ChainDrafter(d, k=3, adaptive=False)) if verification == "block" else STOCHASTIC
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    kw = dict(max_new_tokens=20, **SAMPLED)
+    seeds = [seed + b for b in range(4)]
+    run = lambda sd_seeds: sd.SpeculativeDecoder(
+        s.target, build(s.trunc), verification=verification
+    ).generate(  # noqa: E731
+        prompts, seed=sd_seeds, **kw
+    )
+    a, b, c = run(seeds), run(seeds), run([x + 1000 for x in seeds])
+    assert_rows_equal(a.new_tokens, b.new_tokens, "same seeds")
+    assert any(not torch.equal(a.new_tokens[r], c.new_tokens[r]) for r in (0, 1, 3))
+    # row 2 has temperature 0: greedy inside a sampled batch (its drafts: the top tokens)
+    assert torch.equal(a.new_tokens[2], s.ref(prompts[2], 20))
+
+
+@pytest.mark.parametrize("verification", ["tokenwise", "traversal"])
+@pytest.mark.parametrize(
+    "params",
+    [dict(temperature=1.0, top_k=1), dict(temperature=[0.0, 2.0, 1.0, 0.3], top_k=[0, 1, 1, 1])],
+    ids=["top_k=1", "mixed"],
+)
+def test_stochastic_tree_degenerate_sampling_equals_greedy(params, verification, seed):
+    s = toy_setup("cpu")
+    prompts = _prompts(PROMPT_LENS, TOY_VOCAB)
+    out = sd.SpeculativeDecoder(s.target, STOCHASTIC(s.trunc), verification=verification).generate(
+        prompts, max_new_tokens=20, seed=[seed + b for b in range(4)], **params
+    )
+    assert_rows_equal(out.new_tokens, s.refs(prompts, 20), f"{params}")
+
+
+class _TreeOnceDrafter(_RepeatRootDrafter):
+    """A custom drafter (proposes_chains unknown) whose proposals are stars."""
+
+    def propose(self, ctx):
+        d = super().propose(ctx)
+        return sd.Draft(d.tokens, torch.zeros_like(d.parents).index_fill_(1, torch.tensor([0]), -1))
+
+
+def test_verification_argument_errors(toy):
+    target, draft = toy
+    with pytest.raises(
+        ValueError, match="verification must be 'tokenwise', 'block' or 'traversal', got 'greedy'"
+    ):
+        sd.SpeculativeDecoder(target, ChainDrafter(draft), verification="greedy")
+    for drafter in (TreeDrafter(draft), StochasticTreeDrafter(draft, branching=(2, 1))):
+        with pytest.raises(
+            ValueError, match="verification='block' verifies chains only, but the .* proposes trees"
+        ):
+            sd.SpeculativeDecoder(target, drafter, verification="block")
+    # chains are fine: a chain-shaped static tree, a (1, 1) stochastic tree, prompt lookup
+    for drafter in (
+        TreeDrafter(draft, [[0], [0, 0]]),
+        StochasticTreeDrafter(draft, (1, 1)),
+        PromptLookupDrafter(),
+    ):
+        out = sd.SpeculativeDecoder(target, drafter, verification="block").generate(
+            [[1, 2, 3]], max_new_tokens=6, temperature=1.0, seed=3
+        )
+        assert out.new_tokens[0].numel() == 6
+    # drafters whose shape is only known per proposal: refused at the first step that is a tree
+    for drafter in (DynamicTreeDrafter(draft, topk=2, depth=2, num_nodes=4), _TreeOnceDrafter(2)):
+        dec = sd.SpeculativeDecoder(target, drafter, verification="block")
+        with pytest.raises(
+            ValueError, match="verification='block' verifies chains only, but the .* proposed a tree"
+        ):
+            dec.generate([[1, 2, 3]], max_new_tokens=4, temperature=1.0, seed=1)
+    for kw in (dict(branching=()), dict(branching=(0,)), dict(branching=(2, 1.5)), dict(branching=(True,))):
+        with pytest.raises(ValueError, match="StochasticTreeDrafter: branching"):
+            StochasticTreeDrafter(draft, **kw)
+    dec = sd.SpeculativeDecoder(target, StochasticTreeDrafter(draft, branching=(17,)))
+    with pytest.raises(ValueError, match="branching 17 exceeds the vocabulary"):
+        dec.generate([[1, 2]], max_new_tokens=2)
+
+
+# Loop losslessness of every verification method (the harness of section 3).
+VERIFY_DRAFTERS = {
+    "chain": lambda d: ChainDrafter(d, k=3, adaptive=False),
+    "stochastic": lambda d: StochasticTreeDrafter(d, branching=(4, 2)),
+}
+VERIFY_CASES = {
+    "chain-block-T1": ("chain", "block", T1),
+    "chain-block-T0.7-k6-p0.9": ("chain", "block", T07),
+    "chain-traversal-T1": ("chain", "traversal", T1),
+    "stochastic-rsd-T1": ("stochastic", "tokenwise", T1),
+    "stochastic-rsd-T0.7-k6-p0.9": ("stochastic", "tokenwise", T07),
+    "stochastic-traversal-T1": ("stochastic", "traversal", T1),
+    "stochastic-traversal-T0.7-k6-p0.9": ("stochastic", "traversal", T07),
+}
+
+
+@pytest.mark.parametrize("case", list(VERIFY_CASES))
+def test_sampling_is_lossless_with_each_verification(case, stat_models_far, seed, record_property):
+    kind, verification, cfg = VERIFY_CASES[case]
+    target, draft = stat_models_far
+    dec = sd.SpeculativeDecoder(target, VERIFY_DRAFTERS[kind](draft), verification=verification)
+    counts, stats = _two_token_counts(dec, cfg, seed)
+    stat, df, p = chi_square(counts, exact_two_token_probs(target, STAT_PROMPT, cfg))
+    print(
+        f"\nlossless {case}: chi2 = {stat:.1f}, df = {df}, p = {p:.3g} (alpha {ALPHA:g}); "
+        f"{stats.summary()}; row seeds {seed * STAT_ROWS}+i"
+    )
+    record_property("p_value", p)
+    record_property("chi2", stat)
+    assert stats.acceptance_by_position[0] > 0.02, stats.summary()
+    assert p > ALPHA, f"{case}: chi2 {stat:.1f} df {df} p {p:.3g}"
+
+
+class _SiblingsReportedIid(StochasticTreeDrafter):
+    """Drafts without replacement but reports iid siblings: the verifier's rule no longer
+    matches the drafting."""
+
+    def draft(self, ctx):
+        d = super().draft(ctx)
+        d.siblings = "iid"
+        return d
+
+
+@pytest.mark.parametrize("verification", ["tokenwise", "traversal"])
+def test_lossless_check_rejects_a_siblings_mismatch(verification, stat_models_far, seed, record_property):
+    """Power: the same harness (models, tree, rows), with the stochastic tree's siblings
+    declared iid."""
+    target, draft = stat_models_far
+    dec = sd.SpeculativeDecoder(
+        target, _SiblingsReportedIid(draft, branching=(4, 2)), verification=verification
+    )
+    counts, stats = _two_token_counts(dec, T1, seed)
+    stat, df, p = chi_square(counts, exact_two_token_probs(target, STAT_PROMPT, T1))
+    print(
+        f"\nsiblings mismatch ({verification}): chi2 = {stat:.1f}, df = {df}, p = {p:.3g}; {stats.summary()}"
+    )
+    record_property("p_value", p)
+    assert p < ALPHA

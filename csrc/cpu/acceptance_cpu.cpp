@@ -1,6 +1,6 @@
 // Acceptance sampling, CPU kernels: the shared walks of specdec/acceptance_rules.h
-// over a row policy whose vocabulary collectives are plain loops, parallel
-// over rows.
+// (accept::run_walk) over a row policy whose vocabulary collectives are plain
+// loops, parallel over rows.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,21 +16,23 @@
 namespace specdec {
 namespace {
 
-void validate_trees(const char* op, const TreeShape& s, const int32_t* parents, const int64_t* tokens, int64_t vocab) {
+void validate_trees(const char* op, const TreeShape& s, const int32_t* parents, const int64_t* tokens, int64_t vocab,
+                    bool chain_only = false) {
   std::vector<ErrorRecord> errors(s.batch);
   for (int64_t b = 0; b < s.batch; ++b) {
     errors[b] = accept::check_tree(parents + b * s.nodes, tokens + b * s.nodes, s.nodes, vocab, b);
+    if (errors[b].code == kOk && chain_only) errors[b] = accept::check_chain(parents + b * s.nodes, s.nodes, b);
   }
   raise_first_error(errors, [op](const ErrorRecord& e) { raise_acceptance_error(op, e); });
 }
 
-// Runs the walk for every row in parallel (row policy with the row's scratch),
-// then raises the lowest failing row's error.
+// Runs the walk for every row in parallel (row policy with the row's scratch
+// of `words` int64, N by default), then raises the lowest failing row's error.
 template <class Walk>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const TreeShape& s, const at::Tensor& tokens,
                                                         const at::Tensor& parents, const float* target,
                                                         const float* draft, const at::Tensor& seed,
-                                                        const at::Tensor& offset, Walk walk) {
+                                                        const at::Tensor& offset, Walk walk, int64_t words = -1) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
   std::vector<ErrorRecord> errors(s.batch);
   for (int64_t b = 0; b < s.batch; ++b) errors[b] = no_error(b);
@@ -43,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Tr
   int64_t* nx = next.data_ptr<int64_t>();
   const int64_t row_probs = s.nodes * s.vocab;
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> scratch(s.nodes);
+    std::vector<int64_t> scratch(words < 0 ? s.nodes : words);
     for (int64_t b = begin; b < end; ++b) {
       const accept::RowView view(s.nodes, s.vocab, par + b * s.nodes, tok + b * s.nodes, target + b * row_probs,
                                  draft ? draft + b * row_probs : nullptr, static_cast<uint64_t>(sd[b]),
@@ -83,20 +85,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cpu(const at::Tenso
   return {accept, num, next};
 }
 
+template <accept::Walk kWalk>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk_rows(const char* op, const TreeShape& s,
+                                                             const at::Tensor& tokens, const at::Tensor& parents,
+                                                             const float* target, const float* draft,
+                                                             const at::Tensor& seed, const at::Tensor& offset) {
+  return run_rows(
+      op, s, tokens, parents, target, draft, seed, offset,
+      [](accept::SequentialRow& row) { accept::run_walk<kWalk>(row, 0.0, 0.0); },
+      accept::scratch_words(kWalk, s.nodes));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                                                     const std::optional<at::Tensor>& draft_probs,
                                                                     const at::Tensor& target_probs,
-                                                                    const at::Tensor& seed, const at::Tensor& offset) {
+                                                                    const at::Tensor& seed, const at::Tensor& offset,
+                                                                    c10::string_view method,
+                                                                    c10::string_view siblings) {
   constexpr const char* op = "specdec::rejection_sample";
+  const RejectionRule rule = parse_rejection_rule(op, method, siblings);
   const TreeShape s = check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
-  validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab);
+  validate_trees(op, s, parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), s.vocab,
+                 rule.method == accept::Method::kBlock);
   const float* target = target_probs.data_ptr<float>();
-  if (draft_probs) {
-    return run_rows(op, s, tokens, parents, target, draft_probs->data_ptr<float>(), seed, offset,
-                    [](accept::SequentialRow& row) { accept::rejection_walk<true>(row); });
+  if (!draft_probs) {  // deterministic drafts: one rule for every method (docs/ops.md)
+    return run_walk_rows<accept::Walk::kRejection>(op, s, tokens, parents, target, nullptr, seed, offset);
   }
-  return run_rows(op, s, tokens, parents, target, nullptr, seed, offset,
-                  [](accept::SequentialRow& row) { accept::rejection_walk<false>(row); });
+  const float* draft = draft_probs->data_ptr<float>();
+  using W = accept::Walk;
+  switch (accept::draft_walk(rule.method, rule.siblings)) {
+    case W::kRejectionDraftWor:
+      return run_walk_rows<W::kRejectionDraftWor>(op, s, tokens, parents, target, draft, seed, offset);
+    case W::kBlock:
+      return run_walk_rows<W::kBlock>(op, s, tokens, parents, target, draft, seed, offset);
+    case W::kTraversal:
+      return run_walk_rows<W::kTraversal>(op, s, tokens, parents, target, draft, seed, offset);
+    case W::kTraversalWor:
+      return run_walk_rows<W::kTraversalWor>(op, s, tokens, parents, target, draft, seed, offset);
+    default:
+      return run_walk_rows<W::kRejectionDraft>(op, s, tokens, parents, target, draft, seed, offset);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cpu(const at::Tensor& tokens, const at::Tensor& parents,

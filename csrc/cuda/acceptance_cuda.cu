@@ -1,5 +1,5 @@
-// Acceptance sampling (verify_greedy, rejection_sample, typical_accept), CUDA
-// launches.  The kernel bodies (one thread block per row, block reductions and
+// Acceptance sampling (verify_greedy, rejection_sample with its methods,
+// typical_accept), CUDA launches.  The kernel bodies (one thread block per row, block reductions and
 // a tiled block scan in float64; greedy one thread per row) live in
 // specdec/acceptance_kernels.h, where the C++ tests also run them on the host
 // CUDA emulator.  Invalid input is recorded per row (cuda/device_errors.h); in
@@ -16,6 +16,7 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "cuda/device_errors.h"
 #include "cuda/static_switch.h"
@@ -47,19 +48,29 @@ void raise_row_errors(const char* op, const at::Tensor& errors, cudaStream_t str
   raise_device_errors(errors, stream, [op](const ErrorRecord& e) { raise_acceptance_error(op, e); });
 }
 
+// The most scratch a walk block takes (dynamic shared memory beyond the block's scalars).
+constexpr int64_t kMaxScratchWords = 40 * 1024 / sizeof(int64_t);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk walk, const TreeShape& s,
                                                         const at::Tensor& tokens, const at::Tensor& parents,
                                                         const at::Tensor& target, const at::Tensor* draft,
                                                         const at::Tensor& seed, const at::Tensor& offset,
-                                                        double threshold, double alpha) {
+                                                        double threshold, double alpha, RejectionRule rule = {}) {
   auto [accept, num, next] = verifier_outputs(s, tokens.options());
   if (s.batch == 0) return {accept, num, next};
   const c10::cuda::CUDAGuard guard(tokens.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor errors = device_error_records(s.batch, tokens.options());
-  const size_t scratch = static_cast<size_t>(s.nodes) * sizeof(int64_t);
-  TORCH_CHECK_VALUE(scratch <= 40 * 1024,
-                    msg(op, "tokens", " has ", s.nodes, " nodes; the CUDA kernel supports up to 5120"));
+  const bool chain_only = walk != Walk::kTypical && rule.method == accept::Method::kBlock;
+  const int64_t words = accept::scratch_words(walk, s.nodes);
+  if (words == s.nodes) {
+    TORCH_CHECK_VALUE(words <= kMaxScratchWords,
+                      msg(op, "tokens", " has ", s.nodes, " nodes; the CUDA kernel supports up to ", kMaxScratchWords));
+  } else {
+    TORCH_CHECK_VALUE(words <= kMaxScratchWords, msg(op, "tokens", " has ", s.nodes,
+                                                     " nodes; the CUDA kernel of method 'traversal' supports up to ",
+                                                     kMaxScratchWords / accept::traversal_scratch_words(1)));
+  }
   const dev::WalkArgs args{parents.data_ptr<int32_t>(),
                            tokens.data_ptr<int64_t>(),
                            target.data_ptr<float>(),
@@ -73,10 +84,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_walk(const char* op, Walk wal
                            accept.data_ptr<int32_t>(),
                            num.data_ptr<int32_t>(),
                            next.data_ptr<int64_t>(),
-                           record_ptr(errors)};
-  const size_t smem = dev::walk_smem(s.nodes);
-  SPECDEC_SWITCH3(walk, kWalk, Walk::kRejectionDraft, Walk::kRejection, Walk::kTypical,
-                  [&] { walk_kernel<kWalk><<<s.batch, kThreads, smem, stream>>>(args); });
+                           record_ptr(errors),
+                           chain_only};
+  const size_t smem = dev::walk_smem(s.nodes, words);
+  auto launch = [&](auto walk_constant) {
+    walk_kernel<decltype(walk_constant)::value><<<s.batch, kThreads, smem, stream>>>(args);
+  };
+  if (walk == Walk::kTypical) {
+    launch(std::integral_constant<Walk, Walk::kTypical>{});
+  } else if (walk == Walk::kRejection) {
+    launch(std::integral_constant<Walk, Walk::kRejection>{});
+  } else {  // rejection_sample with draft probabilities: the method, then how siblings were drafted
+    SPECDEC_SWITCH3(
+        rule.method, kMethod, accept::Method::kTokenwise, accept::Method::kBlock, accept::Method::kTraversal, [&] {
+          SPECDEC_BOOL_SWITCH(rule.siblings == accept::Siblings::kWithoutReplacement, kWor, [&] {
+            constexpr auto kSiblings = kWor ? accept::Siblings::kWithoutReplacement : accept::Siblings::kIid;
+            launch(std::integral_constant<Walk, accept::draft_walk(kMethod, kSiblings)>{});
+          });
+        });
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   raise_row_errors(op, errors, stream);
   return {accept, num, next};
@@ -101,15 +127,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy_cuda(const at::Tens
   return {accept, num, next};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cuda(const at::Tensor& tokens,
-                                                                     const at::Tensor& parents,
-                                                                     const std::optional<at::Tensor>& draft_probs,
-                                                                     const at::Tensor& target_probs,
-                                                                     const at::Tensor& seed, const at::Tensor& offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample_cuda(
+    const at::Tensor& tokens, const at::Tensor& parents, const std::optional<at::Tensor>& draft_probs,
+    const at::Tensor& target_probs, const at::Tensor& seed, const at::Tensor& offset, c10::string_view method,
+    c10::string_view siblings) {
   constexpr const char* op = "specdec::rejection_sample";
+  const RejectionRule rule = parse_rejection_rule(op, method, siblings);
   const TreeShape s = check_rejection_args(op, tokens, parents, draft_probs, target_probs, seed, offset);
-  return run_walk(op, draft_probs ? Walk::kRejectionDraft : Walk::kRejection, s, tokens, parents, target_probs,
-                  draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0, 0.0);
+  // Deterministic drafts: one rule for every method (docs/ops.md); block still needs a chain.
+  const Walk walk = draft_probs ? accept::draft_walk(rule.method, rule.siblings) : Walk::kRejection;
+  return run_walk(op, walk, s, tokens, parents, target_probs, draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0,
+                  0.0, rule);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cuda(const at::Tensor& tokens, const at::Tensor& parents,

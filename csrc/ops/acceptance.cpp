@@ -94,6 +94,27 @@ TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at:
   return s;
 }
 
+RejectionRule parse_rejection_rule(const char* op, std::string_view method, std::string_view siblings) {
+  RejectionRule r;
+  if (method == "tokenwise") {
+    r.method = accept::Method::kTokenwise;
+  } else if (method == "block") {
+    r.method = accept::Method::kBlock;
+  } else if (method == "traversal") {
+    r.method = accept::Method::kTraversal;
+  } else {
+    TORCH_CHECK_VALUE(false, msg(op, "method", " must be 'tokenwise', 'block' or 'traversal', got '", method, "'"));
+  }
+  if (siblings == "iid") {
+    r.siblings = accept::Siblings::kIid;
+  } else if (siblings == "without_replacement") {
+    r.siblings = accept::Siblings::kWithoutReplacement;
+  } else {
+    TORCH_CHECK_VALUE(false, msg(op, "siblings", " must be 'iid' or 'without_replacement', got '", siblings, "'"));
+  }
+  return r;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape, const at::TensorOptions& opts) {
   return {at::empty({shape.batch, shape.nodes}, opts.dtype(at::kInt)), at::empty({shape.batch}, opts.dtype(at::kInt)),
           at::empty({shape.batch}, opts.dtype(at::kLong))};
@@ -116,6 +137,10 @@ void raise_acceptance_error(const char* op, const ErrorRecord& e) {
     case accept::kDraftProbInvalid:
       TORCH_CHECK_VALUE(false,
                         msg(op, "draft_probs", "[", b, ", ", where, ", ", value, "] is NaN, infinite or negative"));
+    case accept::kNotChain:
+      TORCH_CHECK_VALUE(false, msg(op, "parents", "[", b, ", ", where, "] = ", value,
+                                   ": method='block' verifies chains only (parents[b, i] = i - 1); use "
+                                   "method='traversal' for trees"));
     case accept::kNoMass:
       TORCH_CHECK_VALUE(false,
                         msg(op, "target_probs", "[", b, ", ", where, "] has no probability mass to sample from"));
@@ -135,12 +160,14 @@ Verdict verify_greedy(const at::Tensor& tokens, const at::Tensor& parents, const
 
 Verdict rejection_sample(const at::Tensor& tokens, const at::Tensor& parents,
                          const std::optional<at::Tensor>& draft_probs, const at::Tensor& target_probs,
-                         const at::Tensor& seed, const at::Tensor& offset) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("specdec::rejection_sample", "")
-                       .typed<Verdict(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                      const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op.call(tokens, parents, draft_probs, target_probs, seed, offset);
+                         const at::Tensor& seed, const at::Tensor& offset, std::string_view method,
+                         std::string_view siblings) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("specdec::rejection_sample", "")
+          .typed<Verdict(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+                         const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view)>();
+  return op.call(tokens, parents, draft_probs, target_probs, seed, offset, method, siblings);
 }
 
 Verdict typical_accept(const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& target_probs,

@@ -6,8 +6,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string_view>
 #include <tuple>
 
+#include "specdec/acceptance_rules.h"
 #include "specdec/errors.h"
 
 namespace specdec {
@@ -42,6 +44,15 @@ TreeShape check_typical_args(const char* op, const at::Tensor& tokens, const at:
                              const at::Tensor& target_probs, double threshold, double alpha, const at::Tensor& seed,
                              const at::Tensor& offset);
 
+// rejection_sample's method ("tokenwise", "block", "traversal") and siblings
+// ("iid", "without_replacement"); anything else raises a ValueError naming the
+// argument.
+struct RejectionRule {
+  accept::Method method = accept::Method::kTokenwise;
+  accept::Siblings siblings = accept::Siblings::kIid;
+};
+RejectionRule parse_rejection_rule(const char* op, std::string_view method, std::string_view siblings);
+
 // The three verifier outputs, allocated on `device`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_outputs(const TreeShape& shape,
                                                                 const at::TensorOptions& device);
@@ -56,7 +67,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_greedy(const at::Tensor& t
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rejection_sample(const at::Tensor& tokens, const at::Tensor& parents,
                                                                 const std::optional<at::Tensor>& draft_probs,
                                                                 const at::Tensor& target_probs, const at::Tensor& seed,
-                                                                const at::Tensor& offset);
+                                                                const at::Tensor& offset,
+                                                                std::string_view method = "tokenwise",
+                                                                std::string_view siblings = "iid");
 std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept(const at::Tensor& tokens, const at::Tensor& parents,
                                                               const at::Tensor& target_probs,
                                                               double posterior_threshold, double posterior_alpha,

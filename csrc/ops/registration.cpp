@@ -25,7 +25,8 @@ TORCH_LIBRARY(specdec, m) {
       "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
   m.def(
       "rejection_sample(Tensor tokens, Tensor parents, Tensor? draft_probs, Tensor target_probs, "
-      "Tensor seed, Tensor offset) -> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+      "Tensor seed, Tensor offset, *, str method=\"tokenwise\", str siblings=\"iid\") "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
   m.def(
       "typical_accept(Tensor tokens, Tensor parents, Tensor target_probs, float posterior_threshold, "
       "float posterior_alpha, Tensor seed, Tensor offset) "

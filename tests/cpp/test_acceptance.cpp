@@ -109,6 +109,61 @@ TEST(RejectionSample, NanProbabilityRaises) {
   EXPECT_NE(e.find("specdec::rejection_sample: target_probs[0, 0, 1]"), std::string::npos) << e;
 }
 
+// The methods of rejection_sample through the C++ API (method, siblings as strings).
+TEST(RejectionSampleMethods, DraftEqualToTargetAcceptsEverything) {
+  at::manual_seed(15);
+  const int64_t B = 16, N = 5, V = 30;
+  at::Tensor probs = random_probs(B, N, V, 1.0);
+  at::Tensor tokens = at::multinomial(probs.view({B * N, V}), 1).view({B, N});
+  at::Tensor seed = at::randint(1, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
+  for (const char* method : {"tokenwise", "block", "traversal"}) {
+    for (const char* siblings : {"iid", "without_replacement"}) {
+      auto [accept, num, next] =
+          specdec::rejection_sample(tokens, chain_parents(B, N), probs, probs, seed, offset, method, siblings);
+      EXPECT_TRUE(at::all(num == N).item<bool>()) << method << " " << siblings;
+      EXPECT_TRUE(at::equal(accept, at::arange(N, at::kInt).repeat({B, 1})));
+    }
+  }
+}
+
+TEST(RejectionSampleMethods, BlockEqualsTraversalOnChains) {
+  at::manual_seed(16);
+  const int64_t B = 64, N = 6, V = 20;
+  at::Tensor target = random_probs(B, N, V, 2.0), draft = random_probs(B, N, V, 2.0);
+  at::Tensor tokens = at::multinomial(draft.view({B * N, V}), 1).view({B, N});
+  at::Tensor seed = at::arange(B, at::kLong) * 31, offset = at::full({B}, 5, at::kLong);
+  Verdict block = specdec::rejection_sample(tokens, chain_parents(B, N), draft, target, seed, offset, "block");
+  Verdict trav = specdec::rejection_sample(tokens, chain_parents(B, N), draft, target, seed, offset, "traversal",
+                                           "without_replacement");
+  EXPECT_TRUE(at::equal(std::get<0>(block), std::get<0>(trav)));
+  EXPECT_TRUE(at::equal(std::get<1>(block), std::get<1>(trav)));
+  EXPECT_TRUE(at::equal(std::get<2>(block), std::get<2>(trav)));
+  EXPECT_GT(std::get<1>(block).sum().item<int64_t>(), B);  // some drafts are accepted
+}
+
+TEST(RejectionSampleMethods, BadNamesAndTreesForBlockRaise) {
+  at::Tensor probs = random_probs(1, 3, 6, 1.0);
+  at::Tensor tokens = longs({0, 1, 2}).view({1, 3});
+  at::Tensor seed = at::zeros({1}, at::kLong);
+  const at::Tensor chain = chain_parents(1, 3);
+  std::string e = error_of([&] { specdec::rejection_sample(tokens, chain, probs, probs, seed, seed, "greedy"); });
+  EXPECT_NE(e.find("specdec::rejection_sample: method must be 'tokenwise', 'block' or 'traversal', got 'greedy'"),
+            std::string::npos)
+      << e;
+  e = error_of([&] { specdec::rejection_sample(tokens, chain, probs, probs, seed, seed, "block", "wor"); });
+  EXPECT_NE(e.find("specdec::rejection_sample: siblings must be 'iid' or 'without_replacement', got 'wor'"),
+            std::string::npos)
+      << e;
+  const at::Tensor star = at::tensor({-1, 0, 0}, at::kInt).view({1, 3});
+  for (bool with_draft : {true, false}) {
+    std::optional<at::Tensor> d = with_draft ? std::optional<at::Tensor>(probs) : std::nullopt;
+    e = error_of([&] { specdec::rejection_sample(tokens, star, d, probs, seed, seed, "block"); });
+    EXPECT_NE(e.find("specdec::rejection_sample: parents[0, 2] = 0: method='block' verifies chains only"),
+              std::string::npos)
+        << e;
+  }
+}
+
 TEST(TypicalAccept, ConfidentChainIsAccepted) {
   // One-hot targets on the drafted tokens have zero entropy: every draft passes.
   const int64_t N = 4, V = 5;
@@ -132,6 +187,16 @@ TEST(AcceptanceCuda, MatchesCpu) {
   at::Tensor parents = chain_parents(B, N);
   at::Tensor seed = at::randint(0, 1 << 30, {B}, at::kLong), offset = at::zeros({B}, at::kLong);
   const at::Device cuda(at::kCUDA);
+  for (const char* method : {"tokenwise", "block", "traversal"}) {
+    for (const char* siblings : {"iid", "without_replacement"}) {
+      Verdict cpu = specdec::rejection_sample(tokens, parents, draft, target, seed, offset, method, siblings);
+      Verdict gpu = specdec::rejection_sample(tokens.to(cuda), parents.to(cuda), draft.to(cuda), target.to(cuda),
+                                              seed.to(cuda), offset.to(cuda), method, siblings);
+      EXPECT_TRUE(at::equal(std::get<0>(cpu), std::get<0>(gpu).cpu())) << method << " " << siblings;
+      EXPECT_TRUE(at::equal(std::get<1>(cpu), std::get<1>(gpu).cpu())) << method << " " << siblings;
+      EXPECT_TRUE(at::equal(std::get<2>(cpu), std::get<2>(gpu).cpu())) << method << " " << siblings;
+    }
+  }
   for (bool with_draft : {true, false}) {
     std::optional<at::Tensor> d = with_draft ? std::optional<at::Tensor>(draft) : std::nullopt;
     std::optional<at::Tensor> dc = with_draft ? std::optional<at::Tensor>(draft.to(cuda)) : std::nullopt;

@@ -40,7 +40,19 @@ std::vector<float> random_dist(std::mt19937& rng, int64_t V, double sharp) {
   return p;
 }
 
-Batch make_batch(int64_t B, int64_t N, int64_t V, uint32_t seed) {
+// How make_batch shapes a batch: chains or random trees; siblings drawn iid or
+// without replacement; some draft rows with a support of two tokens (so that
+// siblings drawn without replacement exhaust it and fillers follow), some
+// draft rows equal to the target (no residual mass) and, with `similar`, the
+// other draft rows close to the target (so that drafts get accepted).
+struct Shape {
+  bool chain = false;
+  bool without_replacement = false;
+  bool sparse = false;
+  bool similar = false;  // draft rows 0.8 target + 0.2 an independent row (the others untouched)
+};
+
+Batch make_batch(int64_t B, int64_t N, int64_t V, uint32_t seed, Shape shape = {}) {
   std::mt19937 rng(seed);
   Batch bt;
   bt.B = B;
@@ -48,19 +60,46 @@ Batch make_batch(int64_t B, int64_t N, int64_t V, uint32_t seed) {
   bt.V = V;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t i = 0; i < N; ++i) {
-      bt.parents.push_back(i == 0 ? -1 : static_cast<int32_t>(rng() % i));
+      bt.parents.push_back(i == 0 ? -1 : static_cast<int32_t>(shape.chain ? i - 1 : rng() % i));
       // Concentrated distributions so that drafts are often accepted.
-      const auto t = random_dist(rng, V, 4.0), q = random_dist(rng, V, 4.0);
+      const auto t = random_dist(rng, V, 4.0);
+      auto q = random_dist(rng, V, 4.0);
+      if (shape.sparse && rng() % 3 == 0) {  // two tokens of mass, the rest exactly 0
+        std::fill(q.begin(), q.end(), 0.0f);
+        q[rng() % V] += 0.5f;
+        q[rng() % V] += 0.5f;
+      } else if (shape.sparse && rng() % 4 == 0) {
+        q = t;
+      } else if (shape.similar) {  // a draft close to the target: drafts get accepted
+        for (int64_t v = 0; v < V; ++v) q[v] = 0.8f * t[v] + 0.2f * q[v];
+      }
       bt.target.insert(bt.target.end(), t.begin(), t.end());
       bt.draft.insert(bt.draft.end(), q.begin(), q.end());
     }
     for (int64_t i = 0; i < N; ++i) {
-      // Draft token of node i: drawn from its parent's draft distribution.
+      // Draft token of node i: drawn from its parent's draft distribution (without the
+      // earlier siblings' tokens when drawing without replacement; the smallest unused
+      // token once that has no mass left).
       int64_t tok = 0;
       if (i > 0) {
-        const float* q = &bt.draft[(b * N + bt.parents[b * N + i]) * V];
-        double u = std::uniform_real_distribution<double>(0, 1)(rng), c = 0;
-        for (tok = 0; tok < V - 1 && (c += q[tok]) <= u; ++tok) {
+        const int64_t parent = bt.parents[b * N + i];
+        std::vector<double> w(&bt.draft[(b * N + parent) * V], &bt.draft[(b * N + parent) * V] + V);
+        std::vector<bool> used(V, false);
+        if (shape.without_replacement) {
+          for (int64_t j = 1; j < i; ++j) {
+            if (bt.parents[b * N + j] != parent) continue;
+            used[bt.tokens[b * N + j]] = true;
+            w[bt.tokens[b * N + j]] = 0.0;
+          }
+        }
+        double total = 0;
+        for (double x : w) total += x;
+        if (total > 0) {
+          double u = std::uniform_real_distribution<double>(0, 1)(rng) * total, c = 0;
+          for (tok = 0; tok < V - 1 && (c += w[tok]) <= u; ++tok) {
+          }
+        } else {
+          while (tok < V - 1 && used[tok]) ++tok;
         }
       }
       bt.tokens.push_back(tok);
@@ -78,13 +117,16 @@ struct Verdicts {
 };
 
 template <dev::Walk kWalk>
-Verdicts run_emulated(const Batch& bt, double threshold = 0, double alpha = 0) {
+constexpr bool kUsesDraft = kWalk != dev::Walk::kRejection && kWalk != dev::Walk::kTypical;
+
+template <dev::Walk kWalk>
+Verdicts run_emulated(const Batch& bt, double threshold = 0, double alpha = 0, bool chain_only = false) {
   Verdicts v{std::vector<int32_t>(bt.B * bt.N, 99), std::vector<int32_t>(bt.B, 99), std::vector<int64_t>(bt.B, 99),
              std::vector<ErrorRecord>(bt.B, ErrorRecord{})};
   const dev::WalkArgs a{bt.parents.data(),
                         bt.tokens.data(),
                         bt.target.data(),
-                        kWalk == dev::Walk::kRejectionDraft ? bt.draft.data() : nullptr,
+                        kUsesDraft<kWalk> ? bt.draft.data() : nullptr,
                         bt.seed.data(),
                         bt.offset.data(),
                         bt.N,
@@ -94,38 +136,33 @@ Verdicts run_emulated(const Batch& bt, double threshold = 0, double alpha = 0) {
                         v.accept.data(),
                         v.num.data(),
                         v.next.data(),
-                        v.errors.data()};
-  EmulatedGrid grid(dev::kThreads, dev::walk_smem(bt.N));
+                        v.errors.data(),
+                        chain_only};
+  EmulatedGrid grid(dev::kThreads, dev::walk_smem(bt.N, accept::scratch_words(kWalk, bt.N)));
   grid.launch(bt.B, 1, 1, [&](const EmuCtx& ctx) { dev::walk_block<EmuCtx, kWalk>(ctx, a); });
   return v;
 }
 
 template <dev::Walk kWalk>
-Verdicts run_host(const Batch& bt, double threshold = 0, double alpha = 0) {
+Verdicts run_host(const Batch& bt, double threshold = 0, double alpha = 0, bool chain_only = false) {
   Verdicts v{std::vector<int32_t>(bt.B * bt.N, 99), std::vector<int32_t>(bt.B, 99), std::vector<int64_t>(bt.B, 99),
              std::vector<ErrorRecord>(bt.B, ErrorRecord{})};
   for (int64_t b = 0; b < bt.B; ++b) {
     const int64_t o = b * bt.N;
     v.errors[b] = accept::check_tree(&bt.parents[o], &bt.tokens[o], bt.N, bt.V, b);
+    if (v.errors[b].code == specdec::kOk && chain_only) v.errors[b] = accept::check_chain(&bt.parents[o], bt.N, b);
     if (v.errors[b].code != specdec::kOk) {
       for (int64_t j = 0; j < bt.N; ++j) v.accept[o + j] = j == 0 ? 0 : -1;
       v.num[b] = 1;
       v.next[b] = 0;
       continue;
     }
-    std::vector<int64_t> scratch(bt.N);
+    std::vector<int64_t> scratch(accept::scratch_words(kWalk, bt.N));
     const accept::RowView view(bt.N, bt.V, &bt.parents[o], &bt.tokens[o], &bt.target[o * bt.V],
-                               kWalk == dev::Walk::kRejectionDraft ? &bt.draft[o * bt.V] : nullptr,
-                               static_cast<uint64_t>(bt.seed[b]), static_cast<uint64_t>(bt.offset[b]), &v.accept[o],
-                               &v.num[b], &v.next[b]);
+                               kUsesDraft<kWalk> ? &bt.draft[o * bt.V] : nullptr, static_cast<uint64_t>(bt.seed[b]),
+                               static_cast<uint64_t>(bt.offset[b]), &v.accept[o], &v.num[b], &v.next[b]);
     accept::SequentialRow row(view, scratch.data(), &v.errors[b]);
-    if constexpr (kWalk == dev::Walk::kRejectionDraft) {
-      accept::rejection_walk<true>(row);
-    } else if constexpr (kWalk == dev::Walk::kRejection) {
-      accept::rejection_walk<false>(row);
-    } else {
-      accept::typical_walk(row, threshold, alpha);
-    }
+    accept::run_walk<kWalk>(row, threshold, alpha);
     // The CUDA policy keeps next in [0, V) on a failed row (the CPU op raises instead).
     if (v.next[b] < 0 || v.next[b] >= bt.V) v.next[b] = 0;
   }
@@ -171,3 +208,64 @@ TEST(AcceptanceEmulated, InvalidRowsReportTheSameErrors) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// The methods of rejection_sample beyond tokenwise-iid (acceptance_rules.h:
+// rsd_walk, block_walk, traversal_walk): the block policy gives the sequential
+// policy's verdicts.  Small shapes (the emulator runs a thread per CUDA thread).
+// ---------------------------------------------------------------------------
+
+int accepted_drafts(const Verdicts& v) {
+  int n = 0;
+  for (int32_t x : v.num) n += x - 1;
+  return n;
+}
+
+TEST(AcceptanceEmulated, RsdWithoutReplacementMatchesSequentialPolicy) {
+  const Batch bt = make_batch(3, 7, 2500, 4, Shape{false, true, true, true});
+  const Verdicts got = run_emulated<dev::Walk::kRejectionDraftWor>(bt);
+  expect_same(got, run_host<dev::Walk::kRejectionDraftWor>(bt));
+  EXPECT_GT(accepted_drafts(got), 0);
+}
+
+TEST(AcceptanceEmulated, BlockMatchesSequentialPolicyAndTraversalOnChains) {
+  const Batch bt = make_batch(3, 6, 2500, 5, Shape{true, false, true, true});
+  const Verdicts got = run_emulated<dev::Walk::kBlock>(bt, 0, 0, true);
+  expect_same(got, run_host<dev::Walk::kBlock>(bt, 0, 0, true));
+  // On a chain, traversal is block verification step for step (either sibling rule).
+  expect_same(run_host<dev::Walk::kTraversal>(bt), got);
+  expect_same(run_host<dev::Walk::kTraversalWor>(bt), got);
+  EXPECT_GT(accepted_drafts(got), 0);
+}
+
+TEST(AcceptanceEmulated, TraversalMatchesSequentialPolicy) {
+  const Batch iid = make_batch(3, 8, 2500, 6, Shape{false, false, true, true});
+  const Verdicts got = run_emulated<dev::Walk::kTraversal>(iid);
+  expect_same(got, run_host<dev::Walk::kTraversal>(iid));
+  EXPECT_GT(accepted_drafts(got), 0);
+  const Batch wor = make_batch(3, 8, 700, 7, Shape{false, true, true, true});
+  const Verdicts got_wor = run_emulated<dev::Walk::kTraversalWor>(wor);
+  expect_same(got_wor, run_host<dev::Walk::kTraversalWor>(wor));
+  EXPECT_GT(accepted_drafts(got_wor), 0);
+}
+
+TEST(AcceptanceEmulated, BlockOnATreeAndBadProbabilitiesReportTheSameErrors) {
+  Batch bt = make_batch(3, 5, 600, 8, Shape{true, false, false});
+  bt.parents[0 * 5 + 3] = 1;                         // row 0: not a chain
+  bt.target[(1 * 5 + 0) * 600 + 9] = std::nanf("");  // row 1: a NaN target probability
+  bt.draft[(2 * 5 + 0) * 600 + 4] = -1.0f;           // row 2: a negative draft probability
+  const Verdicts got = run_emulated<dev::Walk::kBlock>(bt, 0, 0, true);
+  expect_same(got, run_host<dev::Walk::kBlock>(bt, 0, 0, true));
+  EXPECT_EQ(got.errors[0].code, accept::kNotChain);
+  EXPECT_EQ(got.errors[0].where, 3);
+  EXPECT_EQ(got.errors[0].value, 1);
+  EXPECT_EQ(got.errors[1].code, accept::kProbInvalid);
+  EXPECT_EQ(got.errors[2].code, accept::kDraftProbInvalid);
+  for (int64_t b = 0; b < 3; ++b) {
+    EXPECT_GE(got.next[b], 0);
+    EXPECT_LT(got.next[b], 600);
+  }
+  const Verdicts trav = run_emulated<dev::Walk::kTraversalWor>(bt);
+  expect_same(trav, run_host<dev::Walk::kTraversalWor>(bt));
+  EXPECT_EQ(trav.errors[0].code, specdec::kOk);  // traversal takes any tree
+}

@@ -1,5 +1,5 @@
-// Acceptance sampling, the CUDA kernel bodies (verify_greedy, rejection_sample,
-// typical_accept), torch-free: templates over the context of
+// Acceptance sampling, the CUDA kernel bodies (verify_greedy, rejection_sample
+// with its methods, typical_accept), torch-free: templates over the context of
 // specdec/kernel_ctx.h, so csrc/cuda/acceptance_cuda.cu runs them on the GPU and
 // the C++ tests on the host CUDA emulator (tests/cpp/cuda_emulator.h).
 //
@@ -103,7 +103,7 @@ class BlockRow : public RowView {
   ErrorRecord* error_;
 };
 
-enum class Walk { kRejectionDraft, kRejection, kTypical };
+using accept::Walk;  // the walks, one kernel instantiation each (acceptance_rules.h)
 
 struct WalkArgs {
   const int32_t* parents;  // [B, N]
@@ -116,11 +116,12 @@ struct WalkArgs {
   int32_t *accept, *num;    // [B, N], [B]
   int64_t* next;            // [B]
   ErrorRecord* errors;      // [B], zeroed
+  bool chain_only = false;  // method "block": a row whose tree is not a chain is invalid
 };
 
-// Dynamic shared memory of a walk block.
-SPECDEC_HOST_DEVICE SPECDEC_INLINE size_t walk_smem(int64_t nodes) {
-  return kSharedBytes + static_cast<size_t>(nodes) * sizeof(int64_t);
+// Dynamic shared memory of a walk block (N scratch words; `words` for walks that need more).
+SPECDEC_HOST_DEVICE SPECDEC_INLINE size_t walk_smem(int64_t nodes, int64_t words = -1) {
+  return kSharedBytes + static_cast<size_t>(words < 0 ? nodes : words) * sizeof(int64_t);
 }
 
 #if defined(__CUDACC__)
@@ -134,7 +135,8 @@ SPECDEC_HOST_DEVICE void walk_block(const Ctx& ctx, const WalkArgs& a) {
   ErrorRecord* error = a.errors + b;
   // Thread 0 validates the tree; everyone learns the verdict.
   if (ctx.thread() == 0) {
-    const ErrorRecord e = check_tree(a.parents + o, a.tokens + o, a.nodes, a.vocab, b);
+    ErrorRecord e = check_tree(a.parents + o, a.tokens + o, a.nodes, a.vocab, b);
+    if (e.code == kOk && a.chain_only) e = check_chain(a.parents + o, a.nodes, b);
     shm->flag = e.code == kOk;
     *error = e;  // the row is set for bad() reports too
   }
@@ -151,13 +153,7 @@ SPECDEC_HOST_DEVICE void walk_block(const Ctx& ctx, const WalkArgs& a) {
                      a.draft ? a.draft + o * a.vocab : nullptr, static_cast<uint64_t>(a.seed[b]),
                      static_cast<uint64_t>(a.offset[b]), a.accept + o, a.num + b, a.next + b);
   BlockRow<Ctx> row(ctx, view, scratch, shm, error);
-  if constexpr (kWalk == Walk::kRejectionDraft) {
-    rejection_walk<true>(row);
-  } else if constexpr (kWalk == Walk::kRejection) {
-    rejection_walk<false>(row);
-  } else {
-    typical_walk(row, a.threshold, a.alpha);
-  }
+  run_walk<kWalk>(row, a.threshold, a.alpha);
 }
 
 // verify_greedy: one thread per row.
