@@ -81,7 +81,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
     )
 
 

@@ -382,7 +382,7 @@ def _run_cli(*args: str):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
     )
 
 
