@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from specdec_cuda import ops, reference
-
-from conftest import ALL_DEVICES, INF, NAN, noncontig, on, poke_arg, random_parents, set_arg
 from test_acceptance import (
     assert_verdict_equal,
     greedy_argmax,
@@ -25,6 +21,10 @@ from test_acceptance import (
     random_tokens,
 )
 from test_sampling import assert_probs_close, random_logits
+
+from specdec_cuda import ops, reference
+
+from conftest import ALL_DEVICES, INF, NAN, noncontig, on, poke_arg, random_parents, set_arg
 
 VOCABS = [7, 50, 1000]
 SHAPES = ["chain", "star", "random", "mixed"]
