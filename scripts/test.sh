@@ -20,6 +20,6 @@ if [ -z "${SPECDEC_SKIP_VLLM:-}" ]; then
   # installed in .venv-vllm (built against its torch), not the source folder.
   mkdir -p "$ROOT/build/vllm-run"
   (cd "$ROOT/build/vllm-run" && VLLM_PLUGINS=specdec_cuda VLLM_CPU_KVCACHE_SPACE=1 \
-    "$VLLM_PY" -m pytest "$ROOT/tests/vllm" -q -p no:cacheprovider -s) || status=1
+    "$VLLM_PY" -m pytest "$ROOT/tests/vllm_plugin" -q -p no:cacheprovider -s) || status=1
 fi
 exit $status

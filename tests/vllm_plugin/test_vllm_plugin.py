@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-vllm = pytest.importorskip("vllm")
+# A submodule, so that a namespace package named vllm (a folder on sys.path) cannot
+# pass for vLLM (this folder is not named vllm for the same reason).
+pytest.importorskip("vllm.platforms")
 torch = pytest.importorskip("torch")
 
 import specdec_cuda  # noqa: E402
