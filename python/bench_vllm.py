@@ -165,12 +165,15 @@ def _ours_worker(mode: str, threads: int):
 
 
 def worker_main(kind: str, mode: str, threads: int) -> None:
+    # The protocol channel is a private copy of stdout; file descriptor 1 itself goes
+    # to stderr, so whatever the engines print (vLLM logs to stdout) stays off it.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     import torch
 
     torch.set_num_threads(threads)
     run = (_vllm_worker if kind == "vllm" else _ours_worker)(mode, threads)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # engines print: keep the protocol channel clean
     out.write("READY\n")
     out.flush()
     for line in sys.stdin:
