@@ -111,6 +111,8 @@ setup(
         ]
     },
     ext_modules=[CMakeExtension("specdec_cuda._C")],
+    # vLLM loads it in every process when selected: VLLM_PLUGINS=specdec_cuda
+    entry_points={"vllm.general_plugins": ["specdec_cuda = specdec_cuda.integrations.vllm:register"]},
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["torch>=2.11"],

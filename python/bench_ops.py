@@ -45,14 +45,30 @@ typical_accept
     posterior_threshold 0.09, posterior_alpha 0.3; baseline the loop oracle
     ``reference.typical_accept``.
 sampling_probs
-    fp32 logits ``2 * randn`` ``[64, 131072]`` with temperature 0.7 and (top_k
-    50, top_p 0.9), (top_k 50 only), (top_p 0.9 only) per row, and ``[8, 64,
-    32768]`` (the tree's target logits) with all three; baseline
-    ``reference.sampling_probs_vectorized`` (float32, sort based).  The check is
-    ``allclose(atol=1e-5)`` per row; rows where the float32 baseline's top-p
-    boundary differs are counted in ``rows_differ`` (and a note line) instead of
-    failing, after checking ours against the float64 loop oracle
-    ``reference.sampling_probs`` on up to 4 of them (that must match).
+    target-like fp32 logits ``[64, 5, V]`` (a chain step's B x (K + 1) rows; V
+    32768 and 131072) at temperature 0.8 with, per row, nothing else
+    (temperature only), top_k 50, top_p 0.9, or min_p 0.1; then fp32 logits ``2 *
+    randn`` ``[64, 131072]`` with temperature 0.7 and (top_k 50, top_p 0.9),
+    (top_k 50 only), (top_p 0.9 only) per row, and ``[8, 64, 32768]`` (the tree's
+    target logits) with all three; baseline ``reference.sampling_probs_vectorized``
+    (float32, sort based), and ``softmax_ms``: ``torch.softmax(logits / T, -1)`` on
+    the same tensor (``vs_softmax`` = ours_ms / softmax_ms).  Each case first checks
+    ours against the float64 oracle ``reference.sampling_probs`` on 3 rows (same
+    support, rtol 1e-5, atol 1e-7); against the baseline the check is
+    ``allclose(atol=1e-5)`` per row, and rows where the float32 baseline's
+    top-p / min-p boundary differs are counted in ``rows_differ`` (and a note line)
+    instead of failing, after checking ours against the oracle on up to 4 of them.
+ragged_chain
+    a chain verification step on a ragged batch: B=64 chains of K=4 drafts (T = 320
+    rows, cu_nodes 0, 5, 10, ...), V 32768 and 131072, temperature 0.8, top_p 0.9:
+    ``sampling_probs_ragged`` on the target logits (draft + 0.5 randn) and
+    ``rejection_sample_ragged`` with the draft's own probabilities (its
+    ``sampling_probs_ragged``, computed once outside the timing) and tokens drawn from
+    them.  Baseline: the engine-style torch step, ``sampling_probs_vectorized`` on
+    ``[B, K + 1, V]`` + ``reference.rejection_sample_chain``; also ``softmax_ms``
+    (``torch.softmax(logits / T, -1)`` alone).  Checked first: our target rows
+    against the float64 oracle on 3 rows, our verdict equal to
+    ``rejection_sample_chain`` on our target probabilities.
 tree_attention
     ``tree_attention`` (caches ``[B, Hkv, S, D]``) against the path engines use
     today, timed whole as an engine runs it per step (``sdpa_tree_attention``):
@@ -738,17 +754,31 @@ class SamplingCase:
     top_k: int
     top_p: float
     temperature: float = 0.7
+    min_p: float = 0.0
 
     def label(self) -> str:
         dims = " ".join(f"{n}{v}" for n, v in zip("BNV" if len(self.shape) == 3 else "BV", self.shape))
-        return f"{dims} T{self.temperature} k{self.top_k} p{self.top_p}"
+        mp = f" m{self.min_p}" if self.min_p > 0 else ""
+        return f"{dims} T{self.temperature} k{self.top_k} p{self.top_p}{mp}"
+
+
+SAMPLING_ROWS = (64, 5)  # B x (K + 1) positions: a chain step's target logits
+SAMPLING_VOCABS = (32768, 131072)
+# (top_k, top_p, min_p): temperature only, top-k, top-p, min-p
+SAMPLING_KINDS = ((0, 1.0, 0.0), (50, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.1))
 
 
 def sampling_cases(quick: bool) -> list[SamplingCase]:
     main = SamplingCase((CHAIN_BATCH, CHAIN_VOCAB), 50, 0.9)
     if quick:
         return [main]
+    rows = [
+        SamplingCase((*SAMPLING_ROWS, vocab), k, p, 0.8, m)
+        for vocab in SAMPLING_VOCABS
+        for k, p, m in SAMPLING_KINDS
+    ]
     return [
+        *rows,
         main,
         SamplingCase(main.shape, 50, 1.0),
         SamplingCase(main.shape, 0, 0.9),
@@ -767,14 +797,20 @@ def sampling_rows_differ(
 
     Ours must then equal the float64 loop oracle on the first ``oracle_rows`` of them.
     """
-    logits, temperature, top_k, top_p = args
+    logits, temperature, top_k, top_p, min_p = args
     vocab = logits.shape[-1]
     bad = (~torch.isclose(got, want, atol=1e-5).view(-1, vocab).all(1)).nonzero()[:, 0]
     if not bad.numel():
         return 0
     idx = bad[:oracle_rows]
     b = idx // (logits[0].numel() // vocab)
-    oracle = reference.sampling_probs(logits.view(-1, vocab)[idx], temperature[b], top_k[b], top_p[b])
+    oracle = reference.sampling_probs(
+        logits.view(-1, vocab)[idx],
+        temperature[b],
+        top_k[b],
+        top_p[b],
+        min_p[b] if min_p is not None else None,
+    )
     mine = got.view(-1, vocab)[idx]
     if not (torch.equal(mine > 0, oracle > 0) and torch.allclose(mine, oracle, atol=1e-6, rtol=0)):
         raise SystemExit(
@@ -783,30 +819,56 @@ def sampling_rows_differ(
         )
     note(
         f"sampling_probs {case.label()}: {bad.numel()}/{got.numel() // vocab} rows differ from "
-        f"sampling_probs_vectorized beyond atol 1e-5 (its float32 top-p boundary); on the {idx.numel()} "
-        "checked, ours matches the float64 oracle (same support, atol 1e-6)"
+        "sampling_probs_vectorized beyond atol 1e-5 (its float32 top-p / min-p boundary); "
+        f"on the {idx.numel()} checked, ours matches the float64 oracle (same support, atol 1e-6)"
     )
     return int(bad.numel())
+
+
+def check_against_oracle(name: str, got: torch.Tensor, args: tuple, rows: int = 3) -> None:
+    """Ours against the float64 oracle (reference.sampling_probs) on a few rows: same
+    support and allclose(rtol 1e-5, atol 1e-7), else SystemExit."""
+    logits, temperature, top_k, top_p, min_p = args
+    vocab = logits.shape[-1]
+    per = logits[0].numel() // vocab
+    idx = torch.linspace(0, logits.numel() // vocab - 1, rows).long()
+    b = idx // per
+    oracle = reference.sampling_probs(
+        logits.view(-1, vocab)[idx].cpu(),
+        temperature[b].cpu(),
+        top_k[b].cpu(),
+        top_p[b].cpu(),
+        min_p[b].cpu() if min_p is not None else None,
+    )
+    mine = got.view(-1, vocab)[idx].cpu()
+    if not (torch.equal(mine > 0, oracle > 0) and torch.allclose(mine, oracle, rtol=1e-5, atol=1e-7)):
+        raise SystemExit(f"MISMATCH vs reference: {name}: rows {idx.tolist()} differ from the float64 oracle")
 
 
 def bench_sampling_case(case: SamplingCase, device: torch.device, quick: bool) -> dict:
     torch.manual_seed(0)
     batch = case.shape[0]
     if len(case.shape) == 3:
-        logits = similar_logits(case.shape, device)[1]  # the tree's target logits
+        logits = similar_logits(case.shape, device)[1]  # the tree's / chain's target logits
     else:
         logits = torch.randn(case.shape, device=device).mul_(2)
+    min_p = torch.full((batch,), case.min_p, device=device) if case.min_p > 0 else None
     args = (
         logits,
         torch.full((batch,), case.temperature, device=device),
         torch.full((batch,), case.top_k, dtype=torch.int32, device=device),
         torch.full((batch,), case.top_p, device=device),
+        min_p,
     )
     got, want = ops.sampling_probs(*args), reference.sampling_probs_vectorized(*args)
+    check_against_oracle(f"sampling_probs {case.label()}", got, args)
     differ = sampling_rows_differ(case, args, got, want)
     del got, want
     moved = logits.nbytes + 4 * logits.numel()  # read the logits, write float32 probabilities
-    return timed_row(
+    n, cuda = counts(device, quick), device.type == "cuda"
+    temperature = args[1].view(batch, *([1] * (logits.dim() - 1)))
+    softmax_ms = time_ms(lambda: torch.softmax(logits / temperature, -1), no_reset, n.ours, cuda, n.warmup)
+    row = timed_row(
         "sampling_probs",
         case.label(),
         "fp32",
@@ -819,10 +881,114 @@ def bench_sampling_case(case: SamplingCase, device: torch.device, quick: bool) -
         {"rows_differ": differ},
         moved,
     )
+    row["softmax_ms"] = round(softmax_ms, 4)
+    row["vs_softmax"] = round(row["ours_ms"] / softmax_ms, 2)
+    return row
 
 
 def bench_sampling_probs(device: torch.device, quick: bool) -> list[dict]:
     return [bench_sampling_case(case, device, quick) for case in sampling_cases(quick)]
+
+
+# ---------------------------------------------------------------------------
+# A ragged chain verification step: sampling_probs_ragged on every row's K + 1
+# target logits, then rejection_sample_ragged with the draft probabilities.
+# ---------------------------------------------------------------------------
+
+RAGGED_BATCH, RAGGED_K = 64, 4
+RAGGED_VOCABS = (32768, 131072)
+RAGGED_T, RAGGED_P = 0.8, 0.9
+
+
+def ragged_chain_inputs(batch: int, k: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """B chains of K drafts, flat: target logits [B (K + 1), V], draft probabilities (the
+    draft's own sampling_probs), tokens drawn from them, cu_nodes = 0, K + 1, ..."""
+    nodes = k + 1
+    draft_logits, target_logits = similar_logits((batch * nodes, vocab), device)
+    temperature = torch.full((batch,), RAGGED_T, device=device)
+    top_k = torch.zeros(batch, dtype=torch.int32, device=device)
+    top_p = torch.full((batch,), RAGGED_P, device=device)
+    cu = torch.arange(0, batch * nodes + 1, nodes, dtype=torch.int32, device=device)
+    draft_probs = ops.sampling_probs_ragged(draft_logits, cu, temperature, top_k, top_p)
+    parents = torch.arange(-1, k, dtype=torch.int32, device=device).repeat(batch)
+    tokens = draft_tokens(
+        draft_probs.view(batch, nodes, vocab), parents.view(batch, nodes).contiguous()
+    ).view(-1)
+    seed, offset = random_seeds(batch, device)
+    return dict(
+        logits=target_logits,
+        cu_nodes=cu,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        tokens=tokens,
+        parents=parents,
+        draft_probs=draft_probs,
+        seed=seed,
+        offset=offset,
+    )
+
+
+def bench_ragged_chain_case(vocab: int, device: torch.device, quick: bool) -> dict:
+    torch.manual_seed(0)
+    d = ragged_chain_inputs(RAGGED_BATCH, RAGGED_K, vocab, device)
+    batch, nodes = RAGGED_BATCH, RAGGED_K + 1
+
+    def ours():
+        target = ops.sampling_probs_ragged(
+            d["logits"], d["cu_nodes"], d["temperature"], d["top_k"], d["top_p"]
+        )
+        return ops.rejection_sample_ragged(
+            d["tokens"], d["parents"], d["cu_nodes"], d["draft_probs"], target, d["seed"], d["offset"]
+        )
+
+    def chain(target: torch.Tensor):
+        return reference.rejection_sample_chain(
+            d["tokens"].view(batch, nodes),
+            d["draft_probs"].view(batch, nodes, vocab),
+            target.view(batch, nodes, vocab),
+            d["seed"],
+            d["offset"],
+        )
+
+    def engine():
+        logits3 = d["logits"].view(batch, nodes, vocab)
+        return chain(reference.sampling_probs_vectorized(logits3, d["temperature"], d["top_k"], d["top_p"]))
+
+    # Checks: our target rows against the float64 oracle; our verdict equal to the
+    # vectorised chain reference's on our target probabilities.
+    target = ops.sampling_probs_ragged(d["logits"], d["cu_nodes"], d["temperature"], d["top_k"], d["top_p"])
+    per_row = tuple(d[k].repeat_interleave(nodes) for k in ("temperature", "top_k", "top_p"))
+    check_against_oracle(
+        f"sampling_probs_ragged B{batch} K{RAGGED_K} V{vocab}", target, (d["logits"], *per_row, None)
+    )
+    got = ours()
+    shape = f"chain B{batch} K{RAGGED_K} V{vocab} T{RAGGED_T} p{RAGGED_P} q"
+    check_verdict("ragged chain", shape, (got[0].view(batch, nodes), got[1], got[2]), chain(target))
+    n, cuda = counts(device, quick), device.type == "cuda"
+    temperature = per_row[0][:, None]
+    softmax_ms = time_ms(
+        lambda: torch.softmax(d["logits"] / temperature, -1), no_reset, n.ours, cuda, n.warmup
+    )
+    row = timed_row(
+        "sampling_probs_ragged + rejection_sample_ragged",
+        shape,
+        "fp32",
+        device,
+        quick,
+        ours,
+        engine,
+        "sampling_probs_vectorized + rejection_sample_chain (fp32 sort, vectorised)",
+        False,
+        {"tau": tau(got)},
+    )
+    row["softmax_ms"] = round(softmax_ms, 4)
+    row["vs_softmax"] = round(row["ours_ms"] / softmax_ms, 2)
+    return row
+
+
+def bench_ragged_chain(device: torch.device, quick: bool) -> list[dict]:
+    return [bench_ragged_chain_case(vocab, device, quick) for vocab in RAGGED_VOCABS[: 1 if quick else 2]]
 
 
 # ---------------------------------------------------------------------------
@@ -1112,6 +1278,7 @@ OPS: dict[str, Callable[[torch.device, bool], list[dict]]] = {
     "verify_greedy": bench_verify_greedy,
     "typical_accept": bench_typical_accept,
     "sampling_probs": bench_sampling_probs,
+    "ragged_chain": bench_ragged_chain,
     "tree_attention": bench_tree_attention,
 }
 

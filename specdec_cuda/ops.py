@@ -21,9 +21,13 @@ __all__ = [
     "tree_attention",
     "tree_attention_paged",
     "sampling_probs",
+    "sampling_probs_ragged",
     "verify_greedy",
     "rejection_sample",
     "typical_accept",
+    "verify_greedy_ragged",
+    "rejection_sample_ragged",
+    "typical_accept_ragged",
 ]
 
 TensorOrList = torch.Tensor | Sequence[torch.Tensor]
@@ -256,9 +260,13 @@ _TREE_DOC = """
 
 
 def sampling_probs(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The one transform both draft and target logits go through: temperature, top-k, top-p.
+    """The one transform both draft and target logits go through: temperature, top-k, min-p, top-p.
 
     Args:
         logits: ``[B, V]`` or ``[B, N, V]``, float32/float16/bfloat16, contiguous.
@@ -267,15 +275,19 @@ def sampling_probs(
             largest logit are kept.
         top_p: float32 ``[B]`` in ``(0, 1]``; ``1`` disables it.  Keeps the most
             probable tokens whose mass first reaches ``top_p`` (ties kept).
+        min_p: float32 ``[B]`` in ``[0, 1]``, or None (off); ``0`` disables it for a row.
+            Keeps the tokens whose probability is at least ``min_p`` times the row's
+            largest (after temperature: ``exp(z - max z) >= min_p``).
 
     Returns:
         float32 probabilities of the shape of ``logits``; row b's parameters apply
         to all N positions of ``[B, N, V]`` logits.  Computed in float64: z =
-        logits / T, top-k on z, softmax, top-p, renormalise.
+        logits / T; top-k and min-p keep upper sets of z; softmax over both;
+        top-p on that distribution; renormalise.
 
     Raises (naming ``specdec::sampling_probs``) on bad shapes/dtypes/devices, a
-    negative or NaN temperature, a negative top_k, top_p outside ``(0, 1]``, a NaN
-    or +inf logit, or a row whose logits are all -inf.
+    negative or NaN temperature, a negative top_k, top_p outside ``(0, 1]``, min_p
+    outside ``[0, 1]``, a NaN or +inf logit, or a row whose logits are all -inf.
     """
     op = "specdec::sampling_probs"
     t = _validate.tensor
@@ -284,6 +296,41 @@ def sampling_probs(
         t(op, "temperature", temperature),
         t(op, "top_k", top_k),
         t(op, "top_p", top_p),
+        min_p=_validate.optional_tensor(op, "min_p", min_p),
+    )
+
+
+def sampling_probs_ragged(
+    logits: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`sampling_probs` over a ragged batch: rows of different lengths end to end.
+
+    Args:
+        logits: ``[T, V]``, float32/float16/bfloat16, contiguous: row b's positions are
+            the entries ``cu_nodes[b] .. cu_nodes[b + 1] - 1`` (never padded or copied).
+        cu_nodes: int32 ``[B + 1]``: ``cu_nodes[0] = 0``, strictly increasing (every row
+            has at least one position), ``cu_nodes[B] = T``.
+        temperature, top_k, top_p, min_p: ``[B]`` each, as in :func:`sampling_probs`;
+            row b's parameters apply to its slice.
+
+    Returns float32 ``[T, V]``: entry t equals :func:`sampling_probs` of that row alone.
+    Raises as :func:`sampling_probs`, naming ``specdec::sampling_probs_ragged``, and on a
+    bad ``cu_nodes`` (naming the entry).
+    """
+    op = "specdec::sampling_probs_ragged"
+    t = _validate.tensor
+    return torch.ops.specdec.sampling_probs_ragged(
+        t(op, "logits", logits),
+        t(op, "cu_nodes", cu_nodes),
+        t(op, "temperature", temperature),
+        t(op, "top_k", top_k),
+        t(op, "top_p", top_p),
+        min_p=_validate.optional_tensor(op, "min_p", min_p),
     )
 
 
@@ -419,6 +466,90 @@ def typical_accept(
 for _f in (verify_greedy, rejection_sample, typical_accept):
     if _f.__doc__ is not None:  # None under python -OO
         _f.__doc__ += _TREE_DOC
+
+_RAGGED_DOC = """
+    Ragged trees: B rows of different sizes stored end to end.  ``tokens`` int64
+    ``[T]`` and ``parents`` int32 ``[T]``; row b's nodes are the entries
+    ``cu_nodes[b] .. cu_nodes[b + 1] - 1`` (``cu_nodes`` int32 ``[B + 1]``, ``cu_nodes[0]
+    = 0``, strictly increasing, ``cu_nodes[B] = T``), its parents local to the row (-1
+    for its root, node i's parent in ``[0, i)``).  Probabilities are ``[T, V]`` (one
+    row per node, never padded), ``seed``/``offset`` ``[B]``.  Row b with ``N_b`` nodes
+    draws uniform c for its local node c and ``N_b`` for the final draw, so row b's
+    verdict equals the padded op's on that row alone.
+
+    Returns ``(accept_nodes, num_accepted, next_token)``: ``accept_nodes`` int32 ``[T]``,
+    row b's accepted path as node indices local to the row, in its own slice
+    (``accept_nodes[cu_nodes[b]] = 0``), -1 padded; ``num_accepted`` int32 ``[B]``;
+    ``next_token`` int64 ``[B]``.
+"""
+
+
+def verify_greedy_ragged(
+    tokens: torch.Tensor, parents: torch.Tensor, cu_nodes: torch.Tensor, target_argmax: torch.Tensor
+) -> Verdict:
+    """:func:`verify_greedy` over a ragged batch; ``target_argmax`` int64 ``[T]``."""
+    op = "specdec::verify_greedy_ragged"
+    t = _validate.tensor
+    return torch.ops.specdec.verify_greedy_ragged(
+        t(op, "tokens", tokens),
+        t(op, "parents", parents),
+        t(op, "cu_nodes", cu_nodes),
+        t(op, "target_argmax", target_argmax),
+    )
+
+
+def rejection_sample_ragged(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+) -> Verdict:
+    """:func:`rejection_sample` over a ragged batch; ``draft_probs`` (or None) and
+    ``target_probs`` float32 ``[T, V]``."""
+    op = "specdec::rejection_sample_ragged"
+    t = _validate.tensor
+    return torch.ops.specdec.rejection_sample_ragged(
+        t(op, "tokens", tokens),
+        t(op, "parents", parents),
+        t(op, "cu_nodes", cu_nodes),
+        _validate.optional_tensor(op, "draft_probs", draft_probs),
+        t(op, "target_probs", target_probs),
+        t(op, "seed", seed),
+        t(op, "offset", offset),
+    )
+
+
+def typical_accept_ragged(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    target_probs: torch.Tensor,
+    posterior_threshold: float,
+    posterior_alpha: float,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+) -> Verdict:
+    """:func:`typical_accept` over a ragged batch; ``target_probs`` float32 ``[T, V]``."""
+    op = "specdec::typical_accept_ragged"
+    t = _validate.tensor
+    return torch.ops.specdec.typical_accept_ragged(
+        t(op, "tokens", tokens),
+        t(op, "parents", parents),
+        t(op, "cu_nodes", cu_nodes),
+        t(op, "target_probs", target_probs),
+        _validate.number(op, "posterior_threshold", posterior_threshold),
+        _validate.number(op, "posterior_alpha", posterior_alpha),
+        t(op, "seed", seed),
+        t(op, "offset", offset),
+    )
+
+
+for _f in (verify_greedy_ragged, rejection_sample_ragged, typical_accept_ragged):
+    if _f.__doc__ is not None:
+        _f.__doc__ += _RAGGED_DOC
 
 # ---------------------------------------------------------------------------
 # Fake kernels (for torch.compile / FakeTensor tracing and meta tensors).  Each
@@ -563,8 +694,21 @@ def _tree_attention_paged_fake(
     return _tree_attention_outputs(q, v_pages)
 
 
+def _check_sampling_params(op, device, batch, what, temperature, top_k, top_p, min_p):
+    for name, t, dtype in (
+        ("temperature", temperature, _F32),
+        ("top_k", top_k, _I32),
+        ("top_p", top_p, _F32),
+        ("min_p", min_p, _F32),
+    ):
+        if t is None:
+            continue
+        _v.check_tensors(op, device, [(name, t, 1, "[B]", dtype)])
+        _v.check_size(op, name, t, 0, batch, what)
+
+
 @torch.library.register_fake("specdec::sampling_probs")
-def _sampling_probs_fake(logits, temperature, top_k, top_p):
+def _sampling_probs_fake(logits, temperature, top_k, top_p, min_p=None):
     op = "specdec::sampling_probs"
     if logits.dim() not in (2, 3):
         raise ValueError(
@@ -572,13 +716,46 @@ def _sampling_probs_fake(logits, temperature, top_k, top_p):
         )
     _v.check_dtype(op, "logits", logits, _v.FLOATS)
     batch = logits.shape[0]
-    for name, t, dtype in (
-        ("temperature", temperature, _F32),
-        ("top_k", top_k, _I32),
-        ("top_p", top_p, _F32),
-    ):
-        _v.check_tensors(op, logits.device, [(name, t, 1, "[B]", dtype)])
-        _v.check_size(op, name, t, 0, batch, "B (logits.size(0))")
+    _check_sampling_params(op, logits.device, batch, "B (logits.size(0))", temperature, top_k, top_p, min_p)
+    return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+
+
+def _check_cu_nodes(op, cu_nodes, total, total_name, device):
+    """check_cu_nodes_arg of csrc/ops/tree.cpp: returns B."""
+    _v.check_dim(op, "cu_nodes", cu_nodes, 1, "[B + 1]")
+    if cu_nodes.shape[0] < 1:
+        raise ValueError(f"{op}: cu_nodes must hold B + 1 >= 1 offsets (cu_nodes[0] = 0), got shape [0]")
+    _v.check_dtype(op, "cu_nodes", cu_nodes, _I32)
+    _v.check_device(op, "cu_nodes", cu_nodes, device)
+    batch = cu_nodes.shape[0] - 1
+    if batch == 0 and total != 0:
+        raise ValueError(
+            f"{op}: cu_nodes has shape [1] (B = 0 rows), so {total_name} must hold T = 0 entries, "
+            f"got T = {total}"
+        )
+    if total < batch:
+        raise ValueError(
+            f"{op}: cu_nodes describes B = {batch} rows but {total_name} holds T = {total} entries: "
+            "every row needs at least one (T >= B)"
+        )
+    if total > 2**31 - 1:
+        raise ValueError(
+            f"{op}: {total_name} holds T = {total} entries: int32 offsets allow at most 2^31 - 1"
+        )
+    return batch
+
+
+@torch.library.register_fake("specdec::sampling_probs_ragged")
+def _sampling_probs_ragged_fake(logits, cu_nodes, temperature, top_k, top_p, min_p=None):
+    op = "specdec::sampling_probs_ragged"
+    _v.check_dim(op, "logits", logits, 2, "[T, V]")
+    _v.check_dtype(op, "logits", logits, _v.FLOATS)
+    if logits.shape[1] < 1:
+        raise ValueError(f"{op}: logits must have a vocabulary of at least 1")
+    batch = _check_cu_nodes(op, cu_nodes, logits.shape[0], "logits", logits.device)
+    _check_sampling_params(
+        op, logits.device, batch, "B (cu_nodes.size(0) - 1)", temperature, top_k, top_p, min_p
+    )
     return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
 
 
@@ -654,3 +831,79 @@ def _typical_accept_fake(tokens, parents, target_probs, posterior_threshold, pos
     _check_probs(op, "target_probs", target_probs, tokens)
     _check_seed_offset(op, seed, offset, tokens)
     return _verdict_fake(tokens)
+
+
+# Ragged verifiers.
+
+
+def _check_ragged_tree_args(op, tokens, parents, cu_nodes):
+    _v.check_dim(op, "tokens", tokens, 1, "[T]")
+    _v.check_dim(op, "parents", parents, 1, "[T]")
+    if tuple(parents.shape) != tuple(tokens.shape):
+        raise ValueError(
+            f"{op}: parents must have the shape of tokens {_v._shape(tokens)}, got {_v._shape(parents)}"
+        )
+    _v.check_dtype(op, "tokens", tokens, _I64)
+    _v.check_dtype(op, "parents", parents, _I32)
+    _v.check_device(op, "parents", parents, tokens.device)
+    return _check_cu_nodes(op, cu_nodes, tokens.shape[0], "tokens", tokens.device)
+
+
+def _check_ragged_probs(op, arg, probs, tokens, vocab=None):
+    _v.check_tensors(op, tokens.device, [(arg, probs, 2, "[T, V]", _F32)])
+    _v.check_size(op, arg, probs, 0, tokens.shape[0], "T (tokens.size(0))")
+    if vocab is None:
+        if probs.shape[1] < 1:
+            raise ValueError(f"{op}: {arg} must have a vocabulary of at least 1")
+    else:
+        _v.check_size(op, arg, probs, 1, vocab, "V (target_probs.size(1))")
+
+
+def _check_ragged_seed_offset(op, seed, offset, tokens, batch):
+    for name, t in (("seed", seed), ("offset", offset)):
+        _v.check_tensors(op, tokens.device, [(name, t, 1, "[B]", _I64)])
+        _v.check_size(op, name, t, 0, batch, "B (cu_nodes.size(0) - 1)")
+
+
+def _ragged_verdict_fake(tokens, batch):
+    return (
+        tokens.new_empty((tokens.shape[0],), dtype=torch.int32),
+        tokens.new_empty((batch,), dtype=torch.int32),
+        tokens.new_empty((batch,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("specdec::verify_greedy_ragged")
+def _verify_greedy_ragged_fake(tokens, parents, cu_nodes, target_argmax):
+    op = "specdec::verify_greedy_ragged"
+    batch = _check_ragged_tree_args(op, tokens, parents, cu_nodes)
+    if tuple(target_argmax.shape) != tuple(tokens.shape):
+        raise ValueError(
+            f"{op}: target_argmax must have the shape of tokens {_v._shape(tokens)}, got "
+            f"{_v._shape(target_argmax)}"
+        )
+    _v.check_dtype(op, "target_argmax", target_argmax, _I64)
+    _v.check_device(op, "target_argmax", target_argmax, tokens.device)
+    return _ragged_verdict_fake(tokens, batch)
+
+
+@torch.library.register_fake("specdec::rejection_sample_ragged")
+def _rejection_sample_ragged_fake(tokens, parents, cu_nodes, draft_probs, target_probs, seed, offset):
+    op = "specdec::rejection_sample_ragged"
+    batch = _check_ragged_tree_args(op, tokens, parents, cu_nodes)
+    _check_ragged_probs(op, "target_probs", target_probs, tokens)
+    if draft_probs is not None:
+        _check_ragged_probs(op, "draft_probs", draft_probs, tokens, target_probs.shape[1])
+    _check_ragged_seed_offset(op, seed, offset, tokens, batch)
+    return _ragged_verdict_fake(tokens, batch)
+
+
+@torch.library.register_fake("specdec::typical_accept_ragged")
+def _typical_accept_ragged_fake(
+    tokens, parents, cu_nodes, target_probs, posterior_threshold, posterior_alpha, seed, offset
+):
+    op = "specdec::typical_accept_ragged"
+    batch = _check_ragged_tree_args(op, tokens, parents, cu_nodes)
+    _check_ragged_probs(op, "target_probs", target_probs, tokens)
+    _check_ragged_seed_offset(op, seed, offset, tokens, batch)
+    return _ragged_verdict_fake(tokens, batch)

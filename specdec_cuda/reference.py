@@ -25,6 +25,10 @@ __all__ = [
     "PhiloxUniforms",
     "typical_accept",
     "sampling_probs",
+    "sampling_probs_ragged",
+    "verify_greedy_ragged",
+    "rejection_sample_ragged",
+    "typical_accept_ragged",
     "verify_greedy_chain",
     "rejection_sample_chain",
     "sampling_probs_vectorized",
@@ -676,15 +680,21 @@ def typical_accept(
 
 
 def sampling_probs(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference for :func:`specdec_cuda.ops.sampling_probs`, in float64.
 
     Per row b (and every position of a [B, N, V] input): temperature 0 gives the
     one-hot of the first maximum.  Otherwise z = logits / T; top_k in (0, V)
-    keeps the tokens whose z is at least the k-th largest (ties kept); softmax;
-    top_p < 1 keeps the tokens whose probability is at least t, the largest
-    value whose set {p >= t} holds mass >= top_p (ties kept); renormalise.
+    keeps the tokens whose z is at least the k-th largest (ties kept); min_p > 0
+    keeps the tokens with exp(z - max z) >= min_p; softmax over the tokens both
+    keep; top_p < 1 keeps the tokens whose probability is at least t, the
+    largest value whose set {p >= t} holds mass >= top_p (ties kept);
+    renormalise.
     """
     squeeze = logits.dim() == 2
     x = logits.double().cpu()
@@ -694,6 +704,7 @@ def sampling_probs(
     out = torch.empty_like(x)
     for b in range(batch):
         t, k, tp = float(temperature[b]), int(top_k[b]), float(top_p[b])
+        mp = float(min_p[b]) if min_p is not None else 0.0
         for r in range(rows):
             row = x[b, r]
             if t == 0.0:
@@ -701,9 +712,13 @@ def sampling_probs(
                 out[b, r, int(torch.argmax(row))] = 1.0
                 continue
             z = row / t
+            ninf = torch.tensor(float("-inf"), dtype=z.dtype)
+            keep = torch.ones_like(z, dtype=torch.bool)
             if 0 < k < vocab:
-                kth = torch.topk(z, k).values[-1]
-                z = torch.where(z >= kth, z, torch.tensor(float("-inf"), dtype=z.dtype))
+                keep &= z >= torch.topk(z, k).values[-1]
+            if mp > 0.0:
+                keep &= torch.exp(z - z.max()) >= mp
+            z = torch.where(keep, z, ninf)
             p = torch.exp(z - z.max())
             p = p / p.sum()
             if tp < 1.0:
@@ -715,6 +730,118 @@ def sampling_probs(
             out[b, r] = p
     out = out[:, 0] if squeeze else out
     return out.to(device=logits.device, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------
+# Ragged batches: row b is the slice cu_nodes[b] .. cu_nodes[b + 1] - 1 of the
+# flat tensors.  By definition (docs/ops.md) a ragged op equals the padded op
+# on each row alone, so the references call the padded references row by row.
+# ---------------------------------------------------------------------------
+
+
+def _slices(cu_nodes: torch.Tensor) -> list[tuple[int, int]]:
+    cu = cu_nodes.tolist()
+    return list(zip(cu[:-1], cu[1:]))
+
+
+def sampling_probs_ragged(
+    logits: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference for :func:`specdec_cuda.ops.sampling_probs_ragged`: row b's slice of the
+    ``[T, V]`` logits through :func:`sampling_probs` with row b's parameters."""
+    out = torch.empty(logits.shape, dtype=torch.float32)
+    for b, (lo, hi) in enumerate(_slices(cu_nodes)):
+        one = slice(b, b + 1)
+        out[lo:hi] = sampling_probs(
+            logits[lo:hi][None],
+            temperature[one],
+            top_k[one],
+            top_p[one],
+            min_p[one] if min_p is not None else None,
+        )[0].cpu()
+    return out.to(logits.device)
+
+
+def _ragged_verdict(rows, total: int, device):
+    """Per-row padded verdicts (B = 1) -> (accept_nodes [T], num [B], next [B])."""
+    accept = torch.full((total,), -1, dtype=torch.int32)
+    num, nxt = [], []
+    for (lo, hi), (a, n, x) in rows:
+        accept[lo:hi] = a[0].cpu()
+        num.append(int(n[0]))
+        nxt.append(int(x[0]))
+    return (
+        accept.to(device),
+        torch.tensor(num, dtype=torch.int32).to(device),
+        torch.tensor(nxt, dtype=torch.int64).to(device),
+    )
+
+
+def verify_greedy_ragged(
+    tokens: torch.Tensor, parents: torch.Tensor, cu_nodes: torch.Tensor, target_argmax: torch.Tensor
+):
+    """Reference for :func:`specdec_cuda.ops.verify_greedy_ragged`: :func:`verify_greedy` row by row."""
+    rows = [
+        ((lo, hi), verify_greedy(tokens[None, lo:hi], parents[None, lo:hi], target_argmax[None, lo:hi]))
+        for lo, hi in _slices(cu_nodes)
+    ]
+    return _ragged_verdict(rows, tokens.shape[0], tokens.device)
+
+
+def rejection_sample_ragged(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+):
+    """Reference for :func:`specdec_cuda.ops.rejection_sample_ragged`: :func:`rejection_sample`
+    on each row alone (N = its node count, so its final draw uses uniform index N_b)."""
+    rows = []
+    for b, (lo, hi) in enumerate(_slices(cu_nodes)):
+        verdict = rejection_sample(
+            tokens[None, lo:hi],
+            parents[None, lo:hi],
+            draft_probs[None, lo:hi] if draft_probs is not None else None,
+            target_probs[None, lo:hi],
+            seed[b : b + 1],
+            offset[b : b + 1],
+        )
+        rows.append(((lo, hi), verdict))
+    return _ragged_verdict(rows, tokens.shape[0], tokens.device)
+
+
+def typical_accept_ragged(
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    cu_nodes: torch.Tensor,
+    target_probs: torch.Tensor,
+    posterior_threshold: float,
+    posterior_alpha: float,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+):
+    """Reference for :func:`specdec_cuda.ops.typical_accept_ragged`: :func:`typical_accept` row by row."""
+    rows = []
+    for b, (lo, hi) in enumerate(_slices(cu_nodes)):
+        verdict = typical_accept(
+            tokens[None, lo:hi],
+            parents[None, lo:hi],
+            target_probs[None, lo:hi],
+            posterior_threshold,
+            posterior_alpha,
+            seed[b : b + 1],
+            offset[b : b + 1],
+        )
+        rows.append(((lo, hi), verdict))
+    return _ragged_verdict(rows, tokens.shape[0], tokens.device)
 
 
 # ---------------------------------------------------------------------------
@@ -787,12 +914,17 @@ def rejection_sample_chain(
 
 
 def sampling_probs_vectorized(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Engine-style float32 temperature / top-k / top-p (sort based), over all rows at once.
+    """Engine-style float32 temperature / top-k / min-p / top-p (sort based), over all rows
+    at once.
 
-    Same rule as :func:`sampling_probs` up to float32 rounding at the top-p
-    boundary; the benchmark baseline for it.
+    Same rule as :func:`sampling_probs` up to float32 rounding at the min-p and top-p
+    boundaries; the benchmark baseline for it.
     """
     x = logits.float()
     squeeze = x.dim() == 2
@@ -802,6 +934,10 @@ def sampling_probs_vectorized(
     greedy = t == 0
     z = x / torch.where(greedy, torch.ones_like(t), t)
     vocab = z.shape[-1]
+    if min_p is not None:  # engines: softmax, then drop tokens below min_p * the row's largest
+        full = torch.softmax(z, dim=-1)
+        low = full < min_p.float()[:, None, None] * full.amax(-1, keepdim=True)
+        z = torch.where(low, torch.full_like(z, float("-inf")), z)
     sorted_z, order = torch.sort(z, dim=-1, descending=True)
     k = top_k.long()[:, None, None]
     k = torch.where((k > 0) & (k < vocab), k, torch.full_like(k, vocab))

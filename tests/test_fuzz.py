@@ -113,6 +113,42 @@ def _args(op: str, device="cpu", g=None):
             seed=seed,
             offset=offset,
         )
+    elif op == "sampling_probs_ragged":
+        a = dict(
+            logits=torch.randn(5, vocab, generator=g),
+            cu_nodes=torch.tensor([0, 3, 5], dtype=I32),
+            temperature=torch.tensor([0.7, 1.0]),
+            top_k=torch.tensor([0, 3], dtype=I32),
+            top_p=torch.tensor([0.9, 1.0]),
+            min_p=torch.tensor([0.0, 0.05]),
+        )
+    elif op in ("verify_greedy_ragged", "rejection_sample_ragged", "typical_accept_ragged"):
+        # Two rows, of 3 nodes (a chain) and 2 nodes, end to end: T = 5.
+        flat = dict(
+            tokens=torch.randint(0, vocab, (5,), generator=g),
+            parents=torch.tensor([-1, 0, 1, -1, 0], dtype=I32),
+            cu_nodes=torch.tensor([0, 3, 5], dtype=I32),
+        )
+        flat_probs = torch.softmax(torch.randn(5, vocab, generator=g), -1)
+        if op == "verify_greedy_ragged":
+            a = dict(**flat, target_argmax=torch.randint(0, vocab, (5,), generator=g))
+        elif op == "rejection_sample_ragged":
+            a = dict(
+                **flat,
+                draft_probs=flat_probs,
+                target_probs=flat_probs.flip(-1).contiguous(),
+                seed=seed,
+                offset=offset,
+            )
+        else:
+            a = dict(
+                **flat,
+                target_probs=flat_probs,
+                posterior_threshold=0.09,
+                posterior_alpha=0.3,
+                seed=seed,
+                offset=offset,
+            )
     else:
         raise AssertionError(op)
     return {
@@ -135,7 +171,12 @@ OPS = [
     "verify_greedy",
     "rejection_sample",
     "typical_accept",
+    "sampling_probs_ragged",
+    "verify_greedy_ragged",
+    "rejection_sample_ragged",
+    "typical_accept_ragged",
 ]
+RAGGED_VERIFIERS = ("verify_greedy_ragged", "rejection_sample_ragged", "typical_accept_ragged")
 TENSOR_ARGS = {op: [k for k, v in _args(op).items() if isinstance(v, torch.Tensor)] for op in OPS}
 
 
@@ -151,8 +192,8 @@ def _call_raw(op, args):
 @pytest.mark.parametrize("op,arg", [(op, arg) for op in OPS for arg in TENSOR_ARGS[op]])
 def test_none_for_a_tensor_names_the_argument(op, arg):
     args = _args(op)
-    if arg == "draft_probs":
-        pytest.skip("draft_probs is optional: None is a valid value")
+    if arg in ("draft_probs", "min_p"):
+        pytest.skip(f"{arg} is optional: None is a valid value")
     args[arg] = None
     with pytest.raises(TypeError) as info:
         getattr(ops, op)(**args)
@@ -241,6 +282,20 @@ MALFORMED = {  # op -> (argument, replacement builder, exception, fragment)
     ),
     "rejection_sample": ("target_probs", lambda t: t[:, 0], ValueError, "target_probs must be a 3-D tensor"),
     "typical_accept": ("seed", lambda t: t[:1], ValueError, "seed.size(0) must equal B"),
+    "sampling_probs_ragged": ("cu_nodes", lambda t: t.long(), TypeError, "cu_nodes must have dtype int32"),
+    "verify_greedy_ragged": (
+        "target_argmax",
+        lambda t: t[:2],
+        ValueError,
+        "target_argmax must have the shape of tokens",
+    ),
+    "rejection_sample_ragged": (
+        "target_probs",
+        lambda t: t[0],
+        ValueError,
+        "target_probs must be a 2-D tensor",
+    ),
+    "typical_accept_ragged": ("seed", lambda t: t[:1], ValueError, "seed.size(0) must equal B"),
 }
 
 
@@ -373,6 +428,18 @@ def test_fuzz_op_boundary(op, seed):
         elif op == "sampling_probs":
             ref = reference.sampling_probs(**args)
             assert torch.allclose(out, ref, rtol=1e-5, atol=1e-7), (args, out, ref)
+        elif op == "sampling_probs_ragged":
+            ref = reference.sampling_probs_ragged(**args)
+            assert torch.allclose(out, ref, rtol=1e-5, atol=1e-7), (args, out, ref)
+        elif op in RAGGED_VERIFIERS:
+            accept, num, nxt = out
+            roots = args["cu_nodes"][:-1].long()
+            assert bool((num >= 1).all()) and bool((accept[roots] == 0).all())
+            if "target_probs" in args:
+                assert bool(((nxt >= 0) & (nxt < args["target_probs"].shape[-1])).all())
+            ref = getattr(reference, op)(**args)
+            for a, b in zip(out, ref):
+                assert torch.equal(a, b), (op, a, b)
         else:  # the KV ops: the same result as the reference on the arguments before the call
             ref_args = {k: before.get(k, v) for k, v in args.items()}
             getattr(reference, op)(**ref_args)

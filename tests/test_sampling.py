@@ -168,6 +168,143 @@ def test_sampling_probs_large_vocab(device, gen):
 
 
 # ---------------------------------------------------------------------------
+# min-p: keeps {exp(z - max z) >= min_p}, with top-k, before top-p.
+# ---------------------------------------------------------------------------
+
+
+def min_p_grid(vocab: int):
+    """Every combination of temperature, top_k, top_p and min_p, one row each."""
+    rows = [
+        (t, k, p, m)
+        for t in (0.0, 0.5, 1.0, 2.0)
+        for k in (0, 5, vocab)
+        for p in (1.0, 0.9, 1e-6)
+        for m in (0.0, 1e-4, 0.05, 0.3, 1.0)
+    ]
+    cols = list(zip(*rows))
+    return (
+        torch.tensor(cols[0], dtype=torch.float32),
+        torch.tensor(cols[1], dtype=torch.int32),
+        torch.tensor(cols[2], dtype=torch.float32),
+        torch.tensor(cols[3], dtype=torch.float32),
+    )
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", SAMPLING_DTYPES, ids=str)
+@pytest.mark.parametrize("rank", [2, 3])
+@pytest.mark.parametrize("vocab", [7, 50, 1000])
+def test_min_p_matches_reference(device, dtype, rank, vocab, gen):
+    temperature, top_k, top_p, min_p = min_p_grid(vocab)
+    batch = temperature.numel()
+    shape = (batch, vocab) if rank == 2 else (batch, 2, vocab)
+    logits = random_logits(gen, shape, dtype)
+    expected = reference.sampling_probs(logits, temperature, top_k, top_p, min_p)
+    d = on(device, l=logits, t=temperature, k=top_k, p=top_p, m=min_p)
+    got = ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], min_p=d["m"])
+    assert_probs_close(got, expected, logits)
+    # The kept set is exactly {exp(z - max z) >= min_p} within top-k (top-p off, T > 0).
+    x = logits.double().cpu().view(batch, -1, vocab)
+    g = got.cpu().view(batch, -1, vocab)
+    for b in range(batch):
+        t, k, tp, m = float(temperature[b]), int(top_k[b]), float(top_p[b]), float(min_p[b])
+        if t == 0.0 or tp < 1.0 or not (0 < k < vocab) and m == 0.0:
+            continue
+        z = x[b] / t
+        keep = torch.exp(z - z.max(-1, keepdim=True).values) >= m
+        if 0 < k < vocab:
+            keep &= z >= torch.topk(z, k, -1).values[:, -1:]
+        assert torch.equal(g[b] > 0, keep), (b, t, k, m)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_min_p_default_is_off(device, gen):
+    """min_p=None, min_p of zeros and the four-argument call give the same bits."""
+    logits = random_logits(gen, (12, 3, 500), torch.float32)
+    temperature = torch.tensor([0.0, 0.7, 1.0, 1.5] * 3)
+    top_k = torch.tensor([0, 0, 5, 40] * 3, dtype=torch.int32)
+    top_p = torch.tensor([1.0, 0.9, 0.5, 1.0] * 3)
+    d = on(device, l=logits, t=temperature, k=top_k, p=top_p)
+    plain = ops.sampling_probs(d["l"], d["t"], d["k"], d["p"])
+    assert torch.equal(plain, ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], min_p=None))
+    assert torch.equal(
+        plain, ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], torch.zeros(12, device=device))
+    )
+    assert torch.equal(plain, torch.ops.specdec.sampling_probs(d["l"], d["t"], d["k"], d["p"]))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_min_p_ties_and_edges(device):
+    """min_p = 1 keeps exactly the maxima (ties kept); a tiny min_p keeps every finite
+    logit; min_p is ignored at temperature 0; a row of -inf entries keeps them at 0."""
+    logits = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 0.0, 2.0, 2.0],
+            [1.0, 3.0, 3.0, 0.0, 2.0, 2.0],
+            [1.0, 3.0, 3.0, 0.0, 2.0, 2.0],
+            [1.0, 3.0, float("-inf"), 0.0, 2.0, float("-inf")],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    temperature = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    top_k = torch.tensor([0, 0, 0, 0, 2], dtype=torch.int32)
+    top_p = torch.ones(5)
+    min_p = torch.tensor([1.0, 1e-30, 1.0, 0.1, 1.0])
+    expected = reference.sampling_probs(logits, temperature, top_k, top_p, min_p)
+    d = on(device, l=logits, t=temperature, k=top_k, p=top_p, m=min_p)
+    got = ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], d["m"])
+    assert_probs_close(got, expected, logits)
+    nz = (got.cpu() > 0).int().tolist()
+    assert nz[0] == [0, 1, 1, 0, 0, 0]  # the two maxima, each 1/2
+    assert nz[1] == [1, 1, 1, 1, 1, 1]
+    assert nz[2] == [0, 1, 0, 0, 0, 0]  # greedy: the first maximum
+    assert nz[3] == [1, 1, 0, 0, 1, 0]  # exp(-1), exp(-2) >= 0.1 > exp(-3)
+    assert nz[4] == [1, 1, 1, 1, 1, 1]  # all tied with the maximum
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_min_p_large_vocab(device, gen):
+    vocab = 128 * 1024
+    logits = torch.randn(4, vocab, generator=gen) * 3
+    temperature = torch.tensor([1.0, 0.8, 0.7, 1.2])
+    top_k = torch.tensor([0, 0, 100, 0], dtype=torch.int32)
+    top_p = torch.tensor([1.0, 0.9, 0.95, 0.5])
+    min_p = torch.tensor([0.01, 0.001, 0.05, 1e-6])
+    expected = reference.sampling_probs(logits, temperature, top_k, top_p, min_p)
+    d = on(device, l=logits, t=temperature, k=top_k, p=top_p, m=min_p)
+    assert_probs_close(ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], d["m"]), expected, logits)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("vocab", [1, 3, 8, 9, 15, 16, 17, 4096 + 5])
+def test_vocab_sizes_around_the_vector_width(device, vocab, gen):
+    """Every remainder of the kernels' 4- and 8-wide loops, with top-k / top-p / min-p."""
+    temperature, top_k, top_p = sampling_grid(vocab)
+    batch = temperature.numel()
+    min_p = torch.tensor([0.0, 0.01, 0.2, 0.0] * (batch // 4), dtype=torch.float32)
+    logits = random_logits(gen, (batch, vocab), torch.float32)
+    expected = reference.sampling_probs(logits, temperature, top_k, top_p, min_p)
+    d = on(device, l=logits, t=temperature, k=top_k, p=top_p, m=min_p)
+    assert_probs_close(ops.sampling_probs(d["l"], d["t"], d["k"], d["p"], d["m"]), expected, logits)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_top_p_boundary_is_the_float64_decision(device, gen):
+    """Rows whose top-p boundary sits where a float32 cumulative sum would move it: many
+    tokens of nearly equal mass (flat rows of 128k tokens, logits 0.01 * randn) and
+    top_p values across the range.  The kept set must be the float64 oracle's exactly."""
+    vocab = 128 * 1024
+    logits = torch.randn(6, vocab, generator=gen) * 0.01
+    temperature = torch.ones(6)
+    top_k = torch.zeros(6, dtype=torch.int32)
+    top_p = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.999])
+    expected = reference.sampling_probs(logits, temperature, top_k, top_p)
+    got = ops.sampling_probs(*on(device, l=logits, t=temperature, k=top_k, p=top_p).values()).cpu()
+    assert torch.equal(got > 0, expected > 0)
+    assert_probs_close(got, expected, logits)
+
+
+# ---------------------------------------------------------------------------
 # The op contract: empty batches, opcheck.
 # ---------------------------------------------------------------------------
 
@@ -207,6 +344,11 @@ def test_opcheck(device):
         torch.tensor([1.0, 0.9, 0.5], device=device),
     )
     torch.library.opcheck(torch.ops.specdec.sampling_probs.default, args)
+    torch.library.opcheck(
+        torch.ops.specdec.sampling_probs.default,
+        args,
+        {"min_p": torch.tensor([0.0, 0.1, 1.0], device=device)},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +454,69 @@ def test_bad_input_table_names_arguments():
     params = inspect.signature(ops.sampling_probs).parameters
     for case, (_, _, fragment) in BAD_CASES.items():
         assert any(p in fragment for p in params), (case, fragment)
+
+
+def _good_min_p_args(device):
+    a = _good_args(device)
+    a["min_p"] = torch.tensor([0.05, 0.0], device=device)
+    return a
+
+
+MIN_P_BAD_CASES = {
+    "min_p negative": (poke_arg("min_p", 1, -0.1), ValueError, "min_p[1] = -0.1 must be in [0, 1]"),
+    "min_p above 1": (poke_arg("min_p", 0, 1.5), ValueError, "min_p[0] = 1.5 must be in [0, 1]"),
+    "min_p NaN": (poke_arg("min_p", 0, NAN), ValueError, "min_p[0] = nan must be in [0, 1]"),
+    "min_p inf": (poke_arg("min_p", 1, INF), ValueError, "min_p[1] = inf must be in [0, 1]"),
+    "min_p float64": (
+        set_arg("min_p", lambda t: t.double()),
+        TypeError,
+        "min_p must have dtype float32, got float64",
+    ),
+    "min_p int32": (
+        set_arg("min_p", lambda t: t.int()),
+        TypeError,
+        "min_p must have dtype float32, got int32",
+    ),
+    "min_p wrong length": (
+        set_arg("min_p", lambda t: t[:1].contiguous()),
+        ValueError,
+        "min_p.size(0) must equal B (logits.size(0)) = 2",
+    ),
+    "min_p 2-D": (set_arg("min_p", lambda t: t[:, None]), ValueError, "min_p must be a 1-D tensor [B]"),
+    "min_p non-contiguous": (
+        set_arg("min_p", lambda t: torch.stack([t, t], -1)[:, 0]),
+        ValueError,
+        "min_p must be contiguous",
+    ),
+    "min_p a number": (lambda a: a.update(min_p=0.1), TypeError, "min_p must be a tensor, got float"),
+}
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("case", sorted(MIN_P_BAD_CASES))
+def test_bad_min_p(device, case):
+    ops.sampling_probs(**_good_min_p_args(device))
+    args = _good_min_p_args(device)
+    mutate, exc, fragment = MIN_P_BAD_CASES[case]
+    mutate(args)
+    with pytest.raises(exc) as info:
+        ops.sampling_probs(**args)
+    message = str(info.value)
+    assert "specdec::sampling_probs:" in message and fragment in message, message
+
+
+def test_min_p_on_another_device_is_reported():
+    """min_p on the CPU beside meta logits (the fake kernel: no CUDA needed), and beside
+    CUDA logits (the CUDA kernel) where a device is present."""
+    args = _good_min_p_args("meta")
+    args["min_p"] = torch.tensor([0.05, 0.0])
+    with pytest.raises(ValueError, match=r"specdec::sampling_probs: min_p must be on meta"):
+        ops.sampling_probs(**args)
+    if torch.cuda.is_available():
+        args = _good_min_p_args("cuda")
+        args["min_p"] = args["min_p"].cpu()
+        with pytest.raises(ValueError, match=r"specdec::sampling_probs: min_p must be on cuda"):
+            ops.sampling_probs(**args)
 
 
 def test_device_mismatch_is_reported():

@@ -1,27 +1,130 @@
-// sampling_probs, CPU kernel: one row at a time per task, float64 inside.
-// Thresholds by selection instead of sorting: std::nth_element for top-k and
-// a three-way quickselect on probability mass for top-p (expected O(V)).
-#include <ATen/Dispatch.h>
+// sampling_probs and sampling_probs_ragged, CPU kernel: one row of logits per
+// step of a task, float64 semantics (docs/ops.md, family `sampling`).
+//
+// Per row, close to one pass over memory:
+//   scan      the maximum, its first index and validity (8 floats at a time);
+//   top-k     the k-th largest logit by a streaming selection: logits above the
+//             running k-th largest go to a small buffer, which is cut back to
+//             its k largest (nth_element) whenever it fills up, so the buffer
+//             sees about k log(V / k) values instead of V;
+//   min-p     a threshold on the logits' keys found by bisection on the rule's
+//             float64 expression (sampling::min_p_key), no pass at all;
+//   weights   w = exp(double(x) / T - z_max) for the kept logits, float64, four
+//             lanes at a time (exp4 below, within 2 ulp of exp), their float64
+//             sum, and w rounded to float32 into the output; a chunk with
+//             nothing kept (top-k, min-p) is written as zeros without an exp;
+//   top-p     the same pass also sums the mass below a few cut-offs of
+//             z - z_max; the smallest head that surely holds the top-p mass is
+//             then gathered (its weights recomputed, bit-identical) and the
+//             threshold found there by a three-way quickselect on the float64
+//             probabilities, so ties and the float64 decision are exactly the
+//             rule's;
+//   scale     one multiply per kept entry (and zero past the top-p threshold).
+// The vector code uses GNU vector extensions and is compiled twice, for the
+// baseline x86-64 (or any) target and with AVX2 + FMA, picked at run time.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "ops/checks.h"
 #include "ops/sampling.h"
+#include "ops/tree.h"
 #include "specdec/sampling_rules.h"
+#include "specdec/tree_rules.h"
+
+#if !defined(__GNUC__)
+#error "csrc/cpu/sampling_cpu.cpp needs GNU vector extensions (GCC or Clang)"
+#endif
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors in always-inline helpers only
 
 namespace specdec {
 namespace {
 
 constexpr const char* kOp = "specdec::sampling_probs";
+constexpr const char* kRaggedOp = "specdec::sampling_probs_ragged";
 
-// The largest t among `p` such that the mass of {p >= t} is >= need.
+#define SPECDEC_VEC inline __attribute__((always_inline))
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+typedef int32_t i4 __attribute__((vector_size(16)));
+typedef double d4 __attribute__((vector_size(32)));
+typedef int64_t l4 __attribute__((vector_size(32)));
+
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+template <class V, class T>
+SPECDEC_VEC V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <class V, class T>
+SPECDEC_VEC void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+SPECDEC_VEC d4 widen(f4 v) { return __builtin_convertvector(v, d4); }
+SPECDEC_VEC f4 narrow(d4 v) { return __builtin_convertvector(v, f4); }
+SPECDEC_VEC d4 splat(double v) { return d4{v, v, v, v}; }
+SPECDEC_VEC bool any(l4 m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+SPECDEC_VEC bool any(i4 m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+
+// exp(a) for a <= 0 (or -inf), four lanes: a = n ln2 + r with |r| <= ln2 / 2
+// (Cody-Waite), exp(r) by its Taylor polynomial of degree 13 (truncation
+// below 1e-17), times 2^n applied in two halves so that results down to the
+// smallest subnormal round once; 0 below -745.2 (where exp rounds to 0).
+SPECDEC_VEC d4 exp4(d4 a) {
+  const d4 lo = splat(-745.2);
+  const d4 c = a < lo ? lo : a;
+  const d4 magic = splat(6755399441055744.0);  // 1.5 * 2^52: adding it rounds to an integer
+  const d4 kn = c * splat(1.4426950408889634) + magic;
+  const d4 n = kn - magic;
+  d4 r = c - n * splat(0.693145751953125);  // ln2 high part: n * hi is exact
+  r = r - n * splat(1.4286068203094172321e-6);
+  d4 p = splat(1.0 / 6227020800.0);
+  p = p * r + splat(1.0 / 479001600.0);
+  p = p * r + splat(1.0 / 39916800.0);
+  p = p * r + splat(1.0 / 3628800.0);
+  p = p * r + splat(1.0 / 362880.0);
+  p = p * r + splat(1.0 / 40320.0);
+  p = p * r + splat(1.0 / 5040.0);
+  p = p * r + splat(1.0 / 720.0);
+  p = p * r + splat(1.0 / 120.0);
+  p = p * r + splat(1.0 / 24.0);
+  p = p * r + splat(1.0 / 6.0);
+  p = p * r + splat(0.5);
+  p = p * r + splat(1.0);
+  p = p * r + splat(1.0);
+  l4 ni;
+  std::memcpy(&ni, &kn, sizeof(ni));
+  l4 mb;
+  std::memcpy(&mb, &magic, sizeof(mb));
+  ni = ni - mb;           // n as an integer, in [-1075, 0]
+  const l4 n1 = ni >> 1;  // floor(n / 2): both halves are normal powers of two
+  const l4 n2 = ni - n1;
+  const l4 b1 = (n1 + 1023) << 52, b2 = (n2 + 1023) << 52;
+  d4 s1, s2;
+  std::memcpy(&s1, &b1, sizeof(s1));
+  std::memcpy(&s2, &b2, sizeof(s2));
+  const d4 e = (p * s1) * s2;
+  return a < lo ? splat(0.0) : e;
+}
+
+// The largest value t among `p` such that the mass of {p >= t} is >= need.
+// Three-way quickselect on the values, expected linear.
 double mass_threshold(std::vector<double>& p, double need) {
   size_t lo = 0, hi = p.size();
   while (true) {
@@ -44,87 +147,344 @@ double mass_threshold(std::vector<double>& p, double need) {
   }
 }
 
-// One row: logits x[V] -> out[V].  Returns an error code (0: valid).
-int64_t row_probs(const float* x, int64_t vocab, float temperature, int32_t top_k, float top_p, float* out,
-                  std::vector<float>& fbuf, std::vector<double>& dbuf) {
-  int64_t first_max = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    if (std::isnan(x[i]) || x[i] == std::numeric_limits<float>::infinity()) return sampling::kLogitInvalid;
-    if (x[i] > x[first_max]) first_max = i;
+struct RowParams {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  float min_p;
+};
+
+struct Candidate {
+  float x;
+  double p;
+};
+
+// Per-task buffers, reused across rows.
+struct Scratch {
+  std::vector<float> topk, row;
+  std::vector<double> sel;
+  std::vector<Candidate> cand;
+};
+
+// The maximum logit, its first index, and whether the row is free of NaN and +inf.
+SPECDEC_VEC bool scan(const float* x, int64_t vocab, float* xmax, int64_t* first) {
+  f8 m = f8{} - kInf;
+  i8 at = i8{} - 1, bad = i8{};
+  const i8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  int64_t i = 0;
+  const int64_t vec_end = vocab <= std::numeric_limits<int32_t>::max() ? vocab / 8 * 8 : 0;
+  for (; i < vec_end; i += 8) {
+    const f8 v = load<f8>(x + i);
+    bad |= ~(v <= kFloatMax);  // NaN and +inf fail
+    const i8 up = v > m;       // strict: every lane keeps its first maximum
+    m = up ? v : m;
+    at = up ? lane + static_cast<int32_t>(i) : at;
   }
-  if (x[first_max] == -std::numeric_limits<float>::infinity()) return sampling::kAllMasked;
-  if (temperature == 0.0f) {
+  float best = -kInf;
+  int64_t best_i = -1;
+  int any_bad = 0;
+  for (int j = 0; j < 8; ++j) {
+    any_bad |= bad[j];
+    if (at[j] >= 0 && (m[j] > best || (m[j] == best && at[j] < best_i))) {
+      best = m[j];
+      best_i = at[j];
+    }
+  }
+  for (; i < vocab; ++i) {
+    const float v = x[i];
+    if (!(v <= kFloatMax)) any_bad = 1;
+    if (v > best) {
+      best = v;
+      best_i = i;
+    }
+  }
+  if (best_i < 0) best_i = 0;  // every logit -inf (reported by the caller)
+  *xmax = best;
+  *first = best_i;
+  return any_bad == 0;
+}
+
+// The k-th largest logit (ties counted), 0 < k < vocab: a streaming selection.
+// Invariant: the buffer holds every logit seen so far that exceeds `thr`, plus
+// k logits >= thr, so its k-th largest is the k-th largest of all seen.
+SPECDEC_VEC float kth_largest(const float* x, int64_t vocab, int64_t k, std::vector<float>& buf) {
+  const size_t cap = static_cast<size_t>(std::max<int64_t>(4 * k, 1024));
+  buf.clear();
+  float thr = -kInf;
+  auto shrink = [&] {
+    std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), std::greater<float>());
+    thr = buf[k - 1];
+    buf.resize(k);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= vocab; i += 8) {
+    const f8 v = load<f8>(x + i);
+    const i8 up = v > thr;
+    if ((up[0] | up[1] | up[2] | up[3] | up[4] | up[5] | up[6] | up[7]) == 0) continue;
+    for (int j = 0; j < 8; ++j) {
+      if (x[i + j] > thr) buf.push_back(x[i + j]);
+    }
+    if (buf.size() >= cap) shrink();
+  }
+  for (; i < vocab; ++i) {
+    if (x[i] > thr) buf.push_back(x[i]);
+  }
+  if (static_cast<int64_t>(buf.size()) < k) return -kInf;  // the rest are -inf
+  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), std::greater<float>());
+  return buf[k - 1];
+}
+
+// Cut-offs of z - z_max below which top-p sums the mass (pass `weights`).
+constexpr int kCuts = 4;
+constexpr double kCut[kCuts] = {-2.0, -4.0, -8.0, -16.0};
+
+struct Weights {
+  double total;
+  double tail[kCuts];  // mass of the kept entries with z - z_max < kCut[j]
+};
+
+// w = exp(double(x) / t - zmax) for x >= lo (0 elsewhere): sums, and float32 w into out.
+template <bool kSparse, bool kTails>
+SPECDEC_VEC Weights weights(const float* x, int64_t vocab, double t, double zmax, float lo, float* out) {
+  d4 s0 = splat(0.0), s1 = splat(0.0);
+  d4 tails[kCuts];
+  for (int j = 0; j < kCuts; ++j) tails[j] = splat(0.0);
+  const d4 td = splat(t), zd = splat(zmax);
+  auto chunk = [&](f4 xf, bool second) -> f4 {
+    const i4 keep = xf >= lo;
+    if (kSparse && !any(keep)) return f4{};
+    const d4 a = widen(xf) / td - zd;
+    d4 w = exp4(a);
+    if constexpr (kSparse) w = __builtin_convertvector(keep, l4) != 0 ? w : splat(0.0);
+    if (second) {
+      s1 += w;
+    } else {
+      s0 += w;
+    }
+    if constexpr (kTails) {
+      for (int j = 0; j < kCuts; ++j) tails[j] += a < splat(kCut[j]) ? w : splat(0.0);
+    }
+    return narrow(w);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= vocab; i += 8) {
+    store(out + i, chunk(load<f4>(x + i), false));
+    store(out + i + 4, chunk(load<f4>(x + i + 4), true));
+  }
+  for (; i < vocab; i += 4) {  // the last 1..7 entries, padded with -inf (weight 0)
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
+    const int64_t n = std::min<int64_t>(4, vocab - i);
+    std::memcpy(buf, x + i, n * sizeof(float));
+    float res[4];
+    store(res, chunk(load<f4>(buf), false));
+    std::memcpy(out + i, res, n * sizeof(float));
+  }
+  Weights r{};
+  const d4 s = s0 + s1;
+  r.total = (s[0] + s[1]) + (s[2] + s[3]);
+  for (int j = 0; j < kCuts; ++j) r.tail[j] = (tails[j][0] + tails[j][1]) + (tails[j][2] + tails[j][3]);
+  return r;
+}
+
+// The kept entries (x >= lo) with z - z_max >= cut and a positive weight, as
+// (logit, float64 probability) pairs, their weights recomputed as in weights().
+SPECDEC_VEC double gather(const float* x, int64_t vocab, double t, double zmax, float lo, double cut, double total,
+                          std::vector<Candidate>& cand) {
+  cand.clear();
+  const d4 td = splat(t), zd = splat(zmax), cd = splat(cut);
+  double mass = 0.0;
+  for (int64_t i = 0; i < vocab; i += 4) {
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};  // the last 1..3 entries, padded with -inf
+    const bool whole = i + 4 <= vocab;
+    if (!whole) std::memcpy(buf, x + i, (vocab - i) * sizeof(float));
+    const f4 xf = load<f4>(whole ? x + i : buf);
+    const d4 a = widen(xf) / td - zd;
+    const l4 in = (__builtin_convertvector(xf >= lo, l4) != 0) & (a >= cd);
+    if (!any(in)) continue;
+    const d4 w = exp4(a);
+    for (int j = 0; j < 4; ++j) {
+      if (in[j] && w[j] > 0.0) {
+        const double p = w[j] / total;
+        cand.push_back({xf[j], p});
+        mass += p;
+      }
+    }
+  }
+  return mass;
+}
+
+// One row: logits x[V] -> out[V].  Returns an error code (0: valid).
+SPECDEC_VEC int64_t row_probs_impl(const float* x, int64_t vocab, RowParams prm, float* out, Scratch& s) {
+  float xmax;
+  int64_t first_max;
+  if (!scan(x, vocab, &xmax, &first_max)) return sampling::kLogitInvalid;
+  if (xmax == -kInf) return sampling::kAllMasked;
+  if (prm.temperature == 0.0f) {
     std::fill(out, out + vocab, 0.0f);
     out[first_max] = 1.0f;
     return kOk;
   }
-  float kth = -std::numeric_limits<float>::infinity();
-  if (sampling::top_k_active(top_k, vocab)) {
-    fbuf.assign(x, x + vocab);
-    std::nth_element(fbuf.begin(), fbuf.begin() + (top_k - 1), fbuf.end(), std::greater<float>());
-    kth = fbuf[top_k - 1];
+  const double t = prm.temperature, zmax = static_cast<double>(xmax) / t;
+  float lo = -kInf;  // the kept set before top-p: {x >= lo}
+  if (sampling::top_k_active(prm.top_k, vocab)) lo = kth_largest(x, vocab, prm.top_k, s.topk);
+  if (prm.min_p > 0.0f) lo = std::max(lo, sampling::key_value(sampling::min_p_key(xmax, t, prm.min_p)));
+  const bool sparse = lo > -kInf, top_p = prm.top_p < 1.0f;
+  Weights w;
+  if (top_p) {
+    w = sparse ? weights<true, true>(x, vocab, t, zmax, lo, out) : weights<false, true>(x, vocab, t, zmax, lo, out);
+  } else {
+    w = sparse ? weights<true, false>(x, vocab, t, zmax, lo, out) : weights<false, false>(x, vocab, t, zmax, lo, out);
   }
-  const double t = temperature;
-  const double zmax = static_cast<double>(x[first_max]) / t;
-  dbuf.resize(vocab);
-  double total = 0.0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const double e = x[i] >= kth ? std::exp(static_cast<double>(x[i]) / t - zmax) : 0.0;
-    dbuf[i] = e;
-    total += e;
-  }
-  for (int64_t i = 0; i < vocab; ++i) dbuf[i] /= total;
-  double keep_from = 0.0, kept = 1.0;
-  if (top_p < 1.0f) {
-    std::vector<double> sel;
-    sel.reserve(vocab);
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (dbuf[i] > 0.0) sel.push_back(dbuf[i]);
+  double scale = 1.0 / w.total;
+  float from = -kInf;  // after top-p: {x >= from}
+  if (top_p) {
+    const double need = static_cast<double>(prm.top_p);
+    // The highest cut-off whose head surely holds the top-p mass (else the whole row).
+    double cut = -std::numeric_limits<double>::infinity();
+    for (int j = 0; j < kCuts; ++j) {
+      if ((w.total - w.tail[j]) / w.total >= need * (1.0 + 1e-9)) {
+        cut = kCut[j];
+        break;
+      }
     }
-    keep_from = mass_threshold(sel, static_cast<double>(top_p));
-    kept = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (dbuf[i] >= keep_from) kept += dbuf[i];
+    double head = gather(x, vocab, t, zmax, lo, cut, w.total, s.cand);
+    if (!(head >= need) && cut > -std::numeric_limits<double>::infinity()) {
+      head = gather(x, vocab, t, zmax, lo, -std::numeric_limits<double>::infinity(), w.total, s.cand);
     }
+    s.sel.resize(s.cand.size());
+    for (size_t i = 0; i < s.cand.size(); ++i) s.sel[i] = s.cand[i].p;
+    const double thr = mass_threshold(s.sel, need);
+    double kept = 0.0;
+    from = kInf;
+    for (const Candidate& c : s.cand) {
+      if (c.p >= thr) {
+        kept += c.p;
+        from = std::min(from, c.x);
+      }
+    }
+    scale = 1.0 / (w.total * kept);
   }
-  for (int64_t i = 0; i < vocab; ++i) {
-    out[i] = dbuf[i] >= keep_from && dbuf[i] > 0.0 ? static_cast<float>(dbuf[i] / kept) : 0.0f;
+  const d4 sd = splat(scale);
+  int64_t i = 0;
+  for (; i + 4 <= vocab; i += 4) {
+    const f4 v = narrow(widen(load<f4>(out + i)) * sd);
+    store(out + i, top_p ? (load<f4>(x + i) >= from ? v : f4{}) : v);
+  }
+  for (; i < vocab; ++i) {
+    out[i] = (!top_p || x[i] >= from) ? static_cast<float>(static_cast<double>(out[i]) * scale) : 0.0f;
   }
   return kOk;
 }
 
-at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                              const at::Tensor& top_p) {
-  check_sampling_args(kOp, logits, temperature, top_k, top_p);
-  const int64_t batch = logits.size(0), vocab = logits.size(-1);
-  const int64_t rows = logits.dim() == 3 ? logits.size(1) : 1;
+int64_t row_probs_base(const float* x, int64_t vocab, RowParams prm, float* out, Scratch& s) {
+  return row_probs_impl(x, vocab, prm, out, s);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) int64_t row_probs_avx2(const float* x, int64_t vocab, RowParams prm, float* out,
+                                                           Scratch& s) {
+  return row_probs_impl(x, vocab, prm, out, s);
+}
+#endif
+
+using RowFn = int64_t (*)(const float*, int64_t, RowParams, float*, Scratch&);
+
+RowFn pick_row_fn() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &row_probs_avx2;
+#endif
+  return &row_probs_base;
+}
+
+// Row r of the logits as float32: the row itself, or converted into s.row.
+const float* row_as_float(const at::Tensor& logits, int64_t r, int64_t vocab, Scratch& s) {
+  const auto type = logits.scalar_type();
+  if (type == at::kFloat) return logits.data_ptr<float>() + r * vocab;
+  s.row.resize(vocab);
+  if (type == at::kHalf) {
+    const c10::Half* h = logits.data_ptr<c10::Half>() + r * vocab;
+    for (int64_t i = 0; i < vocab; ++i) s.row[i] = static_cast<float>(h[i]);
+  } else {
+    const c10::BFloat16* h = logits.data_ptr<c10::BFloat16>() + r * vocab;
+    for (int64_t i = 0; i < vocab; ++i) s.row[i] = static_cast<float>(h[i]);
+  }
+  return s.row.data();
+}
+
+// The rows [0, count) of `logits`, row r with parameter row param(r), into out.
+template <class ParamOf, class Record>
+void run_rows(const at::Tensor& logits, int64_t count, int64_t vocab, const RowParams* params, ParamOf param_of,
+              float* out, std::vector<ErrorRecord>& errors, Record record) {
+  static const RowFn row_fn = pick_row_fn();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    Scratch s;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = row_as_float(logits, r, vocab, s);
+      const int64_t code = row_fn(x, vocab, params[param_of(r)], out + r * vocab, s);
+      if (code != kOk) errors[r] = record(code, r);
+    }
+  });
+}
+
+// Every row's parameters, checked in row order (temperature, top_k, top_p, min_p).
+std::vector<RowParams> read_params(const char* op, const at::Tensor& temperature, const at::Tensor& top_k,
+                                   const at::Tensor& top_p, const std::optional<at::Tensor>& min_p) {
+  const int64_t batch = temperature.size(0);
   const float* temp = temperature.data_ptr<float>();
   const int32_t* k = top_k.data_ptr<int32_t>();
   const float* tp = top_p.data_ptr<float>();
-  const auto raise = [](const ErrorRecord& e) { raise_sampling_error(kOp, e); };
-  std::vector<ErrorRecord> params(batch);
-  for (int64_t b = 0; b < batch; ++b) params[b] = sampling::check_params(temp[b], k[b], tp[b], b);
-  raise_first_error(params, raise);
-  const at::Tensor x = logits.scalar_type() == at::kFloat ? logits : logits.to(at::kFloat);
+  const float* mp = min_p ? min_p->data_ptr<float>() : nullptr;
+  std::vector<RowParams> params(batch);
+  std::vector<ErrorRecord> errors(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    params[b] = RowParams{temp[b], k[b], tp[b], mp ? mp[b] : 0.0f};
+    errors[b] = sampling::check_params(temp[b], k[b], tp[b], b);
+    if (errors[b].code == kOk && mp) errors[b] = sampling::check_min_p(mp[b], b);
+  }
+  raise_first_error(errors, [op](const ErrorRecord& e) { raise_sampling_error(op, e); });
+  return params;
+}
+
+at::Tensor sampling_probs_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                              const at::Tensor& top_p, const std::optional<at::Tensor>& min_p) {
+  check_sampling_args(kOp, logits, temperature, top_k, top_p, min_p);
+  const int64_t batch = logits.size(0), vocab = logits.size(-1);
+  const int64_t rows = logits.dim() == 3 ? logits.size(1) : 1;
+  const std::vector<RowParams> params = read_params(kOp, temperature, top_k, top_p, min_p);
   at::Tensor out = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
-  const float* xp = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
   std::vector<ErrorRecord> errors(batch * rows, no_error(0));
-  at::parallel_for(0, batch * rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> fbuf;
-    std::vector<double> dbuf;
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / rows;
-      const int64_t code = row_probs(xp + r * vocab, vocab, temp[b], k[b], tp[b], op + r * vocab, fbuf, dbuf);
-      if (code != kOk) errors[r] = make_error(code, b, r % rows, 0);
-    }
-  });
-  raise_first_error(errors, raise);
+  run_rows(
+      logits, batch * rows, vocab, params.data(), [rows](int64_t r) { return r / rows; }, out.data_ptr<float>(), errors,
+      [rows](int64_t code, int64_t r) { return make_error(code, r / rows, r % rows, 0); });
+  raise_first_error(errors, [](const ErrorRecord& e) { raise_sampling_error(kOp, e); });
+  return out;
+}
+
+at::Tensor sampling_probs_ragged_cpu(const at::Tensor& logits, const at::Tensor& cu_nodes,
+                                     const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
+                                     const std::optional<at::Tensor>& min_p) {
+  const RaggedShape shape = check_sampling_ragged_args(kRaggedOp, logits, cu_nodes, temperature, top_k, top_p, min_p);
+  const int64_t total = shape.total, batch = shape.batch, vocab = logits.size(1);
+  const int32_t* cu = cu_nodes.data_ptr<int32_t>();
+  raise_first_error(std::vector<ErrorRecord>{tree::check_cu_nodes(cu, batch, total)},
+                    [total](const ErrorRecord& e) { raise_cu_nodes_error(kRaggedOp, e, total); });
+  const std::vector<RowParams> params = read_params(kRaggedOp, temperature, top_k, top_p, min_p);
+  at::Tensor out = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
+  std::vector<ErrorRecord> errors(total, no_error(0));
+  run_rows(
+      logits, total, vocab, params.data(), [cu, batch](int64_t t) { return tree::ragged_row_of(cu, batch, t); },
+      out.data_ptr<float>(), errors,
+      [cu, batch](int64_t code, int64_t t) { return make_error(code, tree::ragged_row_of(cu, batch, t), t, 0); });
+  raise_first_error(errors, [](const ErrorRecord& e) { raise_sampling_ragged_error(kRaggedOp, e); });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(specdec, CPU, m) { m.impl("sampling_probs", &sampling_probs_cpu); }
+TORCH_LIBRARY_IMPL(specdec, CPU, m) {
+  m.impl("sampling_probs", &sampling_probs_cpu);
+  m.impl("sampling_probs_ragged", &sampling_probs_ragged_cpu);
+}
 
 }  // namespace specdec

@@ -7,6 +7,8 @@
 // the same exception as the CPU kernel.  During CUDA graph capture the read is
 // skipped and the outputs stay in range.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,6 +24,7 @@
 #include "cuda/static_switch.h"
 #include "ops/acceptance.h"
 #include "ops/checks.h"
+#include "ops/tree.h"
 #include "specdec/acceptance_kernels.h"
 
 namespace specdec {
@@ -151,12 +154,132 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> typical_accept_cuda(const at::Ten
                   posterior_alpha);
 }
 
+// ---------------------------------------------------------------------------
+// Ragged batches: one block (greedy: one thread) per row, at its offset.  The
+// records are [2B]: every row's share of the cu_nodes check first, then every
+// row's own error, so the host raises what the CPU kernel raises.
+// ---------------------------------------------------------------------------
+
+template <Walk kWalk>
+__global__ void __launch_bounds__(kThreads) walk_ragged_kernel(dev::RaggedWalkArgs a) {
+  dev::walk_block_ragged<DeviceCtx, kWalk>(DeviceCtx{}, a);
+}
+
+__global__ void greedy_ragged_kernel(const int32_t* parents, const int64_t* tokens, const int64_t* argmax,
+                                     const int32_t* cu, int64_t batch, int64_t total, int32_t* accept, int32_t* num,
+                                     int64_t* next, ErrorRecord* cu_errors, ErrorRecord* errors) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (b < batch)
+    dev::greedy_row_ragged(parents, tokens, argmax, cu, batch, total, b, accept, num, next, cu_errors, errors);
+}
+
+using RaggedVerdict = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// accept_nodes filled with -1 (entries of rows with bad offsets stay in range), num, next.
+RaggedVerdict ragged_outputs(const RaggedTreeShape& s, const at::Tensor& tokens) {
+  return {at::full({s.total}, -1, tokens.options().dtype(at::kInt)),
+          at::empty({s.batch}, tokens.options().dtype(at::kInt)),
+          at::empty({s.batch}, tokens.options().dtype(at::kLong))};
+}
+
+void raise_ragged_errors(const char* op, const at::Tensor& errors, const at::Tensor& cu_nodes, int64_t total,
+                         cudaStream_t stream) {
+  raise_device_errors(errors, stream, [&](const ErrorRecord& e) {
+    const at::Tensor cu = cu_nodes.to(at::kCPU);  // only to name the entry of a failing row
+    raise_acceptance_ragged_error(op, e, cu.data_ptr<int32_t>(), total);
+  });
+}
+
+RaggedVerdict run_walk_ragged(const char* op, Walk walk, const RaggedTreeShape& s, const at::Tensor& tokens,
+                              const at::Tensor& parents, const at::Tensor& cu_nodes, const at::Tensor& target,
+                              const at::Tensor* draft, const at::Tensor& seed, const at::Tensor& offset,
+                              double threshold, double alpha) {
+  auto [accept, num, next] = ragged_outputs(s, tokens);
+  if (s.batch == 0) return {accept, num, next};
+  const c10::cuda::CUDAGuard guard(tokens.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor errors = device_error_records(2 * s.batch, tokens.options());
+  ErrorRecord* records = record_ptr(errors);
+  // Per-node scratch of the deterministic-draft and typical walks, in global memory (rows have any size).
+  at::Tensor scratch;
+  if (walk != Walk::kRejectionDraft) scratch = at::empty({s.total}, tokens.options().dtype(at::kLong));
+  const dev::RaggedWalkArgs args{parents.data_ptr<int32_t>(),
+                                 tokens.data_ptr<int64_t>(),
+                                 cu_nodes.data_ptr<int32_t>(),
+                                 target.data_ptr<float>(),
+                                 draft ? draft->data_ptr<float>() : nullptr,
+                                 seed.data_ptr<int64_t>(),
+                                 offset.data_ptr<int64_t>(),
+                                 s.batch,
+                                 s.total,
+                                 s.vocab,
+                                 threshold,
+                                 alpha,
+                                 accept.data_ptr<int32_t>(),
+                                 num.data_ptr<int32_t>(),
+                                 next.data_ptr<int64_t>(),
+                                 scratch.defined() ? scratch.data_ptr<int64_t>() : nullptr,
+                                 records,
+                                 records + s.batch};
+  SPECDEC_SWITCH3(walk, kWalk, Walk::kRejectionDraft, Walk::kRejection, Walk::kTypical,
+                  [&] { walk_ragged_kernel<kWalk><<<s.batch, kThreads, dev::kSharedBytes, stream>>>(args); });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  raise_ragged_errors(op, errors, cu_nodes, s.total, stream);
+  return {accept, num, next};
+}
+
+RaggedVerdict verify_greedy_ragged_cuda(const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& cu_nodes,
+                                        const at::Tensor& target_argmax) {
+  constexpr const char* op = "specdec::verify_greedy_ragged";
+  const RaggedTreeShape s = check_ragged_tree_args(op, tokens, parents, cu_nodes);
+  check_ragged_argmax(op, target_argmax, tokens);
+  auto [accept, num, next] = ragged_outputs(s, tokens);
+  if (s.batch == 0) return {accept, num, next};
+  const c10::cuda::CUDAGuard guard(tokens.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor errors = device_error_records(2 * s.batch, tokens.options());
+  ErrorRecord* records = record_ptr(errors);
+  const int threads = 128;
+  greedy_ragged_kernel<<<(s.batch + threads - 1) / threads, threads, 0, stream>>>(
+      parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(), target_argmax.data_ptr<int64_t>(),
+      cu_nodes.data_ptr<int32_t>(), s.batch, s.total, accept.data_ptr<int32_t>(), num.data_ptr<int32_t>(),
+      next.data_ptr<int64_t>(), records, records + s.batch);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  raise_ragged_errors(op, errors, cu_nodes, s.total, stream);
+  return {accept, num, next};
+}
+
+RaggedVerdict rejection_sample_ragged_cuda(const at::Tensor& tokens, const at::Tensor& parents,
+                                           const at::Tensor& cu_nodes, const std::optional<at::Tensor>& draft_probs,
+                                           const at::Tensor& target_probs, const at::Tensor& seed,
+                                           const at::Tensor& offset) {
+  constexpr const char* op = "specdec::rejection_sample_ragged";
+  const RaggedTreeShape s =
+      check_rejection_ragged_args(op, tokens, parents, cu_nodes, draft_probs, target_probs, seed, offset);
+  return run_walk_ragged(op, draft_probs ? Walk::kRejectionDraft : Walk::kRejection, s, tokens, parents, cu_nodes,
+                         target_probs, draft_probs ? &*draft_probs : nullptr, seed, offset, 0.0, 0.0);
+}
+
+RaggedVerdict typical_accept_ragged_cuda(const at::Tensor& tokens, const at::Tensor& parents,
+                                         const at::Tensor& cu_nodes, const at::Tensor& target_probs,
+                                         double posterior_threshold, double posterior_alpha, const at::Tensor& seed,
+                                         const at::Tensor& offset) {
+  constexpr const char* op = "specdec::typical_accept_ragged";
+  const RaggedTreeShape s = check_typical_ragged_args(op, tokens, parents, cu_nodes, target_probs, posterior_threshold,
+                                                      posterior_alpha, seed, offset);
+  return run_walk_ragged(op, Walk::kTypical, s, tokens, parents, cu_nodes, target_probs, nullptr, seed, offset,
+                         posterior_threshold, posterior_alpha);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(specdec, CUDA, m) {
   m.impl("verify_greedy", &verify_greedy_cuda);
   m.impl("rejection_sample", &rejection_sample_cuda);
   m.impl("typical_accept", &typical_accept_cuda);
+  m.impl("verify_greedy_ragged", &verify_greedy_ragged_cuda);
+  m.impl("rejection_sample_ragged", &rejection_sample_ragged_cuda);
+  m.impl("typical_accept_ragged", &typical_accept_ragged_cuda);
 }
 
 }  // namespace specdec

@@ -19,7 +19,12 @@ TORCH_LIBRARY(specdec, m) {
       "tree_attention_paged(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_tables, "
       "Tensor cache_lens, Tensor mask, float scale, *, int window=0, float softcap=0.0, Tensor? sinks=None) "
       "-> (Tensor out, Tensor lse)");
-  m.def("sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p) -> Tensor");
+  m.def(
+      "sampling_probs(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor? min_p=None) "
+      "-> Tensor");
+  m.def(
+      "sampling_probs_ragged(Tensor logits, Tensor cu_nodes, Tensor temperature, Tensor top_k, Tensor top_p, "
+      "Tensor? min_p=None) -> Tensor");
   m.def(
       "verify_greedy(Tensor tokens, Tensor parents, Tensor target_argmax) "
       "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
@@ -30,5 +35,18 @@ TORCH_LIBRARY(specdec, m) {
   m.def(
       "typical_accept(Tensor tokens, Tensor parents, Tensor target_probs, float posterior_threshold, "
       "float posterior_alpha, Tensor seed, Tensor offset) "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+  // Ragged batches: rows of different sizes end to end, row b = entries
+  // cu_nodes[b] .. cu_nodes[b + 1] - 1 (docs/ops.md, "Ragged batches").
+  m.def(
+      "verify_greedy_ragged(Tensor tokens, Tensor parents, Tensor cu_nodes, Tensor target_argmax) "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+  m.def(
+      "rejection_sample_ragged(Tensor tokens, Tensor parents, Tensor cu_nodes, Tensor? draft_probs, "
+      "Tensor target_probs, Tensor seed, Tensor offset) "
+      "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
+  m.def(
+      "typical_accept_ragged(Tensor tokens, Tensor parents, Tensor cu_nodes, Tensor target_probs, "
+      "float posterior_threshold, float posterior_alpha, Tensor seed, Tensor offset) "
       "-> (Tensor accept_nodes, Tensor num_accepted, Tensor next_token)");
 }

@@ -177,6 +177,56 @@ TEST(TypicalAccept, ConfidentChainIsAccepted) {
   EXPECT_EQ(next.item<int64_t>(), 4);
 }
 
+// A ragged batch equals the padded op on each row alone (B = 1, N = N_b).
+TEST(RaggedVerifiers, EqualThePaddedOpsRowByRow) {
+  at::manual_seed(17);
+  const int64_t V = 200;
+  at::Tensor cu = at::tensor({0, 1, 5, 8}, at::kInt);
+  at::Tensor parents = at::tensor({-1, -1, 0, 1, 2, -1, 0, 0}, at::kInt);
+  at::Tensor target = random_probs(1, 8, V, 3.0)[0], draft = random_probs(1, 8, V, 3.0)[0];
+  at::Tensor tokens = at::multinomial(draft, 1).view({8});
+  at::Tensor argmax = tokens.roll(-1);
+  at::Tensor seed = at::tensor({5, -7, 9}, at::kLong), offset = at::tensor({0, 1, 2}, at::kLong);
+  const Verdict greedy = specdec::verify_greedy_ragged(tokens, parents, cu, argmax);
+  const Verdict rs = specdec::rejection_sample_ragged(tokens, parents, cu, draft, target, seed, offset);
+  const Verdict det = specdec::rejection_sample_ragged(tokens, parents, cu, std::nullopt, target, seed, offset);
+  const Verdict ta = specdec::typical_accept_ragged(tokens, parents, cu, target, 0.09, 0.3, seed, offset);
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t lo = cu[b].item<int>(), hi = cu[b + 1].item<int>();
+    auto row = [&](const at::Tensor& x) { return x.slice(0, lo, hi).unsqueeze(0).contiguous(); };
+    auto one = [&](const at::Tensor& x) { return x.slice(0, b, b + 1); };
+    const Verdict want[4] = {
+        specdec::verify_greedy(row(tokens), row(parents), row(argmax)),
+        specdec::rejection_sample(row(tokens), row(parents), row(draft), row(target), one(seed), one(offset)),
+        specdec::rejection_sample(row(tokens), row(parents), std::nullopt, row(target), one(seed), one(offset)),
+        specdec::typical_accept(row(tokens), row(parents), row(target), 0.09, 0.3, one(seed), one(offset))};
+    const Verdict* got[4] = {&greedy, &rs, &det, &ta};
+    for (int op = 0; op < 4; ++op) {
+      EXPECT_TRUE(at::equal(std::get<0>(*got[op]).slice(0, lo, hi), std::get<0>(want[op])[0])) << op << " row " << b;
+      EXPECT_EQ(std::get<1>(*got[op])[b].item<int>(), std::get<1>(want[op])[0].item<int>()) << op << " row " << b;
+      EXPECT_EQ(std::get<2>(*got[op])[b].item<int64_t>(), std::get<2>(want[op])[0].item<int64_t>())
+          << op << " row " << b;
+    }
+  }
+}
+
+TEST(RaggedVerifiers, BadOffsetsAndLocalParentsRaiseNamingTheEntry) {
+  at::Tensor tokens = longs({0, 1, 2, 3}), target = random_probs(1, 4, 6, 1.0)[0];
+  at::Tensor seed = at::zeros({2}, at::kLong);
+  const std::string e1 = error_of([&] {
+    specdec::rejection_sample_ragged(tokens, at::tensor({-1, 0, -1, 0}, at::kInt), at::tensor({0, 2, 2}, at::kInt),
+                                     std::nullopt, target, seed, seed);
+  });
+  EXPECT_NE(e1.find("specdec::rejection_sample_ragged: cu_nodes[2] = 2 is not greater than cu_nodes[1]"),
+            std::string::npos)
+      << e1;
+  const std::string e2 = error_of([&] {
+    specdec::rejection_sample_ragged(tokens, at::tensor({-1, 0, -1, 1}, at::kInt), at::tensor({0, 2, 4}, at::kInt),
+                                     std::nullopt, target, seed, seed);
+  });
+  EXPECT_NE(e2.find("parents[3] = 1 is outside [0, 1): node 1 of row 1"), std::string::npos) << e2;
+}
+
 // The same seeds give the same tokens on CPU and CUDA.
 TEST(AcceptanceCuda, MatchesCpu) {
   SPECDEC_SKIP_WITHOUT_CUDA();
@@ -206,6 +256,20 @@ TEST(AcceptanceCuda, MatchesCpu) {
     EXPECT_TRUE(at::equal(std::get<0>(cpu), std::get<0>(gpu).cpu()));
     EXPECT_TRUE(at::equal(std::get<1>(cpu), std::get<1>(gpu).cpu()));
     EXPECT_TRUE(at::equal(std::get<2>(cpu), std::get<2>(gpu).cpu()));
+    // The same rows as a ragged batch (all of N nodes), on both devices.
+    at::Tensor cu = at::arange(0, B * N + 1, N, at::kInt);
+    std::optional<at::Tensor> df = with_draft ? std::optional<at::Tensor>(draft.view({B * N, V})) : std::nullopt;
+    std::optional<at::Tensor> dfc =
+        with_draft ? std::optional<at::Tensor>(draft.view({B * N, V}).to(cuda)) : std::nullopt;
+    Verdict rc = specdec::rejection_sample_ragged(tokens.view({B * N}), parents.view({B * N}), cu, df,
+                                                  target.view({B * N, V}), seed, offset);
+    Verdict rg =
+        specdec::rejection_sample_ragged(tokens.view({B * N}).to(cuda), parents.view({B * N}).to(cuda), cu.to(cuda),
+                                         dfc, target.view({B * N, V}).to(cuda), seed.to(cuda), offset.to(cuda));
+    EXPECT_TRUE(at::equal(std::get<0>(rc), std::get<0>(cpu).view({B * N})));
+    EXPECT_TRUE(at::equal(std::get<0>(rc), std::get<0>(rg).cpu()));
+    EXPECT_TRUE(at::equal(std::get<1>(rc), std::get<1>(rg).cpu()));
+    EXPECT_TRUE(at::equal(std::get<2>(rc), std::get<2>(rg).cpu()));
   }
 }
 

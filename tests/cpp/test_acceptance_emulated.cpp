@@ -207,6 +207,150 @@ TEST(AcceptanceEmulated, InvalidRowsReportTheSameErrors) {
   }
 }
 
+// Ragged batches: rows of different sizes end to end.  Each row must get exactly
+// the verdict the sequential policy gives that row alone (a batch of one).
+struct RaggedBatch {
+  int64_t B = 0, T = 0, V = 0;
+  std::vector<int32_t> parents, cu{0};
+  std::vector<int64_t> tokens, seed, offset;
+  std::vector<float> target, draft;
+  std::vector<Batch> rows;  // the same rows, each as a batch of one
+};
+
+RaggedBatch make_ragged(const std::vector<int64_t>& sizes, int64_t V, uint32_t seed) {
+  RaggedBatch r;
+  r.V = V;
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    const Batch one = make_batch(1, sizes[b], V, seed + static_cast<uint32_t>(b));
+    r.parents.insert(r.parents.end(), one.parents.begin(), one.parents.end());
+    r.tokens.insert(r.tokens.end(), one.tokens.begin(), one.tokens.end());
+    r.target.insert(r.target.end(), one.target.begin(), one.target.end());
+    r.draft.insert(r.draft.end(), one.draft.begin(), one.draft.end());
+    r.seed.push_back(one.seed[0]);
+    r.offset.push_back(one.offset[0]);
+    r.cu.push_back(r.cu.back() + static_cast<int32_t>(sizes[b]));
+    r.rows.push_back(one);
+  }
+  r.B = static_cast<int64_t>(sizes.size());
+  r.T = r.cu.back();
+  return r;
+}
+
+struct RaggedVerdicts {
+  std::vector<int32_t> accept, num;
+  std::vector<int64_t> next;
+  std::vector<ErrorRecord> records;  // [2B]: cu_nodes shares, then rows
+};
+
+template <dev::Walk kWalk>
+RaggedVerdicts run_ragged(const RaggedBatch& r, double threshold = 0, double alpha = 0) {
+  RaggedVerdicts v{std::vector<int32_t>(r.T, -1), std::vector<int32_t>(r.B, 99), std::vector<int64_t>(r.B, 99),
+                   std::vector<ErrorRecord>(2 * r.B, ErrorRecord{})};
+  std::vector<int64_t> scratch(r.T, 0);
+  const dev::RaggedWalkArgs a{r.parents.data(),
+                              r.tokens.data(),
+                              r.cu.data(),
+                              r.target.data(),
+                              kWalk == dev::Walk::kRejectionDraft ? r.draft.data() : nullptr,
+                              r.seed.data(),
+                              r.offset.data(),
+                              r.B,
+                              r.T,
+                              r.V,
+                              threshold,
+                              alpha,
+                              v.accept.data(),
+                              v.num.data(),
+                              v.next.data(),
+                              kWalk == dev::Walk::kRejectionDraft ? nullptr : scratch.data(),
+                              v.records.data(),
+                              v.records.data() + r.B};
+  EmulatedGrid grid(dev::kThreads, dev::kSharedBytes);
+  grid.launch(r.B, 1, 1, [&](const EmuCtx& ctx) { dev::walk_block_ragged<EmuCtx, kWalk>(ctx, a); });
+  return v;
+}
+
+template <dev::Walk kWalk>
+void expect_rows_match_host(const RaggedBatch& r, const RaggedVerdicts& got, double threshold = 0, double alpha = 0) {
+  for (int64_t b = 0; b < r.B; ++b) {
+    const Verdicts want = run_host<kWalk>(r.rows[b], threshold, alpha);
+    const std::vector<int32_t> slice(got.accept.begin() + r.cu[b], got.accept.begin() + r.cu[b + 1]);
+    EXPECT_EQ(slice, want.accept) << "row " << b;
+    EXPECT_EQ(got.num[b], want.num[0]) << "row " << b;
+    EXPECT_EQ(got.next[b], want.next[0]) << "row " << b;
+    const ErrorRecord& e = got.records[r.B + b];
+    EXPECT_EQ(e.code, want.errors[0].code) << "row " << b;
+    EXPECT_EQ(e.where, want.errors[0].where) << "row " << b;
+    EXPECT_EQ(e.value, want.errors[0].value) << "row " << b;
+    EXPECT_EQ(got.records[b].code, specdec::kOk) << "row " << b;
+  }
+}
+
+TEST(AcceptanceEmulated, RaggedWalksEqualEachRowAlone) {
+  const RaggedBatch r = make_ragged({1, 6, 2, 9, 1, 4}, 2500, 21);
+  expect_rows_match_host<dev::Walk::kRejectionDraft>(r, run_ragged<dev::Walk::kRejectionDraft>(r));
+  expect_rows_match_host<dev::Walk::kRejection>(r, run_ragged<dev::Walk::kRejection>(r));
+  expect_rows_match_host<dev::Walk::kTypical>(r, run_ragged<dev::Walk::kTypical>(r, 0.09, 0.3), 0.09, 0.3);
+  // A small vocabulary, where independent random target and draft rows overlap, so
+  // that drafts are accepted too (at V = 2500 they almost never are).
+  const RaggedBatch s = make_ragged({1, 6, 2, 9, 1, 4, 7, 5}, 12, 22);
+  expect_rows_match_host<dev::Walk::kRejectionDraft>(s, run_ragged<dev::Walk::kRejectionDraft>(s));
+  expect_rows_match_host<dev::Walk::kRejection>(s, run_ragged<dev::Walk::kRejection>(s));
+  int accepted = 0;
+  for (int32_t n : run_ragged<dev::Walk::kRejectionDraft>(s).num) accepted += n - 1;
+  EXPECT_GT(accepted, 0) << "the case should exercise acceptances";
+}
+
+TEST(AcceptanceEmulated, RaggedBadOffsetsAndRowsAreReportedInRange) {
+  RaggedBatch r = make_ragged({3, 2, 4}, 600, 31);
+  r.parents[r.cu[2] + 2] = 2;  // row 2, node 2: its own parent
+  RaggedVerdicts got = run_ragged<dev::Walk::kRejectionDraft>(r);
+  EXPECT_EQ(got.records[r.B + 2].code, specdec::tree::kParentRange);
+  EXPECT_EQ(got.records[r.B + 2].where, 2);
+  EXPECT_EQ(got.accept[r.cu[2]], 0);
+  EXPECT_EQ(got.num[2], 1);
+  // cu_nodes beyond T: rows 0 and 1 are unsafe and skipped, row 2 reports the end.
+  r.cu = {0, 10, 11, 12};
+  got = run_ragged<dev::Walk::kRejectionDraft>(r);
+  EXPECT_EQ(got.records[0].code, specdec::kOk);
+  EXPECT_EQ(got.records[1].code, specdec::kOk);
+  EXPECT_EQ(got.records[2].code, specdec::tree::kCuLast);
+  EXPECT_TRUE(got.records[2] == specdec::tree::check_cu_nodes(r.cu.data(), r.B, r.T));
+  for (int32_t a : got.accept) EXPECT_EQ(a, -1) << "no row wrote outside its (invalid) slice";
+  for (int64_t b = 0; b < r.B; ++b) {
+    EXPECT_EQ(got.num[b], 1);
+    EXPECT_EQ(got.next[b], 0);
+  }
+  // A decreasing entry: the lowest failing row's share equals the sequential check.
+  r.cu = {0, 5, 4, 9};
+  got = run_ragged<dev::Walk::kRejectionDraft>(r);
+  EXPECT_TRUE(got.records[1] == specdec::tree::check_cu_nodes(r.cu.data(), r.B, r.T));
+  EXPECT_EQ(got.records[0].code, specdec::kOk);
+}
+
+TEST(AcceptanceEmulated, RaggedGreedyEqualsEachRowAlone) {
+  RaggedBatch r = make_ragged({1, 5, 3, 7}, 50, 41);
+  std::vector<int64_t> argmax(r.T);
+  for (int64_t t = 0; t < r.T; ++t) argmax[t] = t + 1 < r.T ? r.tokens[t + 1] : 3;  // follows chains
+  std::vector<int32_t> accept(r.T, 99), num(r.B, 99);
+  std::vector<int64_t> next(r.B, 99);
+  std::vector<ErrorRecord> records(2 * r.B, ErrorRecord{});
+  for (int64_t b = 0; b < r.B; ++b) {
+    dev::greedy_row_ragged(r.parents.data(), r.tokens.data(), argmax.data(), r.cu.data(), r.B, r.T, b, accept.data(),
+                           num.data(), next.data(), records.data(), records.data() + r.B);
+  }
+  for (int64_t b = 0; b < r.B; ++b) {
+    const int64_t lo = r.cu[b], n = r.cu[b + 1] - lo;
+    std::vector<int32_t> want(n);
+    int64_t want_next = 0;
+    const int64_t len = accept::greedy_walk(&r.parents[lo], &r.tokens[lo], &argmax[lo], n, want.data(), &want_next);
+    EXPECT_EQ(std::vector<int32_t>(accept.begin() + lo, accept.begin() + lo + n), want) << "row " << b;
+    EXPECT_EQ(num[b], len);
+    EXPECT_EQ(next[b], want_next);
+    EXPECT_EQ(records[r.B + b].code, specdec::kOk);
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------

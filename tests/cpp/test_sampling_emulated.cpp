@@ -122,4 +122,123 @@ TEST(SamplingProbsEmulated, BadRowsAreReportedAndGetOneHots) {
   }
 }
 
+// float64 reference with min-p: z = x / T; top-k and min-p (exp(z - z_max) >=
+// min_p) keep upper sets of z; softmax over both; top-p on that; renormalise.
+std::vector<double> reference_probs_min_p(const std::vector<float>& x, float T, int32_t k, float p, float mp) {
+  const int64_t V = static_cast<int64_t>(x.size());
+  const int64_t hot = std::max_element(x.begin(), x.end()) - x.begin();
+  if (T == 0.0f || mp == 0.0f) return reference_probs(x, T, k, p);
+  const double zmax = double(x[hot]) / T;
+  std::vector<float> kept;
+  for (float v : x) {
+    if (std::exp(double(v) / T - zmax) >= double(mp)) kept.push_back(v);
+  }
+  // min-p keeps an upper set: the same as a top-k at its size (ties included), then k.
+  std::vector<float> masked(x);
+  const float lo = *std::min_element(kept.begin(), kept.end());
+  for (auto& v : masked) v = v >= lo ? v : -INFINITY;
+  return reference_probs(masked, T, k, p);
+}
+
+struct Rows {
+  int64_t B, V;
+  std::vector<float> logits, temperature, top_p, min_p;
+  std::vector<int32_t> top_k;
+};
+
+Rows min_p_rows(uint32_t seed, int64_t V) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Rows r{6,
+         V,
+         {},
+         {1.0f, 0.7f, 1.3f, 0.0f, 1.0f, 2.0f},
+         {1.0f, 0.9f, 0.8f, 1.0f, 1.0f, 0.5f},
+         {0.05f, 0.01f, 0.3f, 0.5f, 1.0f, 1e-4f},
+         {0, 20, 50, 0, 0, 7}};
+  r.logits.resize(r.B * V);
+  for (auto& v : r.logits) v = normal(rng);
+  for (int64_t i = 0; i < 30; ++i)
+    r.logits[4 * V + 11 * i] = 20.0f;  // row 4: tied maxima (above every N(0, 2) draw), min_p = 1 keeps them
+  return r;
+}
+
+void expect_rows_close(const Rows& r, const std::vector<float>& out, const std::vector<int64_t>& row_of) {
+  for (int64_t t = 0; t < static_cast<int64_t>(row_of.size()); ++t) {
+    const int64_t b = row_of[t];
+    const std::vector<float> x(r.logits.begin() + t * r.V, r.logits.begin() + (t + 1) * r.V);
+    const std::vector<double> want = reference_probs_min_p(x, r.temperature[b], r.top_k[b], r.top_p[b], r.min_p[b]);
+    double err = 0;
+    for (int64_t i = 0; i < r.V; ++i) err = std::max(err, std::abs(out[t * r.V + i] - want[i]) / (want[i] + 1e-30));
+    EXPECT_LT(err, 1e-5) << "row " << t;
+    for (int64_t i = 0; i < r.V; ++i) {
+      EXPECT_EQ(out[t * r.V + i] == 0.0f, want[i] == 0.0) << "row " << t << " x " << i;
+    }
+  }
+}
+
+TEST(SamplingProbsEmulated, MinPWithTopKAndTopP) {
+  const Rows r = min_p_rows(7, 1500);
+  std::vector<float> out(r.B * r.V, std::nanf(""));
+  std::vector<ErrorRecord> errors(r.B, ErrorRecord{});
+  dev::SamplingArgs a{r.logits.data(), r.temperature.data(), r.top_k.data(), r.top_p.data(), 1, r.V,
+                      out.data(),      errors.data()};
+  a.min_p = r.min_p.data();
+  EmulatedGrid grid(dev::kThreads, dev::kSharedBytes);
+  grid.launch(r.B, 1, 1, [&](const EmuCtx& ctx) { dev::sampling_probs_block<EmuCtx, kernel::kF32>(ctx, a); });
+  for (const ErrorRecord& e : errors) EXPECT_EQ(e.code, 0);
+  std::vector<int64_t> row_of(r.B);
+  for (int64_t b = 0; b < r.B; ++b) row_of[b] = b;
+  expect_rows_close(r, out, row_of);
+  int kept = 0;
+  for (int64_t i = 0; i < r.V; ++i) kept += out[4 * r.V + i] > 0.0f;
+  EXPECT_EQ(kept, 30) << "min_p = 1 keeps exactly the tied maxima";
+}
+
+// Ragged: entry t of the [T, V] logits takes row ragged_row_of(t)'s parameters.
+TEST(SamplingProbsEmulated, RaggedRowsTakeTheirRowsParameters) {
+  const int64_t V = 700;
+  Rows params = min_p_rows(8, V);
+  const std::vector<int32_t> cu{0, 1, 3, 4, 6, 7, 9};  // B = 6 rows of 1, 2, 1, 2, 1, 2 entries
+  const int64_t T = cu.back();
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  Rows r = params;
+  r.logits.resize(T * V);
+  for (auto& v : r.logits) v = normal(rng);
+  std::vector<float> out(T * V, std::nanf(""));
+  std::vector<ErrorRecord> records(1 + r.B + T, ErrorRecord{});
+  dev::SamplingArgs a{r.logits.data(), r.temperature.data(),    r.top_k.data(), r.top_p.data(), 1, V,
+                      out.data(),      records.data() + 1 + r.B};
+  a.min_p = r.min_p.data();
+  a.cu_nodes = cu.data();
+  a.batch = r.B;
+  a.total = T;
+  a.call_errors = records.data();
+  EmulatedGrid grid(dev::kThreads, dev::kSharedBytes);
+  grid.launch(T, 1, 1, [&](const EmuCtx& ctx) { dev::sampling_probs_block<EmuCtx, kernel::kF32>(ctx, a); });
+  for (const ErrorRecord& e : records) EXPECT_EQ(e.code, 0);
+  std::vector<int64_t> row_of(T);
+  for (int64_t b = 0; b < r.B; ++b) {
+    for (int32_t t = cu[b]; t < cu[b + 1]; ++t) row_of[t] = b;
+  }
+  expect_rows_close(r, out, row_of);
+  // A bad cu_nodes is reported by block 0, a bad parameter once, by its row's first entry.
+  std::vector<int32_t> bad_cu(cu);
+  bad_cu[3] = 2;
+  r.min_p[1] = 2.0f;
+  std::fill(records.begin(), records.end(), ErrorRecord{});
+  a.cu_nodes = bad_cu.data();
+  a.min_p = r.min_p.data();
+  grid.launch(T, 1, 1, [&](const EmuCtx& ctx) { dev::sampling_probs_block<EmuCtx, kernel::kF32>(ctx, a); });
+  EXPECT_EQ(records[0].code, specdec::tree::kCuEmptyRow);
+  EXPECT_EQ(records[0].where, 3);
+  EXPECT_EQ(records[1 + 1].code, sampling::kMinP);
+  for (int64_t t = 0; t < T; ++t) {
+    double s = 0;
+    for (int64_t i = 0; i < V; ++i) s += out[t * V + i];
+    EXPECT_NEAR(s, 1.0, 1e-5) << "every entry still gets a distribution";
+  }
+}
+
 }  // namespace

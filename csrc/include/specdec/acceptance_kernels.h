@@ -175,4 +175,104 @@ SPECDEC_HOST_DEVICE SPECDEC_INLINE void greedy_row(const int32_t* parents, const
   num[b] = static_cast<int32_t>(greedy_walk(parents + o, tokens + o, argmax + o, nodes, accept + o, next + b));
 }
 
+// ---------------------------------------------------------------------------
+// Ragged batches: row b's nodes are the entries cu_nodes[b] .. cu_nodes[b + 1] - 1
+// of the flat [T] / [T, V] tensors, parents local to the row.  Each row checks
+// its share of cu_nodes (tree::check_cu_row) into cu_errors[b], which the
+// launcher ranks before every row's own record in errors[b]; a row whose
+// entries are not inside [0, T) writes no entry of accept_nodes (the launcher
+// fills it with -1 first) and num = 1, next = 0.
+// ---------------------------------------------------------------------------
+
+struct RaggedWalkArgs {
+  const int32_t* parents;   // [T], local
+  const int64_t* tokens;    // [T]
+  const int32_t* cu_nodes;  // [B + 1]
+  const float* target;      // [T, V]
+  const float* draft;       // [T, V] or nullptr
+  const int64_t *seed, *offset;
+  int64_t batch, total, vocab;
+  double threshold, alpha;  // typical acceptance
+  int32_t *accept, *num;    // [T], [B]
+  int64_t* next;            // [B]
+  int64_t* scratch;         // [T]: each row's walk scratch at its entries (deterministic drafts, typical)
+  ErrorRecord* cu_errors;   // [B], zeroed
+  ErrorRecord* errors;      // [B], zeroed
+};
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class Ctx, Walk kWalk>
+SPECDEC_HOST_DEVICE void walk_block_ragged(const Ctx& ctx, const RaggedWalkArgs& a) {
+  Shared* shm = shared_scalars(ctx);
+  const int64_t b = ctx.block_x();
+  ErrorRecord* error = a.errors + b;
+  // Thread 0 checks the row's offsets and tree; everyone learns the verdict:
+  // 0 = entries outside [0, T), 1 = an invalid tree, 2 = valid.
+  if (ctx.thread() == 0) {
+    bool safe = false;
+    const ErrorRecord cu = tree::check_cu_row(a.cu_nodes, a.batch, a.total, b, &safe);
+    if (cu.code != kOk) a.cu_errors[b] = cu;
+    int flag = 0;
+    if (safe) {
+      const int64_t start = a.cu_nodes[b], nodes = a.cu_nodes[b + 1] - start;
+      const ErrorRecord e = check_tree(a.parents + start, a.tokens + start, nodes, a.vocab, b);
+      *error = e;  // the row is set for bad() reports too
+      flag = e.code == kOk ? 2 : 1;
+    }
+    shm->flag = flag;
+  }
+  ctx.sync();
+  const int flag = shm->flag;
+  if (flag < 2) {  // a harmless verdict
+    if (flag == 1) {
+      const int64_t start = a.cu_nodes[b], nodes = a.cu_nodes[b + 1] - start;
+      for (int64_t j = ctx.thread(); j < nodes; j += ctx.block_dim()) a.accept[start + j] = j == 0 ? 0 : -1;
+    }
+    if (ctx.thread() == 0) {
+      a.num[b] = 1;
+      a.next[b] = 0;
+    }
+    return;
+  }
+  const int64_t start = a.cu_nodes[b], nodes = a.cu_nodes[b + 1] - start;
+  const RowView view(nodes, a.vocab, a.parents + start, a.tokens + start, a.target + start * a.vocab,
+                     a.draft ? a.draft + start * a.vocab : nullptr, static_cast<uint64_t>(a.seed[b]),
+                     static_cast<uint64_t>(a.offset[b]), a.accept + start, a.num + b, a.next + b);
+  BlockRow<Ctx> row(ctx, view, a.scratch ? a.scratch + start : nullptr, shm, error);
+  if constexpr (kWalk == Walk::kRejectionDraft) {
+    rejection_walk<true>(row);
+  } else if constexpr (kWalk == Walk::kRejection) {
+    rejection_walk<false>(row);
+  } else {
+    typical_walk(row, a.threshold, a.alpha);
+  }
+}
+
+// verify_greedy_ragged: one thread per row.
+SPECDEC_HOST_DEVICE SPECDEC_INLINE void greedy_row_ragged(const int32_t* parents, const int64_t* tokens,
+                                                          const int64_t* argmax, const int32_t* cu, int64_t batch,
+                                                          int64_t total, int64_t b, int32_t* accept, int32_t* num,
+                                                          int64_t* next, ErrorRecord* cu_errors, ErrorRecord* errors) {
+  bool safe = false;
+  const ErrorRecord c = tree::check_cu_row(cu, batch, total, b, &safe);
+  if (c.code != kOk) cu_errors[b] = c;
+  num[b] = 1;
+  next[b] = 0;
+  if (!safe) return;
+  const int64_t start = cu[b], nodes = cu[b + 1] - start;
+  ErrorRecord e = check_tree(parents + start, tokens + start, nodes, 0, b);
+  for (int64_t i = 0; e.code == kOk && i < nodes; ++i) {
+    if (argmax[start + i] < 0) e = make_error(kArgmaxRange, b, i, argmax[start + i]);
+  }
+  if (e.code != kOk) {
+    errors[b] = e;
+    for (int64_t j = 0; j < nodes; ++j) accept[start + j] = j == 0 ? 0 : -1;
+    return;
+  }
+  num[b] = static_cast<int32_t>(
+      greedy_walk(parents + start, tokens + start, argmax + start, nodes, accept + start, next + b));
+}
+
 }  // namespace specdec::accept::device
