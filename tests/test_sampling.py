@@ -211,7 +211,9 @@ def test_min_p_matches_reference(device, dtype, rank, vocab, gen):
         if t == 0.0 or tp < 1.0 or not (0 < k < vocab) and m == 0.0:
             continue
         z = x[b] / t
-        keep = torch.exp(z - z.max(-1, keepdim=True).values) >= m
+        # -inf logits are masked tokens: never kept (with m = 0 the first test holds for them,
+        # and a k-th largest of -inf, a row with fewer than k finite logits, keeps them too)
+        keep = (torch.exp(z - z.max(-1, keepdim=True).values) >= m) & (z > float("-inf"))
         if 0 < k < vocab:
             keep &= z >= torch.topk(z, k, -1).values[:, -1:]
         assert torch.equal(g[b] > 0, keep), (b, t, k, m)
