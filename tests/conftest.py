@@ -10,6 +10,8 @@ base seed and its node id.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -86,3 +88,22 @@ def poke_arg(name, index, value):
 def noncontig(t):
     """The same values in a non-contiguous layout (last two dims transposed in memory)."""
     return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+# The command line, run as a user runs it (fixed terminal width: argparse wraps help).
+
+
+def shows_default(help_text: str, default) -> bool:
+    """Whether ``--help`` output states ``(default: <default>)``; argparse may wrap a long
+    default (an absolute path) mid-word, so the comparison ignores whitespace."""
+    return "".join(f"(default: {default})".split()) in "".join(help_text.split())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "specdec_cuda", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
+    )

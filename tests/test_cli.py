@@ -7,8 +7,6 @@ Llama models saved in the Hugging Face format.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from specdec_cuda import cli  # noqa: E402
+
+from conftest import run_cli, shows_default  # noqa: E402
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",
@@ -73,16 +73,6 @@ def pair(tmp_path_factory):
     target, draft = save_pair(root, tok)
     (root / "prompts.json").write_text(json.dumps(["def add(a, b):\n", "class Point:\n", "import os\n"]))
     return root, target, draft, tok
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "specdec_cuda", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
-    )
 
 
 @pytest.mark.parametrize("drafter", ["chain", "tree", "dynamic", "lookup", "none"])
@@ -265,9 +255,7 @@ def test_help_describes_every_flag_with_its_default(command):
         if action.option_strings and action.dest != "help" and action.help != "==SUPPRESS==":
             assert action.help, f"--{action.dest} has no help"
             if action.default not in (None, False) and action.required is False:
-                # argparse may wrap a long default (a path) mid-word: compare without spaces
-                want = "".join(f"(default: {action.default})".split())
-                assert want in "".join(text.split()), (action.dest, action.default)
+                assert shows_default(text, action.default), (action.dest, action.default)
 
 
 def test_usage_errors_are_one_line_exit_2():

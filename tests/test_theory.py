@@ -372,26 +372,14 @@ def test_one_step_expectations_match_rejection_sample():
 # ---------------------------------------------------------------------------
 
 
-def _run_cli(*args: str):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "specdec_cuda", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"},
-    )
-
-
 def test_analyze_help_describes_every_flag_with_its_default():
     import argparse
 
     from specdec_cuda import cli
 
-    proc = _run_cli("analyze", "--help")
+    from conftest import run_cli, shows_default
+
+    proc = run_cli("analyze", "--help")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "total-variation" in text and "speculative" in text.lower()
@@ -404,10 +392,7 @@ def test_analyze_help_describes_every_flag_with_its_default():
         assert action.help and action.help != argparse.SUPPRESS, f"--{action.dest} has no help"
         assert f"--{action.dest.replace('_', '-')}" in text
         if action.default is not None:
-            # argparse wraps a long default (an absolute path) across lines, even mid-word:
-            # compare with every space taken out.
-            want = "".join(f"(default: {action.default})".split())
-            assert want in "".join(text.split()), (action.dest, action.default)
+            assert shows_default(text, action.default), (action.dest, action.default)
     assert "default: measured" in text  # --cost-ratio's default is described in words
 
 
@@ -467,8 +452,10 @@ def test_analyze_errors_are_one_line(hf_pairs, tmp_path, args, message, capsys):
 
 
 def test_analyze_usage_errors_exit_2_without_traceback():
+    from conftest import run_cli
+
     for args in (["analyze", "--k-max", "two"], ["analyze", "--dtype", "float64"]):
-        proc = _run_cli(*args)
+        proc = run_cli(*args)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
 
