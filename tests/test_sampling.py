@@ -306,6 +306,32 @@ def test_top_p_boundary_is_the_float64_decision(device, gen):
     assert_probs_close(got, expected, logits)
 
 
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_top_p_at_the_histogram_bucket_edges(device, temperature, gen):
+    """The CPU kernel gathers only the histogram bucket(s) of z - z_max (width 1/4) where
+    the cumulative mass crosses top_p.  Logits exactly on bucket edges (z - z_max = -j/4,
+    several tokens each, j up to 90, i.e. past the catch-all bucket at -16), and top_p
+    set to the float32 nearest each edge's cumulative mass (within ~1e-8 of it, inside
+    the kernel's rounding margin) or just off it: the kept set must be the oracle's."""
+    vocab = 91 * 5
+    j = torch.arange(vocab) // 5
+    x = (10.0 - j.double() / 4 * temperature).float()
+    x = x[torch.randperm(vocab, generator=gen)]
+    p = torch.softmax(x.double() / temperature, -1)
+    z = x.double() / temperature
+    edges = torch.stack([p[z >= z.max() - e / 4 - 1e-12].sum() for e in range(0, 91, 7)])
+    tops = torch.cat([edges, edges * (1 - 3e-7), edges * (1 + 3e-7)]).clamp(max=0.999).float()
+    rows = tops.numel()
+    logits = x.expand(rows, vocab).contiguous()
+    t = torch.full((rows,), temperature)
+    k = torch.zeros(rows, dtype=torch.int32)
+    expected = reference.sampling_probs(logits, t, k, tops)
+    got = ops.sampling_probs(*on(device, l=logits, t=t, k=k, p=tops).values()).cpu()
+    assert torch.equal(got > 0, expected > 0)
+    assert_probs_close(got, expected, logits)
+
+
 # ---------------------------------------------------------------------------
 # The op contract: empty batches, opcheck.
 # ---------------------------------------------------------------------------

@@ -13,12 +13,13 @@
 //             lanes at a time (exp4 below, within 2 ulp of exp), their float64
 //             sum, and w rounded to float32 into the output; a chunk with
 //             nothing kept (top-k, min-p) is written as zeros without an exp;
-//   top-p     the same pass also sums the mass below a few cut-offs of
-//             z - z_max; the smallest head that surely holds the top-p mass is
-//             then gathered (its weights recomputed, bit-identical) and the
+//   top-p     the same pass also builds a histogram of the mass over
+//             z - z_max (65 buckets of width 1/4); only the bucket(s) where the
+//             cumulative mass crosses top-p (within rounding margins) are then
+//             gathered (their weights recomputed, bit-identical), and the
 //             threshold found there by a three-way quickselect on the float64
 //             probabilities, so ties and the float64 decision are exactly the
-//             rule's;
+//             rule's (the whole row is gathered if the margins fall short);
 //   scale     one multiply per kept entry (and zero past the top-p threshold).
 // The vector code uses GNU vector extensions and is compiled twice, for the
 // baseline x86-64 (or any) target and with AVX2 + FMA, picked at run time.
@@ -234,64 +235,85 @@ SPECDEC_VEC float kth_largest(const float* x, int64_t vocab, int64_t k, std::vec
   return buf[k - 1];
 }
 
-// Cut-offs of z - z_max below which top-p sums the mass (pass `weights`).
-constexpr int kCuts = 4;
-constexpr double kCut[kCuts] = {-2.0, -4.0, -8.0, -16.0};
+// Top-p's histogram of the kept mass over z - z_max: bucket j < kLast holds
+// z - z_max in (-(j + 1) / 4, -j / 4], bucket kLast everything at or below -16.
+constexpr int kLast = 64;
+constexpr double kPerUnit = 4.0;
+
+SPECDEC_VEC l4 bucket_of(d4 a) {
+  const d4 f = -a * splat(kPerUnit);
+  return __builtin_convertvector(f < splat(kLast) ? f : splat(kLast), l4);  // truncation = floor here
+}
 
 struct Weights {
   double total;
-  double tail[kCuts];  // mass of the kept entries with z - z_max < kCut[j]
+  double hist[kLast + 1];  // top-p only
 };
 
-// w = exp(double(x) / t - zmax) for x >= lo (0 elsewhere): sums, and float32 w into out.
-template <bool kSparse, bool kTails>
+struct WeightSums {
+  d4 s0, s1;
+  double hist[kLast + 1];
+};
+
+// Four entries of the weight pass: w = exp(double(x) / t - zmax) where x >= lo
+// (0 elsewhere) into the sums (and, for top-p, the histogram); returns float32 w.
+template <bool kSparse, bool kHist>
+SPECDEC_VEC f4 weigh_chunk(f4 xf, d4 td, d4 zd, float lo, bool second, WeightSums& acc) {
+  const i4 keep = xf >= lo;
+  if (kSparse && !any(keep)) return f4{};
+  const d4 a = widen(xf) / td - zd;
+  d4 w = exp4(a);
+  if constexpr (kSparse) w = __builtin_convertvector(keep, l4) != 0 ? w : splat(0.0);
+  if (second) {
+    acc.s1 += w;
+  } else {
+    acc.s0 += w;
+  }
+  if constexpr (kHist) {
+    const l4 j = bucket_of(a);
+    acc.hist[j[0]] += w[0];
+    acc.hist[j[1]] += w[1];
+    acc.hist[j[2]] += w[2];
+    acc.hist[j[3]] += w[3];
+  }
+  return narrow(w);
+}
+
+// The weight pass over a row: float32 w into out, their float64 sum (and histogram).
+template <bool kSparse, bool kHist>
 SPECDEC_VEC Weights weights(const float* x, int64_t vocab, double t, double zmax, float lo, float* out) {
-  d4 s0 = splat(0.0), s1 = splat(0.0);
-  d4 tails[kCuts];
-  for (int j = 0; j < kCuts; ++j) tails[j] = splat(0.0);
+  WeightSums acc;
+  acc.s0 = splat(0.0);
+  acc.s1 = splat(0.0);
+  if constexpr (kHist) std::fill(acc.hist, acc.hist + kLast + 1, 0.0);
   const d4 td = splat(t), zd = splat(zmax);
-  auto chunk = [&](f4 xf, bool second) -> f4 {
-    const i4 keep = xf >= lo;
-    if (kSparse && !any(keep)) return f4{};
-    const d4 a = widen(xf) / td - zd;
-    d4 w = exp4(a);
-    if constexpr (kSparse) w = __builtin_convertvector(keep, l4) != 0 ? w : splat(0.0);
-    if (second) {
-      s1 += w;
-    } else {
-      s0 += w;
-    }
-    if constexpr (kTails) {
-      for (int j = 0; j < kCuts; ++j) tails[j] += a < splat(kCut[j]) ? w : splat(0.0);
-    }
-    return narrow(w);
-  };
   int64_t i = 0;
   for (; i + 8 <= vocab; i += 8) {
-    store(out + i, chunk(load<f4>(x + i), false));
-    store(out + i + 4, chunk(load<f4>(x + i + 4), true));
+    store(out + i, weigh_chunk<kSparse, kHist>(load<f4>(x + i), td, zd, lo, false, acc));
+    store(out + i + 4, weigh_chunk<kSparse, kHist>(load<f4>(x + i + 4), td, zd, lo, true, acc));
   }
   for (; i < vocab; i += 4) {  // the last 1..7 entries, padded with -inf (weight 0)
     float buf[4] = {-kInf, -kInf, -kInf, -kInf};
     const int64_t n = std::min<int64_t>(4, vocab - i);
     std::memcpy(buf, x + i, n * sizeof(float));
     float res[4];
-    store(res, chunk(load<f4>(buf), false));
+    store(res, weigh_chunk<kSparse, kHist>(load<f4>(buf), td, zd, lo, false, acc));
     std::memcpy(out + i, res, n * sizeof(float));
   }
-  Weights r{};
-  const d4 s = s0 + s1;
+  Weights r;
+  const d4 s = acc.s0 + acc.s1;
   r.total = (s[0] + s[1]) + (s[2] + s[3]);
-  for (int j = 0; j < kCuts; ++j) r.tail[j] = (tails[j][0] + tails[j][1]) + (tails[j][2] + tails[j][3]);
+  if constexpr (kHist) std::copy(acc.hist, acc.hist + kLast + 1, r.hist);
   return r;
 }
 
-// The kept entries (x >= lo) with z - z_max >= cut and a positive weight, as
+// The kept entries (x >= lo) of buckets [first, last] with a positive weight, as
 // (logit, float64 probability) pairs, their weights recomputed as in weights().
-SPECDEC_VEC double gather(const float* x, int64_t vocab, double t, double zmax, float lo, double cut, double total,
-                          std::vector<Candidate>& cand) {
+SPECDEC_VEC double gather(const float* x, int64_t vocab, double t, double zmax, float lo, int first, int last,
+                          double total, std::vector<Candidate>& cand) {
   cand.clear();
-  const d4 td = splat(t), zd = splat(zmax), cd = splat(cut);
+  const d4 td = splat(t), zd = splat(zmax);
+  const l4 fv = {first, first, first, first}, lv = {last, last, last, last};
   double mass = 0.0;
   for (int64_t i = 0; i < vocab; i += 4) {
     float buf[4] = {-kInf, -kInf, -kInf, -kInf};  // the last 1..3 entries, padded with -inf
@@ -299,18 +321,81 @@ SPECDEC_VEC double gather(const float* x, int64_t vocab, double t, double zmax, 
     if (!whole) std::memcpy(buf, x + i, (vocab - i) * sizeof(float));
     const f4 xf = load<f4>(whole ? x + i : buf);
     const d4 a = widen(xf) / td - zd;
-    const l4 in = (__builtin_convertvector(xf >= lo, l4) != 0) & (a >= cd);
+    const l4 j = bucket_of(a);
+    const l4 in = (__builtin_convertvector(xf >= lo, l4) != 0) & (j >= fv) & (j <= lv);
     if (!any(in)) continue;
     const d4 w = exp4(a);
-    for (int j = 0; j < 4; ++j) {
-      if (in[j] && w[j] > 0.0) {
-        const double p = w[j] / total;
-        cand.push_back({xf[j], p});
+    for (int k = 0; k < 4; ++k) {
+      if (in[k] && w[k] > 0.0) {
+        const double p = w[k] / total;
+        cand.push_back({xf[k], p});
         mass += p;
       }
     }
   }
   return mass;
+}
+
+// The last pass: out *= scale, and (kMask) zero where x < from.
+template <bool kMask>
+SPECDEC_VEC void scale_row(const float* x, int64_t vocab, double scale, float from, float* out) {
+  const d4 sd = splat(scale);
+  int64_t i = 0;
+  for (; i + 4 <= vocab; i += 4) {
+    const f4 v = narrow(widen(load<f4>(out + i)) * sd);
+    if constexpr (kMask) {
+      store(out + i, load<f4>(x + i) >= from ? v : f4{});
+    } else {
+      store(out + i, v);
+    }
+  }
+  for (; i < vocab; ++i) {
+    out[i] = (!kMask || x[i] >= from) ? static_cast<float>(static_cast<double>(out[i]) * scale) : 0.0f;
+  }
+}
+
+// Top-p's threshold: the smallest logit kept, given the weight pass's histogram.
+// Buckets above `first` are surely inside the top-p set (their mass, even with
+// rounding, is below top_p), buckets below `last` surely outside (the mass down to
+// `last` surely reaches it), so only [first, last] is gathered (usually one
+// bucket); if the rounding margins were not enough, the whole row is.
+SPECDEC_VEC float top_p_from(const float* x, int64_t vocab, double t, double zmax, float lo, const Weights& w,
+                             double need, Scratch& s, double* kept_out) {
+  constexpr double kMargin = 1e-9;
+  int first = kLast, last = kLast;
+  double above = 0.0, cum = 0.0;
+  bool found_first = false;
+  for (int j = 0; j <= kLast; ++j) {
+    const double next = cum + w.hist[j] / w.total;
+    if (!found_first && next >= need * (1.0 - kMargin)) {
+      first = j;
+      above = cum;
+      found_first = true;
+    }
+    if (next >= need * (1.0 + kMargin)) {
+      last = j;
+      break;
+    }
+    cum = next;
+  }
+  double head = above + gather(x, vocab, t, zmax, lo, first, last, w.total, s.cand);
+  if (!(head >= need) || !(need - above > 0.0)) {
+    above = 0.0;
+    gather(x, vocab, t, zmax, lo, 0, kLast, w.total, s.cand);
+  }
+  s.sel.resize(s.cand.size());
+  for (size_t i = 0; i < s.cand.size(); ++i) s.sel[i] = s.cand[i].p;
+  const double thr = mass_threshold(s.sel, need - above);
+  double kept = above;
+  float from = kInf;
+  for (const Candidate& c : s.cand) {
+    if (c.p >= thr) {
+      kept += c.p;
+      from = std::min(from, c.x);
+    }
+  }
+  *kept_out = kept;
+  return from;
 }
 
 // One row: logits x[V] -> out[V].  Returns an error code (0: valid).
@@ -328,50 +413,17 @@ SPECDEC_VEC int64_t row_probs_impl(const float* x, int64_t vocab, RowParams prm,
   float lo = -kInf;  // the kept set before top-p: {x >= lo}
   if (sampling::top_k_active(prm.top_k, vocab)) lo = kth_largest(x, vocab, prm.top_k, s.topk);
   if (prm.min_p > 0.0f) lo = std::max(lo, sampling::key_value(sampling::min_p_key(xmax, t, prm.min_p)));
-  const bool sparse = lo > -kInf, top_p = prm.top_p < 1.0f;
-  Weights w;
-  if (top_p) {
-    w = sparse ? weights<true, true>(x, vocab, t, zmax, lo, out) : weights<false, true>(x, vocab, t, zmax, lo, out);
+  const bool sparse = lo > -kInf;
+  if (prm.top_p < 1.0f) {
+    const Weights w =
+        sparse ? weights<true, true>(x, vocab, t, zmax, lo, out) : weights<false, true>(x, vocab, t, zmax, lo, out);
+    double kept;
+    const float from = top_p_from(x, vocab, t, zmax, lo, w, static_cast<double>(prm.top_p), s, &kept);
+    scale_row<true>(x, vocab, 1.0 / (w.total * kept), from, out);
   } else {
-    w = sparse ? weights<true, false>(x, vocab, t, zmax, lo, out) : weights<false, false>(x, vocab, t, zmax, lo, out);
-  }
-  double scale = 1.0 / w.total;
-  float from = -kInf;  // after top-p: {x >= from}
-  if (top_p) {
-    const double need = static_cast<double>(prm.top_p);
-    // The highest cut-off whose head surely holds the top-p mass (else the whole row).
-    double cut = -std::numeric_limits<double>::infinity();
-    for (int j = 0; j < kCuts; ++j) {
-      if ((w.total - w.tail[j]) / w.total >= need * (1.0 + 1e-9)) {
-        cut = kCut[j];
-        break;
-      }
-    }
-    double head = gather(x, vocab, t, zmax, lo, cut, w.total, s.cand);
-    if (!(head >= need) && cut > -std::numeric_limits<double>::infinity()) {
-      head = gather(x, vocab, t, zmax, lo, -std::numeric_limits<double>::infinity(), w.total, s.cand);
-    }
-    s.sel.resize(s.cand.size());
-    for (size_t i = 0; i < s.cand.size(); ++i) s.sel[i] = s.cand[i].p;
-    const double thr = mass_threshold(s.sel, need);
-    double kept = 0.0;
-    from = kInf;
-    for (const Candidate& c : s.cand) {
-      if (c.p >= thr) {
-        kept += c.p;
-        from = std::min(from, c.x);
-      }
-    }
-    scale = 1.0 / (w.total * kept);
-  }
-  const d4 sd = splat(scale);
-  int64_t i = 0;
-  for (; i + 4 <= vocab; i += 4) {
-    const f4 v = narrow(widen(load<f4>(out + i)) * sd);
-    store(out + i, top_p ? (load<f4>(x + i) >= from ? v : f4{}) : v);
-  }
-  for (; i < vocab; ++i) {
-    out[i] = (!top_p || x[i] >= from) ? static_cast<float>(static_cast<double>(out[i]) * scale) : 0.0f;
+    const Weights w =
+        sparse ? weights<true, false>(x, vocab, t, zmax, lo, out) : weights<false, false>(x, vocab, t, zmax, lo, out);
+    scale_row<false>(x, vocab, 1.0 / w.total, -kInf, out);
   }
   return kOk;
 }
