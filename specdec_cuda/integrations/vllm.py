@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from .. import ops
+
 __all__ = ["register", "stats", "reset_stats", "set_enabled", "verify"]
 
 _LOCK = threading.Lock()
@@ -92,6 +94,135 @@ def _count(**deltas) -> None:
 # ---------------------------------------------------------------------------
 
 
+class _Layout:
+    """The index tensors of one ragged chain batch (request b: its root then its
+    n_b drafts, nodes ``cu_nodes[b] .. cu_nodes[b+1]-1``), built once per
+    (num_draft_tokens, max_spec_len, device) and reused: vLLM repeats few shapes.
+
+    - ``cu_nodes`` int32 ``[B+1]``; ``parents`` int32 ``[T]`` (chains: -1, 0, 1, ...);
+    - ``draft_rows`` int64 ``[num_tokens]``: the node of each of vLLM's draft tokens;
+    - ``target_rows`` = ``draft_rows - 1``: the node whose row holds each of vLLM's
+      target rows (the distribution that draft was checked against);
+    - ``bonus_rows`` int64 ``[B]``: each request's last node (vLLM's bonus row);
+    - ``col`` ``[1, W]`` and ``src`` ``[B, W]`` (W = max_spec_len + 1): the output
+      columns and, per column, the index into ``draft_token_ids`` it copies from.
+    """
+
+    def __init__(self, num_draft_tokens: tuple[int, ...], max_spec_len: int, device: torch.device):
+        batch = len(num_draft_tokens)
+        n = torch.tensor(num_draft_tokens, dtype=torch.int64)
+        sizes = n + 1
+        cu = torch.zeros(batch + 1, dtype=torch.int64)
+        cu[1:] = torch.cumsum(sizes, 0)
+        self.total = int(cu[-1])
+        self.num_tokens = self.total - batch
+        node = torch.arange(self.total) - torch.repeat_interleave(cu[:-1], sizes)
+        draft_rows = torch.nonzero(node > 0).squeeze(1)
+        col = torch.arange(max_spec_len + 1)
+        draft_start = cu[:-1] - torch.arange(batch)  # request b's first index in draft_token_ids
+        self.cu_nodes = cu.to(device=device, dtype=torch.int32)
+        self.parents = (node - 1).to(device=device, dtype=torch.int32)
+        self.draft_rows = draft_rows.to(device)
+        self.target_rows = (draft_rows - 1).to(device)
+        self.bonus_rows = (cu[1:] - 1).to(device)
+        self.col = col[None, :].to(device)
+        self.src = (draft_start[:, None] + col).clamp(max=max(self.num_tokens - 1, 0)).to(device)
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}
+_MAX_LAYOUTS = 512
+
+
+def _layout(num_draft_tokens, max_spec_len: int, device: torch.device) -> _Layout:
+    key = (tuple(int(x) for x in num_draft_tokens), int(max_spec_len), device)
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        hit = _LAYOUTS[key] = _Layout(*key)
+    return hit
+
+
+def _tokens(lay: _Layout, draft_token_ids: torch.Tensor) -> torch.Tensor:
+    """Our per-node tokens: draft i of request b at node i; roots 0 (never read)."""
+    tokens = torch.zeros(lay.total, dtype=torch.int64, device=lay.cu_nodes.device)
+    tokens[lay.draft_rows] = draft_token_ids.to(device=tokens.device, dtype=torch.int64)
+    return tokens
+
+
+def _output(
+    lay: _Layout, draft_token_ids: torch.Tensor, num: torch.Tensor, nxt: torch.Tensor
+) -> torch.Tensor:
+    """vLLM's SamplerOutput layout: per request its accepted drafts (chains: the first
+    num-1), then the correction or bonus token, then -1."""
+    num = num.long()
+    dev = lay.col.device
+    out = torch.full((num.shape[0], lay.col.shape[1]), PLACEHOLDER, dtype=torch.int32, device=dev)
+    if lay.num_tokens:
+        take = lay.col < (num - 1)[:, None]
+        out = torch.where(take, draft_token_ids.to(device=dev, dtype=torch.int32)[lay.src], out)
+    out.scatter_(1, (num - 1)[:, None], nxt.to(torch.int32)[:, None])
+    return out
+
+
+def _verify_greedy(lay: _Layout, target: torch.Tensor, bonus: torch.Tensor, draft_token_ids: torch.Tensor):
+    """All-greedy batch: the argmax of each of vLLM's rows, placed at its node."""
+    best = torch.empty(lay.total, dtype=torch.int64, device=lay.cu_nodes.device)
+    best[lay.target_rows] = target.argmax(-1)
+    best[lay.bonus_rows] = bonus.argmax(-1)
+    return ops.verify_greedy_ragged(_tokens(lay, draft_token_ids), lay.parents, lay.cu_nodes, best)
+
+
+def _verify_sampled(
+    lay: _Layout,
+    rows: torch.Tensor,
+    draft_token_ids: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+    seed: torch.Tensor,
+):
+    """``rows``: float32 ``[T, V]`` in our node order (after vLLM's processors)."""
+    dev = rows.device
+    batch = lay.bonus_rows.shape[0]
+    probs = ops.sampling_probs_ragged(
+        rows,
+        lay.cu_nodes,
+        temperature.to(device=dev, dtype=torch.float32).contiguous(),
+        (
+            top_k.to(device=dev, dtype=torch.int32).contiguous()
+            if top_k is not None
+            else torch.zeros(batch, dtype=torch.int32, device=dev)
+        ),
+        (
+            top_p.to(device=dev, dtype=torch.float32).contiguous()
+            if top_p is not None
+            else torch.ones(batch, dtype=torch.float32, device=dev)
+        ),
+        min_p=(
+            min_p.to(device=dev, dtype=torch.float32).contiguous()
+            if min_p is not None
+            else torch.zeros(batch, dtype=torch.float32, device=dev)
+        ),
+    )
+    q = None
+    if draft_probs is not None:
+        # The draft row of node i (i >= 1) is the distribution node i was drawn
+        # from; it sits on node i - 1 (a target row); leaves keep a zero row.
+        q = torch.zeros_like(probs)
+        q.index_copy_(0, lay.target_rows, draft_probs.to(torch.float32))
+    offset = torch.zeros(batch, dtype=torch.int64, device=dev)
+    return ops.rejection_sample_ragged(
+        _tokens(lay, draft_token_ids), lay.parents, lay.cu_nodes, q, probs, seed.to(dev), offset
+    )
+
+
+def _is_greedy(temperature: torch.Tensor | None) -> bool:
+    return temperature is None or bool((temperature == 0).all())
+
+
 def verify(
     logits: torch.Tensor,
     draft_token_ids: torch.Tensor,
@@ -119,63 +250,22 @@ def verify(
     Returns int32 ``[B, max_spec_len + 1]``: per request its accepted drafts, then the
     correction or bonus token, then -1 padding (vLLM's SamplerOutput layout).
     """
-    from .. import ops
-
-    dev = logits.device
-    batch = len(num_draft_tokens)
-    sizes = torch.tensor(num_draft_tokens, dtype=torch.int64) + 1  # nodes per request: root + drafts
-    cu_nodes = torch.zeros(batch + 1, dtype=torch.int32)
-    cu_nodes[1:] = torch.cumsum(sizes, 0)
-    total = int(cu_nodes[-1])
-    cu_dev = cu_nodes.to(dev)
-    starts = cu_nodes[:-1].long()
-    node = torch.arange(total) - torch.repeat_interleave(starts, sizes)  # local index of each row
-    # Tokens: the root's is never read (0); draft i of request b is node i + 1.
-    tokens = torch.zeros(total, dtype=torch.int64, device=dev)
-    is_draft = (node > 0).to(dev)
-    tokens[is_draft] = draft_token_ids.to(device=dev, dtype=torch.int64)
-    parents = (node - 1).to(device=dev, dtype=torch.int32)  # chains: root -1, then 0, 1, ...
-    greedy_all = temperature is None or bool((temperature == 0).all())
-    if greedy_all:
-        accept, num, nxt = ops.verify_greedy_ragged(tokens, parents, cu_dev, logits.argmax(-1))
+    lay = _layout(num_draft_tokens, max_spec_len, logits.device)
+    if _is_greedy(temperature):
+        _, num, nxt = _verify_greedy(lay, logits[lay.target_rows], logits[lay.bonus_rows], draft_token_ids)
     else:
-        zeros_f = torch.zeros(batch, dtype=torch.float32, device=dev)
-        probs = ops.sampling_probs_ragged(
+        _, num, nxt = _verify_sampled(
+            lay,
             logits.float().contiguous(),
-            cu_dev,
-            temperature.float().contiguous(),
-            (
-                top_k.to(torch.int32)
-                if top_k is not None
-                else torch.zeros(batch, dtype=torch.int32, device=dev)
-            ),
-            top_p.float().contiguous() if top_p is not None else torch.ones(batch, device=dev),
-            min_p=min_p.float().contiguous() if min_p is not None else zeros_f,
+            draft_token_ids,
+            draft_probs,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
         )
-        q = None
-        if draft_probs is not None:
-            # draft row of node i (i >= 1) = the distribution node i was drawn from,
-            # i.e. the row of node i - 1 in our layout; leaves get a zero row.
-            q = torch.zeros_like(probs)
-            q_rows = torch.nonzero(is_draft).squeeze(1) - 1
-            q[q_rows] = draft_probs.float()
-        offset = torch.zeros(batch, dtype=torch.int64, device=dev)
-        accept, num, nxt = ops.rejection_sample_ragged(
-            tokens, parents, cu_dev, q, probs, seed.to(dev), offset
-        )
-    # Chains: the accepted path is nodes 0 .. num-1, i.e. the first num-1 drafts.
-    out = torch.full((batch, max_spec_len + 1), PLACEHOLDER, dtype=torch.int32, device=dev)
-    col = torch.arange(max_spec_len + 1, device=dev)[None, :]
-    num = num.long()
-    cu_draft = torch.zeros(batch, dtype=torch.int64)
-    cu_draft[1:] = torch.cumsum(torch.tensor(num_draft_tokens[:-1], dtype=torch.int64), 0) if batch > 1 else 0
-    src = cu_draft.to(dev)[:, None] + col
-    take = col < (num - 1)[:, None]
-    if draft_token_ids.numel():
-        gathered = draft_token_ids.to(dev)[src.clamp(max=draft_token_ids.numel() - 1)]
-        out = torch.where(take, gathered.to(torch.int32), out)
-    out.scatter_(1, (num - 1)[:, None], nxt.to(torch.int32)[:, None])
-    return out
+    return _output(lay, draft_token_ids, num, nxt)
 
 
 # ---------------------------------------------------------------------------
@@ -232,37 +322,35 @@ def _make_forward(original):
         bonus = self.sampler.apply_logits_processors(
             logits[metadata.bonus_logits_indices].to(torch.float32), sm, True
         )
-        # request b's rows in our order: its n_b draft rows, then its bonus row
-        rows = torch.empty(
-            target.shape[0] + batch, logits.shape[-1], dtype=torch.float32, device=logits.device
-        )
-        sizes = torch.tensor(metadata.num_draft_tokens, dtype=torch.int64) + 1
-        ends = torch.cumsum(sizes, 0) - 1
-        bonus_pos = ends.to(logits.device)
-        mask = torch.ones(rows.shape[0], dtype=torch.bool, device=logits.device)
-        mask[bonus_pos] = False
-        rows[mask] = target
-        rows[bonus_pos] = bonus
-        out = verify(
-            rows,
-            metadata.draft_token_ids,
-            list(metadata.num_draft_tokens),
-            draft_probs,
-            sm.temperature,
-            sm.top_k,
-            sm.top_p,
-            min_p.to(logits.device) if min_p is not None else None,
-            _seeds(sm, batch),
-            metadata.max_spec_len,
-        )
+        lay = _layout(metadata.num_draft_tokens, metadata.max_spec_len, logits.device)
+        greedy = _is_greedy(sm.temperature)
+        if greedy:
+            _, num, nxt = _verify_greedy(lay, target, bonus, metadata.draft_token_ids)
+        else:
+            # request b's rows in our order: its n_b draft rows, then its bonus row
+            rows = torch.empty(lay.total, logits.shape[-1], dtype=torch.float32, device=logits.device)
+            rows.index_copy_(0, lay.target_rows, target)
+            rows.index_copy_(0, lay.bonus_rows, bonus)
+            _, num, nxt = _verify_sampled(
+                lay,
+                rows,
+                metadata.draft_token_ids,
+                draft_probs,
+                sm.temperature,
+                sm.top_k,
+                sm.top_p,
+                min_p,
+                _seeds(sm, batch),
+            )
+        out = _output(lay, metadata.draft_token_ids, num, nxt)
         dummy = not bool(metadata.target_logits_indices.any()) and batch > 1
         _count(
             verified_batches=1,
             dummy_batches=int(dummy),
             requests=batch,
-            draft_tokens=int(sizes.sum()) - batch,
-            emitted_tokens=int((out != PLACEHOLDER).sum()),
-            greedy_batches=int(sm.temperature is None or bool((sm.temperature == 0).all())),
+            draft_tokens=lay.num_tokens,
+            emitted_tokens=int(num.sum()),
+            greedy_batches=int(greedy),
             draft_probs_batches=int(draft_probs is not None),
             min_p_batches=int(min_p is not None),
         )
