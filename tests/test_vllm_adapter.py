@@ -52,7 +52,8 @@ def _greedy_reference(num, logits, drafts, max_spec):
 @pytest.mark.parametrize("seed", range(12))
 def test_greedy_follows_the_argmax_chain(seed):
     max_spec = 1 + seed % 5
-    num, logits, drafts = _batch(seed, 1 + seed % 9, max_spec, 50)
+    # up to 16 requests the output is built as lists, above it by tensor ops
+    num, logits, drafts = _batch(seed, 1 + seed % 9 if seed < 9 else 8 + 4 * seed, max_spec, 50)
     seeds = torch.zeros(len(num), dtype=torch.int64)
     out = plugin.verify(logits, drafts, num, None, None, None, None, None, seeds, max_spec)
     assert out.dtype == torch.int32 and out.shape == (len(num), max_spec + 1)
@@ -66,7 +67,7 @@ def test_greedy_follows_the_argmax_chain(seed):
 @pytest.mark.parametrize("seed", range(8))
 def test_sampled_with_top_k_one_is_greedy(seed, with_q):
     max_spec = 4
-    B, V = 1 + seed % 8, 64
+    B, V = (1 + seed % 8 if seed < 6 else 20 + seed), 64
     num, logits, drafts = _batch(100 + seed, B, max_spec, V)
     g = torch.Generator().manual_seed(seed)
     q = torch.softmax(torch.randn(drafts.numel(), V, generator=g), -1) if with_q else None

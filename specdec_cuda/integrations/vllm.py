@@ -105,7 +105,8 @@ class _Layout:
       target rows (the distribution that draft was checked against);
     - ``bonus_rows`` int64 ``[B]``: each request's last node (vLLM's bonus row);
     - ``col`` ``[1, W]`` and ``src`` ``[B, W]`` (W = max_spec_len + 1): the output
-      columns and, per column, the index into ``draft_token_ids`` it copies from.
+      columns and, per column, the index into ``draft_token_ids`` it copies from;
+    - ``draft_starts``: request b's first index in ``draft_token_ids``, on the host.
     """
 
     def __init__(self, num_draft_tokens: tuple[int, ...], max_spec_len: int, device: torch.device):
@@ -127,6 +128,7 @@ class _Layout:
         self.bonus_rows = (cu[1:] - 1).to(device)
         self.col = col[None, :].to(device)
         self.src = (draft_start[:, None] + col).clamp(max=max(self.num_tokens - 1, 0)).to(device)
+        self.draft_starts = draft_start.tolist()
 
 
 _LAYOUTS: dict[tuple, _Layout] = {}
@@ -150,14 +152,30 @@ def _tokens(lay: _Layout, draft_token_ids: torch.Tensor) -> torch.Tensor:
     return tokens
 
 
+# On the host, up to this many requests build the output as Python lists (a few µs)
+# rather than through five small tensor ops (about 40 µs).
+_LIST_OUTPUT_MAX_BATCH = 16
+
+
 def _output(
     lay: _Layout, draft_token_ids: torch.Tensor, num: torch.Tensor, nxt: torch.Tensor
 ) -> torch.Tensor:
     """vLLM's SamplerOutput layout: per request its accepted drafts (chains: the first
     num-1), then the correction or bonus token, then -1."""
+    width = lay.col.shape[1]
+    on_host = num.device.type == "cpu" and draft_token_ids.device.type == "cpu"
+    if on_host and len(lay.draft_starts) <= _LIST_OUTPUT_MAX_BATCH:
+        drafts = draft_token_ids.tolist()
+        rows = []
+        for start, n, last in zip(lay.draft_starts, num.tolist(), nxt.tolist()):
+            row = drafts[start : start + n - 1]
+            row.append(last)
+            row.extend([PLACEHOLDER] * (width - n))
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.int32).reshape(len(rows), width)
     num = num.long()
     dev = lay.col.device
-    out = torch.full((num.shape[0], lay.col.shape[1]), PLACEHOLDER, dtype=torch.int32, device=dev)
+    out = torch.full((num.shape[0], width), PLACEHOLDER, dtype=torch.int32, device=dev)
     if lay.num_tokens:
         take = lay.col < (num - 1)[:, None]
         out = torch.where(take, draft_token_ids.to(device=dev, dtype=torch.int32)[lay.src], out)
