@@ -130,6 +130,19 @@ def _vllm_worker(mode: str, threads: int):
     return run
 
 
+def our_drafter(mode: str, draft):
+    """Our loop's drafter for ``mode`` (plain, lookup, chain), K = 4, as benchmarked."""
+    import specdec_cuda as sd
+
+    if mode == "plain":
+        return sd.NoDrafter()
+    if mode == "lookup":
+        return sd.PromptLookupDrafter(k=K)
+    if mode == "chain":
+        return sd.ChainDrafter(draft, k=K, adaptive=False)
+    raise ValueError(f"bench_vllm: unknown mode {mode!r}")
+
+
 def _ours_worker(mode: str, threads: int):
     import torch
     from transformers import AutoModelForCausalLM
@@ -138,12 +151,7 @@ def _ours_worker(mode: str, threads: int):
 
     target = AutoModelForCausalLM.from_pretrained(str(TINY / "target"), dtype=torch.float32).eval()
     draft = AutoModelForCausalLM.from_pretrained(str(TINY / "draft"), dtype=torch.float32).eval()
-    drafter = {
-        "plain": lambda: sd.NoDrafter(),
-        "lookup": lambda: sd.PromptLookupDrafter(k=K),
-        "chain": lambda: sd.ChainDrafter(draft, k=K, adaptive=False),
-    }[mode]()
-    decoder = sd.SpeculativeDecoder(target, drafter)
+    decoder = sd.SpeculativeDecoder(target, our_drafter(mode, draft))
 
     def run(cmd):
         prompts = [torch.tensor(p) for p in cmd["prompts"]]

@@ -17,17 +17,14 @@ on one forward.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from bench_vllm import TINY, _prompts, our_drafter  # this folder: the bench's prompts and drafters
+from transformers import AutoModelForCausalLM
 
 import specdec_cuda as sd
-
-TINY = Path(sd.__file__).resolve().parent / "assets" / "tiny"
 
 
 def linears_ms(model, repeats: int = 50) -> float:
@@ -57,18 +54,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     target = AutoModelForCausalLM.from_pretrained(str(TINY / "target"), dtype=torch.float32).eval()
     draft = AutoModelForCausalLM.from_pretrained(str(TINY / "draft"), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(TINY / "target"))
-    texts = json.loads((TINY / "prompts.json").read_text())[:8]
-    prompts = [torch.tensor(tok(t).input_ids) for t in texts]
-    drafters = {
-        "plain": lambda: sd.NoDrafter(),
-        "lookup": lambda: sd.PromptLookupDrafter(k=4),
-        "chain": lambda: sd.ChainDrafter(draft, k=4, adaptive=False),
-    }
+    prompts = [torch.tensor(p) for p in _prompts(8)]
     if args.linears:
         print(f"{linears_ms(target):.2f} ms")
     for mode in args.modes.split(","):
-        decoder = sd.SpeculativeDecoder(target, drafters[mode]())
+        decoder = sd.SpeculativeDecoder(target, our_drafter(mode, draft))
         for batch in (int(b) for b in args.batches.split(",")):
             decoder.generate([prompts[0]], max_new_tokens=8)  # warm-up
             phases: dict[str, float] = {}

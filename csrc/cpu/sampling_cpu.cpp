@@ -245,14 +245,10 @@ SPECDEC_VEC l4 bucket_of(d4 a) {
   return __builtin_convertvector(f < splat(kLast) ? f : splat(kLast), l4);  // truncation = floor here
 }
 
-struct Weights {
-  double total;
-  double hist[kLast + 1];  // top-p only
-};
-
+// The weight pass's float64 accumulators; `hist` (top-p only) has kLast + 1 buckets.
 struct WeightSums {
   d4 s0, s1;
-  double hist[kLast + 1];
+  double* hist;
 };
 
 // Four entries of the weight pass: w = exp(double(x) / t - zmax) where x >= lo
@@ -279,13 +275,12 @@ SPECDEC_VEC f4 weigh_chunk(f4 xf, d4 td, d4 zd, float lo, bool second, WeightSum
   return narrow(w);
 }
 
-// The weight pass over a row: float32 w into out, their float64 sum (and histogram).
+// The weight pass over a row: float32 w into out; returns their float64 sum and,
+// for top-p, fills hist[kLast + 1] with the mass per bucket.
 template <bool kSparse, bool kHist>
-SPECDEC_VEC Weights weights(const float* x, int64_t vocab, double t, double zmax, float lo, float* out) {
-  WeightSums acc;
-  acc.s0 = splat(0.0);
-  acc.s1 = splat(0.0);
-  if constexpr (kHist) std::fill(acc.hist, acc.hist + kLast + 1, 0.0);
+SPECDEC_VEC double weights(const float* x, int64_t vocab, double t, double zmax, float lo, float* out, double* hist) {
+  WeightSums acc{splat(0.0), splat(0.0), hist};
+  if constexpr (kHist) std::fill(hist, hist + kLast + 1, 0.0);
   const d4 td = splat(t), zd = splat(zmax);
   int64_t i = 0;
   for (; i + 8 <= vocab; i += 8) {
@@ -300,11 +295,8 @@ SPECDEC_VEC Weights weights(const float* x, int64_t vocab, double t, double zmax
     store(res, weigh_chunk<kSparse, kHist>(load<f4>(buf), td, zd, lo, false, acc));
     std::memcpy(out + i, res, n * sizeof(float));
   }
-  Weights r;
   const d4 s = acc.s0 + acc.s1;
-  r.total = (s[0] + s[1]) + (s[2] + s[3]);
-  if constexpr (kHist) std::copy(acc.hist, acc.hist + kLast + 1, r.hist);
-  return r;
+  return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 // The kept entries (x >= lo) of buckets [first, last] with a positive weight, as
@@ -354,22 +346,28 @@ SPECDEC_VEC void scale_row(const float* x, int64_t vocab, double scale, float fr
   }
 }
 
-// Top-p's threshold: the smallest logit kept, given the weight pass's histogram.
-// Buckets above `first` are surely inside the top-p set (their mass, even with
-// rounding, is below top_p), buckets below `last` surely outside (the mass down to
-// `last` surely reaches it), so only [first, last] is gathered (usually one
-// bucket); if the rounding margins were not enough, the whole row is.
-SPECDEC_VEC float top_p_from(const float* x, int64_t vocab, double t, double zmax, float lo, const Weights& w,
-                             double need, Scratch& s, double* kept_out) {
+// Top-p's cut: the smallest logit kept and the kept probability mass.
+struct TopPCut {
+  float from;
+  double kept;
+};
+
+// Given the weight pass's histogram: buckets above `first` are surely inside the
+// top-p set (their mass, even with rounding, is below top_p), buckets below `last`
+// surely outside (the mass down to `last` surely reaches it), so only [first, last]
+// is gathered (usually one bucket); if the rounding margins were not enough, the
+// whole row is.
+SPECDEC_VEC TopPCut top_p_cut(const float* x, int64_t vocab, double t, double zmax, float lo, const double* hist,
+                              double total, double need, Scratch& s) {
   constexpr double kMargin = 1e-9;
   int first = kLast, last = kLast;
   double above = 0.0, cum = 0.0;
   bool found_first = false;
   for (int j = 0; j <= kLast; ++j) {
-    const double next = cum + w.hist[j] / w.total;
+    const double next = cum + hist[j] / total;
     if (!found_first && next >= need * (1.0 - kMargin)) {
       first = j;
-      above = cum;
+      above = cum;  // < need * (1 - kMargin): need - above stays positive
       found_first = true;
     }
     if (next >= need * (1.0 + kMargin)) {
@@ -378,24 +376,21 @@ SPECDEC_VEC float top_p_from(const float* x, int64_t vocab, double t, double zma
     }
     cum = next;
   }
-  double head = above + gather(x, vocab, t, zmax, lo, first, last, w.total, s.cand);
-  if (!(head >= need) || !(need - above > 0.0)) {
+  if (!(above + gather(x, vocab, t, zmax, lo, first, last, total, s.cand) >= need)) {
     above = 0.0;
-    gather(x, vocab, t, zmax, lo, 0, kLast, w.total, s.cand);
+    gather(x, vocab, t, zmax, lo, 0, kLast, total, s.cand);
   }
   s.sel.resize(s.cand.size());
   for (size_t i = 0; i < s.cand.size(); ++i) s.sel[i] = s.cand[i].p;
   const double thr = mass_threshold(s.sel, need - above);
-  double kept = above;
-  float from = kInf;
+  TopPCut cut{kInf, above};
   for (const Candidate& c : s.cand) {
     if (c.p >= thr) {
-      kept += c.p;
-      from = std::min(from, c.x);
+      cut.kept += c.p;
+      cut.from = std::min(cut.from, c.x);
     }
   }
-  *kept_out = kept;
-  return from;
+  return cut;
 }
 
 // One row: logits x[V] -> out[V].  Returns an error code (0: valid).
@@ -415,15 +410,15 @@ SPECDEC_VEC int64_t row_probs_impl(const float* x, int64_t vocab, RowParams prm,
   if (prm.min_p > 0.0f) lo = std::max(lo, sampling::key_value(sampling::min_p_key(xmax, t, prm.min_p)));
   const bool sparse = lo > -kInf;
   if (prm.top_p < 1.0f) {
-    const Weights w =
-        sparse ? weights<true, true>(x, vocab, t, zmax, lo, out) : weights<false, true>(x, vocab, t, zmax, lo, out);
-    double kept;
-    const float from = top_p_from(x, vocab, t, zmax, lo, w, static_cast<double>(prm.top_p), s, &kept);
-    scale_row<true>(x, vocab, 1.0 / (w.total * kept), from, out);
+    double hist[kLast + 1];
+    const double total = sparse ? weights<true, true>(x, vocab, t, zmax, lo, out, hist)
+                                : weights<false, true>(x, vocab, t, zmax, lo, out, hist);
+    const TopPCut cut = top_p_cut(x, vocab, t, zmax, lo, hist, total, static_cast<double>(prm.top_p), s);
+    scale_row<true>(x, vocab, 1.0 / (total * cut.kept), cut.from, out);
   } else {
-    const Weights w =
-        sparse ? weights<true, false>(x, vocab, t, zmax, lo, out) : weights<false, false>(x, vocab, t, zmax, lo, out);
-    scale_row<false>(x, vocab, 1.0 / w.total, -kInf, out);
+    const double total = sparse ? weights<true, false>(x, vocab, t, zmax, lo, out, nullptr)
+                                : weights<false, false>(x, vocab, t, zmax, lo, out, nullptr);
+    scale_row<false>(x, vocab, 1.0 / total, -kInf, out);
   }
   return kOk;
 }

@@ -99,6 +99,7 @@ class _Layout:
     n_b drafts, nodes ``cu_nodes[b] .. cu_nodes[b+1]-1``), built once per
     (num_draft_tokens, max_spec_len, device) and reused: vLLM repeats few shapes.
 
+    - ``batch`` (B), ``total`` (T nodes), ``num_tokens`` (vLLM's draft tokens, T - B);
     - ``cu_nodes`` int32 ``[B+1]``; ``parents`` int32 ``[T]`` (chains: -1, 0, 1, ...);
     - ``draft_rows`` int64 ``[num_tokens]``: the node of each of vLLM's draft tokens;
     - ``target_rows`` = ``draft_rows - 1``: the node whose row holds each of vLLM's
@@ -110,7 +111,7 @@ class _Layout:
     """
 
     def __init__(self, num_draft_tokens: tuple[int, ...], max_spec_len: int, device: torch.device):
-        batch = len(num_draft_tokens)
+        self.batch = batch = len(num_draft_tokens)
         n = torch.tensor(num_draft_tokens, dtype=torch.int64)
         sizes = n + 1
         cu = torch.zeros(batch + 1, dtype=torch.int64)
@@ -164,7 +165,7 @@ def _output(
     num-1), then the correction or bonus token, then -1."""
     width = lay.col.shape[1]
     on_host = num.device.type == "cpu" and draft_token_ids.device.type == "cpu"
-    if on_host and len(lay.draft_starts) <= _LIST_OUTPUT_MAX_BATCH:
+    if on_host and lay.batch <= _LIST_OUTPUT_MAX_BATCH:
         drafts = draft_token_ids.tolist()
         rows = []
         for start, n, last in zip(lay.draft_starts, num.tolist(), nxt.tolist()):
@@ -183,11 +184,17 @@ def _output(
     return out
 
 
-def _verify_greedy(lay: _Layout, target: torch.Tensor, bonus: torch.Tensor, draft_token_ids: torch.Tensor):
-    """All-greedy batch: the argmax of each of vLLM's rows, placed at its node."""
+def _node_argmax(lay: _Layout, target: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
+    """The argmax of vLLM's target rows ``[num_tokens, V]`` and bonus rows ``[B, V]``,
+    each placed at its node (int64 ``[T]``), without gathering the rows themselves."""
     best = torch.empty(lay.total, dtype=torch.int64, device=lay.cu_nodes.device)
-    best[lay.target_rows] = target.argmax(-1)
-    best[lay.bonus_rows] = bonus.argmax(-1)
+    best.index_copy_(0, lay.target_rows, target.argmax(-1))
+    best.index_copy_(0, lay.bonus_rows, bonus.argmax(-1))
+    return best
+
+
+def _verify_greedy(lay: _Layout, best: torch.Tensor, draft_token_ids: torch.Tensor):
+    """All-greedy batch: ``best`` is the target's argmax at each node."""
     return ops.verify_greedy_ragged(_tokens(lay, draft_token_ids), lay.parents, lay.cu_nodes, best)
 
 
@@ -203,8 +210,7 @@ def _verify_sampled(
     seed: torch.Tensor,
 ):
     """``rows``: float32 ``[T, V]`` in our node order (after vLLM's processors)."""
-    dev = rows.device
-    batch = lay.bonus_rows.shape[0]
+    dev, batch = rows.device, lay.batch
     probs = ops.sampling_probs_ragged(
         rows,
         lay.cu_nodes,
@@ -270,7 +276,8 @@ def verify(
     """
     lay = _layout(num_draft_tokens, max_spec_len, logits.device)
     if _is_greedy(temperature):
-        _, num, nxt = _verify_greedy(lay, logits[lay.target_rows], logits[lay.bonus_rows], draft_token_ids)
+        # logits are already in node order: one argmax, no gather
+        _, num, nxt = _verify_greedy(lay, logits.argmax(-1), draft_token_ids)
     else:
         _, num, nxt = _verify_sampled(
             lay,
@@ -343,7 +350,7 @@ def _make_forward(original):
         lay = _layout(metadata.num_draft_tokens, metadata.max_spec_len, logits.device)
         greedy = _is_greedy(sm.temperature)
         if greedy:
-            _, num, nxt = _verify_greedy(lay, target, bonus, metadata.draft_token_ids)
+            _, num, nxt = _verify_greedy(lay, _node_argmax(lay, target, bonus), metadata.draft_token_ids)
         else:
             # request b's rows in our order: its n_b draft rows, then its bonus row
             rows = torch.empty(lay.total, logits.shape[-1], dtype=torch.float32, device=logits.device)
