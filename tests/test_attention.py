@@ -178,6 +178,12 @@ CASES = [
     # Small problems take the CPU kernel's direct loop instead of its GEMM path.
     pytest.param(4, 4, 8, 2, 32, 40, "random", None, id="small-direct-gqa4-d32"),
     pytest.param(2, 9, 4, 1, 64, 30, "deep", None, id="small-direct-deep-d64"),
+    # The float32 direct kernels: head sizes that are not a multiple of 8 (the
+    # one-slot-at-a-time scores) or past one 64-column chunk, slot counts that are
+    # not a multiple of 8 (the last partial vector of the softmax).
+    pytest.param(3, 7, 4, 2, 20, 37, "random", None, id="direct-d20"),
+    pytest.param(2, 3, 4, 1, 256, 45, "random", None, id="direct-d256"),
+    pytest.param(3, 11, 6, 3, 72, 61, "deep", None, id="direct-d72"),
 ]
 
 
@@ -406,13 +412,15 @@ def test_slots_past_the_tree_are_never_read(device, dtype, gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("page_size", [1, 16, 64])
 @pytest.mark.parametrize(
-    "batch,nodes,hq,hkv,dim,slots",
-    [(3, 33, 8, 2, 64, 200), (3, 6, 4, 2, 32, 40)],
+    "path,batch,nodes,hq,hkv,dim,slots",
+    [("gemm", 3, 33, 8, 2, 64, 200), ("direct", 3, 6, 4, 2, 32, 40)],
     ids=["gemm-path", "direct-path"],
 )
 def test_paged_matches_reference(
-    device, dtype, page_size, batch, nodes, hq, hkv, dim, slots, gen, record_property
+    device, dtype, page_size, path, batch, nodes, hq, hkv, dim, slots, gen, record_property
 ):
+    if path == "gemm":
+        slots = gemm_slots(nodes, hq, hkv, dim, dim, dtype, slots)
     max_blocks = -(-slots // page_size)
     parents = tree_batch(gen, batch, nodes, "random")
     mask, _ = ops.build_tree(parents.to(device))
@@ -713,13 +721,25 @@ def test_torch_compile_fullgraph(device, gen):
 # both layouts.
 # ---------------------------------------------------------------------------
 
-# Mirrors kDirectFlops and the per-task count of csrc/cpu/attention_cpu.cpp: the
-# tests assert which CPU path each case takes.
+# Mirrors kDirectFlops / kDirectFlopsF32 and the per-task count of
+# csrc/cpu/attention_cpu.cpp: the tests assert which CPU path each case takes.
 DIRECT_FLOPS = 1 << 20
+DIRECT_FLOPS_F32 = 1 << 24
 
 
-def takes_direct_path(nodes, hq, hkv, dk, dv, lens) -> bool:
-    return 2 * nodes * (hq // hkv) * (dk + dv) * (int(lens.max()) + nodes) < DIRECT_FLOPS
+def direct_limit(dtype) -> int:
+    return DIRECT_FLOPS_F32 if dtype == torch.float32 else DIRECT_FLOPS
+
+
+def takes_direct_path(nodes, hq, hkv, dk, dv, lens, dtype) -> bool:
+    return 2 * nodes * (hq // hkv) * (dk + dv) * (int(lens.max()) + nodes) < direct_limit(dtype)
+
+
+def gemm_slots(nodes, hq, hkv, dk, dv, dtype, at_least: int) -> int:
+    """Cache slots S >= at_least that put a case whose longest row fills the cache
+    (lens.max() + N = S) on the CPU's GEMM path for dtype."""
+    per_slot = 2 * nodes * (hq // hkv) * (dk + dv)
+    return max(at_least, -(-direct_limit(dtype) // per_slot) + 1)
 
 
 def to_paged(gen, k, v, lens, nodes, page_size):
@@ -764,6 +784,7 @@ FEATURES = {
     "dk24-dv16": (0, 0.0, False, 24, 16),
     "dk192-dv128": (0, 0.0, False, 192, 128),
     "dk16-dv40": (0, 0.0, False, 16, 40),
+    "dk20-dv12": (0, 0.0, False, 20, 12),
     "window5-softcap-sinks": (5, 2.0, True, None, None),
     "window2-sinks-dk40-dv24": (2, 0.0, True, 40, 24),
     "all-dk24-dv16": (6, 1.5, True, 24, 16),
@@ -789,6 +810,8 @@ def test_features_match_reference(device, dtype, layout, path, feature, gen, rec
     dv = dk if dv is None else dv
     if path == "gemm" and dk + dv < 80:  # keep the GEMM cases above the direct-loop threshold
         nodes, slots = 33, 240
+    if path == "gemm":
+        slots = gemm_slots(nodes, hq, hkv, dk, dv, dtype, slots)
     q, k, _, lens, mask = make_inputs(
         gen,
         batch=batch,
@@ -802,7 +825,7 @@ def test_features_match_reference(device, dtype, layout, path, feature, gen, rec
         device=device,
     )
     v = randn(gen, (batch, hkv, slots, dv), dtype, device)
-    assert takes_direct_path(nodes, hq, hkv, dk, dv, lens) == (path == "direct")
+    assert takes_direct_path(nodes, hq, hkv, dk, dv, lens, dtype) == (path == "direct")
     features = dict(
         window=window, softcap=softcap, sinks=random_sinks(gen, hq, device) if with_sinks else None
     )
@@ -847,7 +870,7 @@ def test_window_long_prefix_skips_blocks(device, dtype, layout, window, gen, rec
         device=device,
     )
     lens = torch.tensor([0, 1300, slots - nodes], dtype=torch.int32, device=device)
-    assert not takes_direct_path(nodes, hq, hkv, dim, dim, lens)
+    assert not takes_direct_path(nodes, hq, hkv, dim, dim, lens, dtype)
     k_nan, v_nan = poison_before_window(k, v, lens, window)
     features = dict(window=window, softcap=3.0, sinks=random_sinks(gen, hq, device))
     out, lse = run_op(layout, gen, q, k_nan, v_nan, lens, mask, dim**-0.5, page_size=64, **features)
@@ -863,6 +886,8 @@ def test_window_slots_before_the_window_are_never_read(device, dtype, layout, pa
     """The direct loop and the GEMM path on short prefixes: NaN in the slots before every
     row's window (windows 2 and 6 on deep trees, ragged prefixes) never reaches the output."""
     batch, nodes, hq, hkv, dim, slots, _ = PATHS[path]
+    if path == "gemm":
+        slots = gemm_slots(nodes, hq, hkv, dim, dim, dtype, slots)
     for window in (2, 6):
         q, k, v, lens, mask = make_inputs(
             gen,
@@ -889,6 +914,8 @@ def test_sinks_row_that_sees_nothing(device, dtype, slots, gen):
     """With sinks, a row that sees no key gets zeros and lse = sinks[h] exactly; a huge sink
     takes (almost) all the mass, a very negative one none."""
     batch, nodes, hq, hkv, dim = 2, 40, 4, 2, 32
+    if slots != 24:
+        slots = gemm_slots(nodes, hq, hkv, dim, dim, dtype, slots + nodes) - nodes
     q, k, v, _, _ = make_inputs(
         gen,
         batch=batch,
@@ -906,7 +933,7 @@ def test_sinks_row_that_sees_nothing(device, dtype, slots, gen):
     mask[0, 3] = 0  # row 3 of sequence 0 (no prefix): nothing at all
     mask = mask.to(device)
     lens = torch.tensor([0, slots], dtype=torch.int32, device=device)
-    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens) == (slots == 24)
+    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens, dtype) == (slots == 24)
     sinks = torch.tensor([0.5, -3.0, 30.0, -1e30], device=device)
     out, lse = ops.tree_attention(q, k, v, lens, mask, dim**-0.5, sinks=sinks)
     check_against_reference(out, lse, q, k, v, lens, mask, dim**-0.5, sinks=sinks)
@@ -951,6 +978,8 @@ def test_features_with_arbitrary_masks(device, dtype, window, gen):
 def test_defaults_are_plain_attention(device, slots, gen):
     """window=0, softcap=0.0, sinks=None (and a window longer than every sequence) give
     exactly the result of a call without them."""
+    if slots != 40:
+        slots = gemm_slots(12, 8, 2, 32, 32, torch.float32, slots)
     q, k, v, lens, mask = make_inputs(
         gen,
         batch=3,
@@ -972,7 +1001,7 @@ def test_defaults_are_plain_attention(device, slots, gen):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-@pytest.mark.parametrize("longest", [3, 1500], ids=["direct-path", "gemm-path"])
+@pytest.mark.parametrize("longest", [3, 14000], ids=["direct-path", "gemm-path"])
 def test_paged_huge_block_table_short_sequences(device, longest, gen):
     """Regression: a block table of 2**20 blocks of 2**14 slots (capacity 2**34, a 4 MiB
     table) holding short sequences.  The direct loop sized its scratch by the capacity
@@ -981,7 +1010,7 @@ def test_paged_huge_block_table_short_sequences(device, longest, gen):
     in use."""
     batch, nodes, hq, hkv, dim, page_size, max_blocks = 2, 5, 4, 1, 16, 2**14, 2**20
     lens = torch.tensor([longest // 2, longest], dtype=torch.int32)
-    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens) == (longest == 3)
+    assert takes_direct_path(nodes, hq, hkv, dim, dim, lens, torch.float32) == (longest == 3)
     small, num_pages = block_tables_for(gen, lens, nodes, page_size, 1)
     tables = torch.full((batch, max_blocks), -1, dtype=torch.int32)
     tables[:, :1] = small
@@ -1476,3 +1505,29 @@ def test_cuda_graph_capture_and_replay(dtype):
         assert torch.equal(out, want) and torch.equal(lse, want_lse)
         assert torch.equal(pout, pwant) and torch.equal(plse, pwant_lse)
         check_against_reference(out, lse, q, k, v, lens, mask, scale)
+
+
+@pytest.mark.parametrize("slots", [64, 61], ids=["full-vectors", "partial-vector"])
+def test_cpu_float32_softmax_exp_is_accurate(slots, gen):
+    """The float32 direct kernels compute exp with their own polynomial: on scores spread
+    over [-30, 0] (every range-reduction interval the softmax meets, down to weights of
+    1e-13), lse and the output must match float64 to 1e-6, ten times tighter than the
+    general tolerance (an exp off by 2e-5 somewhere in its range fails here)."""
+    nodes, dim = 1, 8
+    scores = -torch.rand(slots, generator=gen, dtype=torch.float64) * 30
+    scores[int(torch.randint(0, slots, (1,), generator=gen))] = 0.0
+    scores = scores.float()
+    q = torch.zeros(1, nodes, 1, dim)
+    q[0, 0, 0, 0] = 1.0
+    k = torch.zeros(1, 1, slots, dim)
+    k[0, 0, :, 0] = scores  # q . k_j = scores[j] exactly
+    v = torch.randn(1, 1, slots, dim, generator=gen)
+    lens = torch.tensor([slots - nodes], dtype=torch.int32)
+    mask, _ = ops.build_tree(torch.tensor([[-1]], dtype=torch.int32))
+    assert takes_direct_path(nodes, 1, 1, dim, dim, lens, torch.float32)
+    out, lse = ops.tree_attention(q, k, v, lens, mask, 1.0)
+    s64 = scores.double()
+    want_lse = torch.logsumexp(s64, 0)
+    want_out = (torch.softmax(s64, 0)[:, None] * v[0, 0].double()).sum(0)
+    assert abs(float(lse) - float(want_lse)) < 1e-6
+    assert float((out[0, 0, 0].double() - want_out).abs().max()) < 1e-6 * float(want_out.abs().max() + 1)

@@ -18,8 +18,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -212,8 +214,257 @@ void attend_direct(const AttentionShape& s, const scalar_t* q, const int32_t* le
   });
 }
 
-// Per-task multiply-adds (QK^T and PV) below which the direct loop wins.
+// ---------------------------------------------------------------------------
+// The direct path for float32 caches: a task's R = N * G query rows against
+// its slots, rows in blocks of four sharing each K and V row load, the softmax
+// with a vectorisable exp.  The kernels are compiled for AVX2 + FMA as well as
+// the baseline, picked at load time by the CPU (GCC's target_clones), so one
+// build runs everywhere and uses the wider vectors where they exist.
+// ---------------------------------------------------------------------------
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SPECDEC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SPECDEC_CPU_CLONES
+#endif
+// Helpers of the cloned kernels must be inlined into each clone (GCC inlines
+// across different -march settings only when forced).
+#define SPECDEC_VEC_INLINE inline __attribute__((always_inline))
+
+// These vector helpers are internal and always inlined, so the ABI note GCC
+// gives for passing 32-byte vectors without AVX does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+// Eight floats as one vector (GCC / Clang vector extension): one AVX register
+// in the AVX2 clone, two SSE registers in the baseline one.
+typedef float v8f __attribute__((vector_size(32)));
+SPECDEC_VEC_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+SPECDEC_VEC_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// exp(x) for x <= 0, eight at a time (scores minus their row max; -inf gives 0):
+// x = k ln2 + r with k rounded to nearest (the 1.5 * 2^23 trick, exact for
+// |k| < 2^22) and |r| <= ln2 / 2, exp(r) by a degree-6 polynomial (relative
+// error about 2e-7), times 2^k built in the exponent bits.  Below -87.3 (under
+// float32's smallest normal) the result is 0.  Plain vector arithmetic, no
+// branches and no calls.
+SPECDEC_VEC_INLINE v8f exp8_nonpositive(v8f x) {
+  const v8i keep = x >= -87.3f;  // -1 where kept, 0 where the result is 0 (-inf included)
+  const v8f lo = v8f{} - 87.3f;
+  x = keep ? x : lo;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const v8f shifted = x * 1.44269504088896341f + magic;
+  const v8f k = shifted - magic;
+  v8f r = x - k * 0.693359375f;  // ln2 in two parts: the first is exact in float
+  r = r + k * 2.12194440e-4f;
+  v8f y = v8f{} + 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  // (vector casts between same-size vector types reinterpret the bits)
+  const v8i magic_bits = v8i{} + 0x4B400000;  // the bits of `magic`
+  const v8f scale = (v8f)((((v8i)shifted - magic_bits) + 127) << 23);
+  return (v8f)((v8i)(y * scale) & keep);
+}
+
+#if defined(__clang__)
+#define SPECDEC_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SPECDEC_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#endif
+
+// Pairwise sums of adjacent lanes of a then b: [a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, ...].
+SPECDEC_VEC_INLINE v8f pair_sums(v8f a, v8f b) {
+  return SPECDEC_SHUFFLE8(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + SPECDEC_SHUFFLE8(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+// The eight lane sums of p[0..8), each ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)), in
+// one vector: the scalar combination below, eight at a time.
+SPECDEC_VEC_INLINE v8f reduce8(const v8f* p) {
+  const v8f x0 = pair_sums(p[0], p[1]), x1 = pair_sums(p[2], p[3]);
+  const v8f x2 = pair_sums(p[4], p[5]), x3 = pair_sums(p[6], p[7]);
+  return pair_sums(pair_sums(x0, x1), pair_sums(x2, x3));
+}
+
+// S[r][c] = Q[r] . K[c]: eight partial sums per score (lane l adds the terms
+// d = l mod 8, in order), combined pairwise, as the generic loop does.  Slots
+// go eight at a time (their lane sums reduced together) while D is a multiple
+// of 8; the rest one at a time.
+SPECDEC_CPU_CLONES
+void direct_scores_f32(const float* Q, int64_t R, int64_t D, const float* const* krows, int64_t count, float* S) {
+  const int64_t D8 = D / 8 * 8;
+  const int64_t blocked = D8 == D ? count / 8 * 8 : 0;
+  for (int64_t c = 0; c < blocked; c += 8) {
+    const float* const* k = krows + c;
+    for (int64_t r = 0; r < R; ++r) {
+      const float* __restrict q = Q + r * D;
+      v8f part[8];
+      for (int j = 0; j < 8; ++j) part[j] = v8f{};
+      for (int64_t d = 0; d < D; d += 8) {
+        const v8f qd = load8(q + d);
+        for (int j = 0; j < 8; ++j) part[j] += qd * load8(k[j] + d);
+      }
+      store8(S + r * count + c, reduce8(part));
+    }
+  }
+  for (int64_t c = blocked; c < count; ++c) {
+    const float* __restrict kr = krows[c];
+    for (int64_t r = 0; r < R; ++r) {
+      const float* __restrict q = Q + r * D;
+      v8f part{};
+      for (int64_t d = 0; d < D8; d += 8) part += load8(q + d) * load8(kr + d);
+      float l[8];
+      store8(l, part);
+      for (int64_t d = D8; d < D; ++d) l[d & 7] += q[d] * kr[d];
+      S[r * count + c] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    }
+  }
+}
+
+// acc[0, 64) += sum_c P[c] V[c][d0 + ...] over one row's weights, 64 columns in
+// eight registers (each V row read once per row).
+SPECDEC_VEC_INLINE void pv_chunk64(const float* __restrict P, int64_t count, const float* const* vrows, int64_t d0,
+                                   float* __restrict acc) {
+  v8f a[8];
+  for (int j = 0; j < 8; ++j) a[j] = load8(acc + 8 * j);
+  for (int64_t c = 0; c < count; ++c) {
+    const float p = P[c];
+    if (p == 0.0f) continue;  // masked (or underflowed): adds nothing, V not read
+    const float* __restrict vr = vrows[c] + d0;
+    for (int j = 0; j < 8; ++j) a[j] += p * load8(vr + 8 * j);
+  }
+  for (int j = 0; j < 8; ++j) store8(acc + 8 * j, a[j]);
+}
+
+// Row softmax of S (masked entries -inf) into weights P (in place), each row's
+// max into mx and its sum into sum, then acc[r] = sum_c P[r][c] V[c] (masked
+// slots skipped, their V never read).
+SPECDEC_CPU_CLONES
+void direct_softmax_pv_f32(float* S, int64_t R, int64_t count, const float* const* vrows, int64_t Dv, float* acc,
+                           float* mx, float* sum) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t C8 = count / 8 * 8;
+  std::fill(acc, acc + R * Dv, 0.0f);
+  for (int64_t r = 0; r < R; ++r) {
+    float* __restrict row = S + r * count;
+    float m = neg_inf;
+    for (int64_t c = 0; c < count; ++c) m = std::max(m, row[c]);
+    mx[r] = m;
+    if (m == neg_inf) {
+      std::fill(row, row + count, 0.0f);
+      sum[r] = 0.0f;
+      continue;
+    }
+    v8f lanes{};
+    for (int64_t c = 0; c < C8; c += 8) {
+      const v8f e = exp8_nonpositive(load8(row + c) - m);
+      store8(row + c, e);
+      lanes += e;
+    }
+    if (C8 < count) {  // the last partial vector, padded with -inf (exp 0)
+      float t[8];
+      for (int l = 0; l < 8; ++l) t[l] = C8 + l < count ? row[C8 + l] - m : neg_inf;
+      const v8f e = exp8_nonpositive(load8(t));
+      lanes += e;
+      store8(t, e);
+      for (int64_t c = C8; c < count; ++c) row[c] = t[c - C8];
+    }
+    float l8[8];
+    store8(l8, lanes);
+    sum[r] = ((l8[0] + l8[1]) + (l8[2] + l8[3])) + ((l8[4] + l8[5]) + (l8[6] + l8[7]));
+    float* a = acc + r * Dv;
+    int64_t d0 = 0;
+    for (; d0 + 64 <= Dv; d0 += 64) pv_chunk64(row, count, vrows, d0, a + d0);
+    if (d0 < Dv) {
+      for (int64_t c = 0; c < count; ++c) {
+        const float p = row[c];
+        if (p == 0.0f) continue;
+        const float* vr = vrows[c];
+        for (int64_t d = d0; d < Dv; ++d) a[d] += p * vr[d];
+      }
+    }
+  }
+}
+
+// The direct path for float32: per task, gather the slot pointers, score every
+// row against every slot from the first any row sees, mask (tree bits, window),
+// soft-cap, then softmax and PV in the cloned kernels.
+template <class KRow, class VRow>
+void attend_direct_f32(const AttentionShape& s, const float* q, const int32_t* lens, const int32_t* mask, float scale,
+                       const float* sinks, int64_t longest, KRow k_row, VRow v_row, float* out, float* lse,
+                       int64_t grain) {
+  const int64_t G = s.group(), D = s.dim, Dv = s.v_dim, N = s.nodes, W = s.window, R = N * G;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float cap = s.softcap;
+  at::parallel_for(0, s.batch * s.kv_heads, grain, [&](int64_t begin, int64_t end) {
+    const int64_t most = longest + N;
+    std::vector<float> qf(R * D), acc(R * Dv), scores(R * most), mx(R), sum(R);
+    std::vector<const float*> kp(most), vp(most);
+    std::vector<int64_t> depth(N), first(N);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.kv_heads, h = task % s.kv_heads;
+      const int64_t length = lens[b], total = length + N;
+      const int32_t* mseq = mask + b * N * s.words;
+      for (int64_t j = 0; j < N; ++j) depth[j] = attention::node_depth(mseq + j * s.words, s.words, N);
+      int64_t skip = length;
+      for (int64_t i = 0; i < N; ++i) {
+        first[i] = W > 0 ? std::clamp<int64_t>(length + depth[i] - W + 1, 0, length) : 0;
+        skip = std::min(skip, first[i]);
+        for (int64_t g = 0; g < G; ++g) {
+          const float* src = q + ((b * N + i) * s.q_heads + h * G + g) * D;
+          float* dst = qf.data() + (i * G + g) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * scale;
+        }
+      }
+      const int64_t count = total - skip;
+      for (int64_t c = 0; c < count; ++c) {
+        kp[c] = k_row(b, h, skip + c);
+        vp[c] = v_row(b, h, skip + c);
+      }
+      float* S = scores.data();
+      direct_scores_f32(qf.data(), R, D, kp.data(), count, S);
+      for (int64_t i = 0; i < N; ++i) {
+        const int32_t* mrow = mseq + i * s.words;
+        const int64_t pos = length + depth[i];
+        for (int64_t g = 0; g < G; ++g) {
+          float* row = S + (i * G + g) * count;
+          if (cap > 0.0f) {
+            for (int64_t c = 0; c < count; ++c) row[c] = attention::soft_cap(row[c], cap);
+          }
+          for (int64_t c = 0; c < first[i] - skip; ++c) row[c] = neg_inf;  // before the window
+          for (int64_t j = 0; j < N; ++j) {
+            if (!attention::visible(length + j, length, mrow) || !attention::in_window(pos, length + depth[j], W)) {
+              row[length + j - skip] = neg_inf;
+            }
+          }
+        }
+      }
+      direct_softmax_pv_f32(S, R, count, vp.data(), Dv, acc.data(), mx.data(), sum.data());
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t i = r / G, head = h * G + r % G;
+        float* o = out + ((b * N + i) * s.q_heads + head) * Dv;
+        const attention::RowFinish f = attention::finish_row(mx[r], sum[r], attention::sink_logit(sinks, head));
+        for (int64_t d = 0; d < Dv; ++d) o[d] = acc[r * Dv + d] * f.inv;
+        lse[(b * N + i) * s.q_heads + head] = f.lse;
+      }
+    }
+  });
+}
+
+// Per-task multiply-adds (QK^T and PV) below which the direct loop wins: the
+// float32 kernels (vectorised, rows sharing each K / V row) beat the GEMM path
+// up to tens of millions on the development machine (one thread); the generic
+// loop of the 16-bit types only up to about a million.
 constexpr int64_t kDirectFlops = int64_t{1} << 20;
+constexpr int64_t kDirectFlopsF32 = int64_t{1} << 24;
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v, const at::Tensor* block_tables,
@@ -237,28 +488,33 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const char* op, const at::Tenso
   for (int64_t b = 0; b < s.batch; ++b) longest = std::max<int64_t>(longest, lens[b]);
   const int64_t task_flops = 2 * s.nodes * s.group() * (s.dim + s.v_dim) * (longest + s.nodes);
   const float fscale = static_cast<float>(scale);
-  if (task_flops < kDirectFlops) {
+  if (task_flops < (q.scalar_type() == at::kFloat ? kDirectFlopsF32 : kDirectFlops)) {
     // Thread only when the whole call is worth it (about 256k flops a thread).
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_flops, 1));
     SPECDEC_DISPATCH_KV_TYPES(q.scalar_type(), "tree_attention", [&] {
       const scalar_t* kp = k.data_ptr<scalar_t>();
       const scalar_t* vp = v.data_ptr<scalar_t>();
       const int64_t D = s.dim, Dv = s.v_dim, H = s.kv_heads;
+      const auto run = [&](auto k_row, auto v_row) {
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          attend_direct_f32(s, q.data_ptr<float>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest, k_row,
+                            v_row, out.data_ptr<float>(), lse.data_ptr<float>(), grain);
+        } else {
+          attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest,
+                                  k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
+        }
+      };
       if (tables == nullptr) {
         const int64_t S = s.capacity;
-        auto k_row = [kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; };
-        auto v_row = [vp, Dv, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * Dv; };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest,
-                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
+        run([kp, D, H, S](int64_t b, int64_t h, int64_t slot) { return kp + ((b * H + h) * S + slot) * D; },
+            [vp, Dv, H, S](int64_t b, int64_t h, int64_t slot) { return vp + ((b * H + h) * S + slot) * Dv; });
       } else {
         const int64_t ps = s.page_size, mb = s.max_blocks;
         auto token = [tables, ps, mb, H](int64_t b, int64_t h, int64_t slot) {
           return (static_cast<int64_t>(tables[b * mb + slot / ps]) * ps + slot % ps) * H + h;
         };
-        auto k_row = [kp, token, D](int64_t b, int64_t h, int64_t slot) { return kp + token(b, h, slot) * D; };
-        auto v_row = [vp, token, Dv](int64_t b, int64_t h, int64_t slot) { return vp + token(b, h, slot) * Dv; };
-        attend_direct<scalar_t>(s, q.data_ptr<scalar_t>(), lens, mask.data_ptr<int32_t>(), fscale, sinks, longest,
-                                k_row, v_row, out.data_ptr<scalar_t>(), lse.data_ptr<float>(), grain);
+        run([kp, token, D](int64_t b, int64_t h, int64_t slot) { return kp + token(b, h, slot) * D; },
+            [vp, token, Dv](int64_t b, int64_t h, int64_t slot) { return vp + token(b, h, slot) * Dv; });
       }
     });
     return {out, lse};
