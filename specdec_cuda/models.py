@@ -27,10 +27,12 @@ through objects that already follow the protocol.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ._lean import LeanDecoder, lean_refusal
 from .cache import KVCache, PagedKVCache
 
 __all__ = [
@@ -82,6 +84,7 @@ class _Active(threading.local):
     mask: torch.Tensor | None = None
     calls: dict[int, int] | None = None
     kwargs_seen: dict[int, set[str]] | None = None
+    force_transformers: bool = False  # the probe of the transformers route
 
 
 _ACTIVE = _Active()
@@ -245,7 +248,7 @@ class HFModel:
     checks still run): only for architectures already proven.
     """
 
-    def __init__(self, model: Any, *, verify: bool = True):
+    def __init__(self, model: Any, *, verify: bool = True, lean: bool = True):
         if not _is_hf_model(model):
             raise TypeError(f"HFModel: expected a transformers PreTrainedModel, got {type(model).__name__}")
         reason = static_refusal(model)
@@ -259,11 +262,33 @@ class HFModel:
         self.dtype = param.dtype
         self._ones = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device)
         self._configs = _configs(model)
+        self._lean = None
+        #: why the lean forward does not run this model (None while it does; see :attr:`path`)
+        self.lean_refusal = lean_refusal(model) if lean else "lean=False was passed"
+        if self.lean_refusal is None:
+            self._lean = LeanDecoder(model)
+            if verify:  # the lean forward must give the model's own logits, or it is not used
+                why = _probe(self)
+                if why is not None:
+                    self._lean, self.lean_refusal = None, f"the probe refused it: {why}"
+                    warnings.warn(
+                        f"HFModel: {_arch(model)}: the lean forward {why}; running the model's "
+                        "own modules instead (exact, slower)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         if verify and not getattr(model, "_specdec_proven", False):
-            reason = _probe(self)
+            reason = _probe(self, transformers_route=True)
             if reason is not None:
                 raise UnsupportedModelError(f"HFModel: {_arch(model)} {reason}")
             model._specdec_proven = True  # the probe's verdict, kept with the model
+
+    @property
+    def path(self) -> str:
+        """``"lean"`` (:class:`~specdec_cuda._lean.LeanDecoder`: the model's weights in a
+        few fused ops per layer) or ``"transformers"`` (the model's own modules, with
+        attention routed to our cache); :attr:`lean_refusal` says why not lean."""
+        return "lean" if self._lean is not None else "transformers"
 
     @property
     def config(self):
@@ -276,6 +301,8 @@ class HFModel:
         cache: KVCache | PagedKVCache,
         tree_mask: torch.Tensor,
     ) -> torch.Tensor:
+        if self._lean is not None and not _ACTIVE.force_transformers:
+            return self._lean.forward(tokens, positions, cache, tree_mask)
         if _ACTIVE.cache is not None:
             raise RuntimeError("HFModel.forward: nested forwards on one thread are not supported")
         _ACTIVE.cache, _ACTIVE.mask = cache, tree_mask
@@ -330,9 +357,23 @@ def _expected_kwargs(config, layer: int) -> set[str]:
     return want
 
 
-def _probe(m: HFModel) -> str | None:
+def _probe(m: HFModel, transformers_route: bool = False) -> str | None:
     """Run a prompt and a small tree through our path and the same sequences through
-    the model's own forward; the reason the model cannot be run exactly, or None."""
+    the model's own forward; the reason the model cannot be run exactly, or None.
+
+    The lean forward is probed for its logits; the transformers route
+    (``transformers_route=True``, or a model with no lean forward) also for calling
+    attention through our cache once per layer."""
+    routed = transformers_route or m._lean is None
+    saved_force = _ACTIVE.force_transformers
+    _ACTIVE.force_transformers = transformers_route
+    try:
+        return _probe_run(m, routed)
+    finally:
+        _ACTIVE.force_transformers = saved_force
+
+
+def _probe_run(m: HFModel, routed: bool) -> str | None:
     from ._forward import forward_tree
     from .cache import KVCache
 
@@ -362,6 +403,9 @@ def _probe(m: HFModel) -> str | None:
             except (TypeError, ValueError, IndexError, RuntimeError, NotImplementedError) as exc:
                 return f"fails in our attention path: {type(exc).__name__}: {exc}"
             calls = _ACTIVE.calls
+            if not routed:
+                cache.advance(tokens.shape[1])
+                continue
             if not calls:
                 return "ran no attention layer through our attention function (no K/V reached the cache)"
             twice = sorted(k for k, v in calls.items() if v != 1)
@@ -379,7 +423,7 @@ def _probe(m: HFModel) -> str | None:
         seen = _ACTIVE.kwargs_seen
     finally:
         _ACTIVE.calls, _ACTIVE.kwargs_seen = None, None
-    for layer in range(max(layers, 0)):
+    for layer in range(max(layers, 0) if routed else 0):
         missing = _expected_kwargs(config, layer) - seen.get(layer, set())
         if missing:
             return (
