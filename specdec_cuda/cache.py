@@ -204,13 +204,15 @@ class KVCache(_CacheBase):
         n = k.shape[2]
         if self.batch_size == 0 or n == 0:
             return
-        key = (n, k.shape[1], k.shape[3])
+        heads, d = k.shape[1], k.shape[3]
+        key = (n, heads)
         idx = self._slots.get(key)
-        if idx is None:
+        if idx is None:  # rows of the [B * Hkv * max_len, D] view: (b * Hkv + h) * max_len + lens[b] + i
             slots = self.lens.long()[:, None] + torch.arange(n, device=self.device)  # [B, N]
-            idx = self._slots[key] = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        kc.scatter_(2, idx, k.to(kc.dtype))
-        vc.scatter_(2, idx, v.to(vc.dtype))
+            base = torch.arange(self.batch_size * heads, device=self.device).view(-1, heads, 1) * self.max_len
+            idx = self._slots[key] = (base + slots[:, None, :]).reshape(-1)
+        kc.view(-1, d).index_copy_(0, idx, k.to(kc.dtype).reshape(-1, d))
+        vc.view(-1, d).index_copy_(0, idx, v.to(vc.dtype).reshape(-1, d))
 
     def attend(
         self,
