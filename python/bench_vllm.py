@@ -2,7 +2,8 @@
 
 Usage (in the vLLM environment, which ``scripts/_vllm_env.sh`` creates):
     .venv-vllm/bin/python python/bench_vllm.py [--json] [--quick] [--rounds N]
-        [--new-tokens N] [--threads N] [--no-e2e] [--no-ops] [--out FILE]
+        [--new-tokens N] [--threads N] [--vllm-prefix-caching] [--no-e2e] [--no-ops]
+        [--out FILE]
 
 End to end, on the bundled tiny pair (``specdec_cuda/assets/tiny``), the same token
 ids for every system (the prompts tokenised once, passed to vLLM as token ids):
@@ -16,8 +17,9 @@ vllm ngram K=4 (vLLM's verifier / ours)
 vllm draft_model K=4 (vLLM's verifier / ours)
     the bundled draft as vLLM's ``draft_model``, 4 tokens per step.
 ours plain / prompt lookup K=4 / chain K=4
-    our own loop: ``NoDrafter``, ``PromptLookupDrafter(k=4)``,
-    ``ChainDrafter(draft, k=4, adaptive=False)``.
+    our own loop: ``NoDrafter``, ``PromptLookupDrafter(k=4, adaptive=False)``,
+    ``ChainDrafter(draft, k=4, adaptive=False)`` (fixed K = 4, as vLLM's); the
+    models run through ``HFModel``'s lean forward (``HFModel.path == "lean"``).
 
 Each system lives in its own worker process (vLLM engines are started once, with
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so the plug-in can be switched in the same
@@ -29,7 +31,10 @@ warm-up round, then ``--rounds`` timed rounds (default 2); tokens/s is all new
 tokens over the fastest round's time, and every round's figure is printed.
 ``identical`` compares a system's greedy token ids with vLLM plain's (sampled rows:
 ``-``). Threads: every worker uses ``--threads`` torch threads (default 1, what vLLM's
-CPU worker uses on a 2-core machine).
+CPU worker uses on a 2-core machine). vLLM's prefix cache (on by default for these
+models) is switched off unless ``--vllm-prefix-caching``: every round decodes the same
+prompts, so with it on vLLM's timed rounds skip the prefill that every other system
+(and a first request) pays; at batch 8 that prefill is about a quarter of the time.
 
 The op row: vLLM's CPU verification (``apply_sampling_constraints`` then
 ``rejection_sample``) against ours (``sampling_probs_ragged`` then
@@ -78,7 +83,7 @@ def _prompts(n: int) -> list[list[int]]:
     return [tok(t).input_ids for t in texts]
 
 
-def _vllm_worker(mode: str, threads: int):
+def _vllm_worker(mode: str, threads: int, prefix_caching: bool = False):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: the plug-in switch reaches it
     os.environ.setdefault("VLLM_PLUGINS", "specdec_cuda")
@@ -96,7 +101,14 @@ def _vllm_worker(mode: str, threads: int):
         "draft": {"method": "draft_model", "model": str(TINY / "draft"), "num_speculative_tokens": K},
     }[mode]
     kwargs = {"speculative_config": spec} if spec else {}
-    llm = LLM(model=str(TINY / "target"), dtype="float32", max_model_len=1024, seed=0, **kwargs)
+    llm = LLM(
+        model=str(TINY / "target"),
+        dtype="float32",
+        max_model_len=1024,
+        seed=0,
+        enable_prefix_caching=prefix_caching,
+        **kwargs,
+    )
     plugin = None
     if spec is not None:
         from specdec_cuda.integrations import vllm as plugin
@@ -136,14 +148,14 @@ def our_drafter(mode: str, draft):
 
     if mode == "plain":
         return sd.NoDrafter()
-    if mode == "lookup":
-        return sd.PromptLookupDrafter(k=K)
+    if mode == "lookup":  # fixed K, as vLLM's ngram proposer (the adaptive default grows K)
+        return sd.PromptLookupDrafter(k=K, adaptive=False)
     if mode == "chain":
         return sd.ChainDrafter(draft, k=K, adaptive=False)
     raise ValueError(f"bench_vllm: unknown mode {mode!r}")
 
 
-def _ours_worker(mode: str, threads: int):
+def _ours_worker(mode: str, threads: int, prefix_caching: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -172,7 +184,7 @@ def _ours_worker(mode: str, threads: int):
     return run
 
 
-def worker_main(kind: str, mode: str, threads: int) -> None:
+def worker_main(kind: str, mode: str, threads: int, prefix_caching: bool = False) -> None:
     # The protocol channel is a private copy of stdout; file descriptor 1 itself goes
     # to stderr, so whatever the engines print (vLLM logs to stdout) stays off it.
     out = os.fdopen(os.dup(1), "w")
@@ -181,7 +193,7 @@ def worker_main(kind: str, mode: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    run = (_vllm_worker if kind == "vllm" else _ours_worker)(mode, threads)
+    run = (_vllm_worker if kind == "vllm" else _ours_worker)(mode, threads, prefix_caching)
     out.write("READY\n")
     out.flush()
     for line in sys.stdin:
@@ -193,10 +205,11 @@ def worker_main(kind: str, mode: str, threads: int) -> None:
 
 
 class Worker:
-    def __init__(self, kind: str, mode: str, threads: int):
+    def __init__(self, kind: str, mode: str, threads: int, prefix_caching: bool = False):
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, mode, "--threads", str(threads)],
+            [sys.executable, __file__, "--worker", kind, mode, "--threads", str(threads)]
+            + (["--vllm-prefix-caching"] if prefix_caching else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if not os.environ.get("BENCH_VLLM_VERBOSE") else None,
@@ -241,7 +254,7 @@ def bench_e2e(args) -> list[dict]:
     workers = {}
     try:
         for key in sorted({(k, m) for k, m, _ in SYSTEMS.values()}):
-            workers[key] = Worker(*key, args.threads)
+            workers[key] = Worker(*key, args.threads, args.vllm_prefix_caching)
         for w in workers.values():  # started together, waited for in turn
             w.ready()
         times: dict = {}
@@ -406,17 +419,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up (default 2)")
     ap.add_argument("--new-tokens", type=int, default=96, help="new tokens per prompt (default 96)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    ap.add_argument(
+        "--vllm-prefix-caching",
+        action="store_true",
+        help="leave vLLM's prefix cache on (its timed rounds then skip the repeated prompts' prefill)",
+    )
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end table")
     ap.add_argument("--no-ops", action="store_true", help="skip the op row")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker_main(*args.worker, args.threads)
+        worker_main(*args.worker, args.threads, args.vllm_prefix_caching)
         return
     if args.quick:
         args.rounds, args.new_tokens = 1, 32
-    result = {"e2e": [], "ops": []}
+    result = {"e2e": [], "ops": [], "vllm_prefix_caching": args.vllm_prefix_caching}
     if not args.no_ops:
         result["ops"] = bench_ops(args)
     if not args.no_e2e:
@@ -433,7 +451,8 @@ def main() -> None:
             f"(each: vLLM {r['vllm_ms_each']}, ours {r['ours_ms_each']})"
         )
     if result["e2e"]:
-        print(f"\n{'system':34} {'batch':>5} {'T':>4} {'tok/s':>8} {'vs vLLM plain':>13}  identical  rounds")
+        print(f"\nvLLM prefix caching: {'on' if args.vllm_prefix_caching else 'off'}")
+        print(f"{'system':34} {'batch':>5} {'T':>4} {'tok/s':>8} {'vs vLLM plain':>13}  identical  rounds")
         for r in result["e2e"]:
             ident = (
                 "-"

@@ -4,7 +4,7 @@ Usage:
     python python/profile_loop.py [--modes plain,lookup,chain] [--batches 1,8]
         [--threads N] [--new-tokens N] [--linears]
 
-For each mode (``NoDrafter``, ``PromptLookupDrafter(k=4)``,
+For each mode (``NoDrafter``, ``PromptLookupDrafter(k=4, adaptive=False)``,
 ``ChainDrafter(draft, k=4, adaptive=False)``) and batch size, greedy, on the six
 held-out prompts as ``python/bench_vllm.py`` runs them (batch 1: the first six, one
 call each; batch 8: the first eight in one call), it prints tokens/s and
