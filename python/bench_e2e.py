@@ -46,6 +46,15 @@ hf_assisted_default
     which values were used.
 ours_autoregressive / chain_K with batch B
     our loop with B prompts per call (``--batch``, default 4; 0 or 1: skip).
+vllm_plain / vllm_ngram_K / vllm_draft_K (and vllm_plain / vllm_draft_K with batch B)
+    vLLM's ``LLM`` on the same token ids, when the vLLM environment exists
+    (``.venv-vllm``, made by ``scripts/_vllm_env.sh``; ``--vllm PYTHON`` names another
+    interpreter, ``--no-vllm`` skips them) and the models are the bundled pair on the
+    CPU: plain decoding, ``ngram`` speculation (K drafts, n-grams of 1-3) and the
+    bundled draft as ``draft_model`` (K drafts).  Each runs in its own worker process
+    (``python/bench_vllm.py``'s), with the same torch thread count, prefix caching off
+    (every round repeats the prompts) and EOS ignored (not with ``--eos``).  Their
+    time is the wall clock of ``LLM.generate`` for the prompt (or the batch).
 
 Measurement.  Defaults: 4 prompts, 128 new tokens, 3 rounds, K=4.  Batch 1: each
 prompt alone.  One warm-up call per method (first
@@ -396,12 +405,13 @@ class Result:
 @dataclass
 class Method:
     name: str
-    kind: str  # "hf", "hf_assisted", "ours"
+    kind: str  # "hf", "hf_assisted", "ours", "vllm"
     batch: int = 1
     chain: bool = False  # alpha / c / ideal columns
     draft_len: int | None = None  # K for fixed chains
     decoder: SpeculativeDecoder | None = None
     assistant: dict | None = None  # the draft's generation-config fields (hf_assisted)
+    worker: object | None = None  # the vLLM worker (bench_vllm.Worker) of a "vllm" method
     results: dict = field(default_factory=dict)  # group index -> list[Result]
 
 
@@ -552,10 +562,78 @@ class Bench:
         r.target1_s, r.target1_n = st.phase_s["target"], st.steps
         return r
 
+    # -- vLLM (a worker process of its own environment) ------------------------
+    def run_vllm(self, m: Method, prompts: list[torch.Tensor]) -> Result:
+        cmd = dict(
+            prompts=[p.tolist() for p in prompts],
+            batch=len(prompts),
+            temperature=0.0,
+            top_p=1.0,
+            new_tokens=self.args.max_new_tokens,
+            plugin=False,
+        )
+        res = m.worker(cmd)
+        return Result(res["seconds"], res["tokens"])
+
     def run(self, m: Method, group: list[torch.Tensor]) -> Result:
+        if m.kind == "vllm":
+            return self.run_vllm(m, group)
         if m.kind.startswith("hf"):
             return self.run_hf(m, group[0])
         return self.run_ours(m, group)
+
+
+def vllm_python(args, setup: Setup, device: torch.device) -> str | None:
+    """The vLLM environment's interpreter when vLLM rows can run here, else None (a note
+    says why, unless the environment simply does not exist)."""
+    if args.no_vllm:
+        return None
+    python = Path(args.vllm) if args.vllm else REPO / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        if args.vllm:
+            note(f"--vllm {args.vllm}: no such interpreter; no vLLM rows")
+        return None
+    why = None
+    if device.type != "cpu" or args.dtype != "fp32":
+        why = "vLLM rows run on the CPU in float32 only"
+    elif not setup.models.startswith("bundled"):
+        why = "vLLM rows run the bundled pair only"
+    elif args.eos:
+        why = "vLLM rows ignore EOS, so they are left out with --eos"
+    if why:
+        note(f"{why}; no vLLM rows")
+        return None
+    return str(python)
+
+
+def vllm_methods(args, python: str, k: int) -> list[Method]:
+    """vLLM's plain, ngram and draft_model modes (and plain / draft at the batch size),
+    each with its own started worker."""
+    from bench_vllm import K as VLLM_K
+    from bench_vllm import Worker
+
+    if k != VLLM_K:
+        note(f"vLLM rows use K={VLLM_K} (bench_vllm's), not --k {k}")
+    threads = args.threads or torch.get_num_threads()
+    workers = {mode: Worker("vllm", mode, threads, python=python) for mode in ("plain", "ngram", "draft")}
+    for w in workers.values():  # started together, waited for in turn
+        w.ready()
+    ms = [
+        Method("vllm_plain", "vllm", worker=workers["plain"]),
+        Method(f"vllm_ngram_K{VLLM_K}", "vllm", worker=workers["ngram"]),
+        Method(f"vllm_draft_K{VLLM_K}", "vllm", worker=workers["draft"]),
+    ]
+    if args.batch > 1:
+        ms += [
+            Method("vllm_plain", "vllm", batch=args.batch, worker=workers["plain"]),
+            Method(f"vllm_draft_K{VLLM_K}", "vllm", batch=args.batch, worker=workers["draft"]),
+        ]
+    return ms
+
+
+def close_workers(methods: list[Method]) -> None:
+    for w in {id(m.worker): m.worker for m in methods if m.worker is not None}.values():
+        w.close()
 
 
 def build_methods(bench: Bench, args) -> list[Method]:
@@ -686,12 +764,14 @@ def summarise(bench: Bench, methods: list[Method], args, device: torch.device) -
         ]
         if m.kind == "ours":  # new tokens per row and verification step
             tau = pooled(m, "emitted") / max(pooled(m, "row_steps"), 1)
+        elif m.kind == "vllm":  # vLLM's forwards are not counted here
+            tau = None
         else:  # new tokens per target forward
             tau = sum(len(x) for r in all_runs for x in r.new_tokens) / max(pooled(m, "target_calls"), 1)
         row = {
             "method": m.name,
             "batch": m.batch,
-            "tau": round(tau, 2),
+            "tau": None if tau is None else round(tau, 2),
             "tokens_per_s": round(tps, 1),
             "speedup": round(tps / hf_tps, 2),
             "alpha": None,
@@ -1024,6 +1104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="draft length of the fixed chains (default 4)")
     p.add_argument("--batch", type=int, default=4, help="batch of the batched rows (0/1: none)")
     p.add_argument("--eos", action="store_true", help="stop at EOS (default: fixed length)")
+    p.add_argument("--vllm", help="the vLLM environment's python (default: .venv-vllm/bin/python if present)")
+    p.add_argument("--no-vllm", action="store_true", help="no vLLM rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the table / JSON lines here instead of stdout")
     p.add_argument(
@@ -1077,7 +1159,13 @@ def main(argv=None) -> None:
         return
     bench = Bench(args, setup, device)
     methods = build_methods(bench, args)
-    measure(bench, methods, args.repeats)
+    python = vllm_python(args, setup, device)
+    try:
+        if python:
+            methods += vllm_methods(args, python, args.k)
+        measure(bench, methods, args.repeats)
+    finally:
+        close_workers(methods)
     rows = summarise(bench, methods, args, device)
     if args.eos and setup.eos is None:
         note("--eos: these models define no EOS token; generation is fixed-length")

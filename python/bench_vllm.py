@@ -205,10 +205,12 @@ def worker_main(kind: str, mode: str, threads: int, prefix_caching: bool = False
 
 
 class Worker:
-    def __init__(self, kind: str, mode: str, threads: int, prefix_caching: bool = False):
+    def __init__(
+        self, kind: str, mode: str, threads: int, prefix_caching: bool = False, python: str | None = None
+    ):
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, mode, "--threads", str(threads)]
+            [python or sys.executable, __file__, "--worker", kind, mode, "--threads", str(threads)]
             + (["--vllm-prefix-caching"] if prefix_caching else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

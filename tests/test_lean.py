@@ -58,7 +58,11 @@ FAMILIES = {
             }
         },
     ),
-    "llama-tied-mha": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
+    "llama-tied-mha": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"tie_word_embeddings": True, "num_key_value_heads": 4},
+    ),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": False}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"use_sliding_window": False}),
@@ -194,3 +198,14 @@ def test_no_warning_on_the_lean_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert HFModel(build("qwen3")).path == "lean"
+
+
+def test_the_transposed_weight_layout_matches_too(monkeypatch):
+    """Without oneDNN (CUDA, or a CPU build without it) the weights are held transposed for
+    mm / addmm: the same logits."""
+    monkeypatch.setattr(_lean, "_onednn", lambda: False)
+    gen = torch.Generator().manual_seed(3)
+    m = HFModel(build("qwen2"))
+    assert m.path == "lean" and not m._lean.layers[0].qkv.packed
+    lean, ref = run_both(m, "paged", gen)
+    assert float((lean - ref).abs().max()) <= 2e-5 * float(ref.abs().max())
