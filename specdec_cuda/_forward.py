@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
+from .cache import KVCache
 from .tree import chain_parents
 
 # The longest chain one forward processes (prompts are consumed in chunks).
@@ -57,8 +58,12 @@ def prefill(
 ) -> int:
     """Consume ``seq[b, cache.lens[b] : upto[b]]`` into the cache as chains, in chunks.
 
-    Returns the number of forwards run.  Rows with nothing left ride along (their
-    writes land past their length and are overwritten later).
+    Returns the number of forwards run.  While every row has tokens left, the rows go
+    together, as many tokens each as the shortest has left (no padding).  Then, on a
+    contiguous cache, each row with tokens left goes alone (a one-row view), so ragged
+    prompts cost their own length, not the longest's; on a paged cache the rest go
+    together, padded (rows with nothing left ride along: their writes land past their
+    length and are overwritten later).
     """
     chunk = chunk or PREFILL_CHUNK
     calls = 0
@@ -67,7 +72,12 @@ def prefill(
         most = int(remaining.max()) if remaining.numel() else 0
         if most == 0:
             return calls
-        n = min(most, chunk)
+        least = int(remaining.min())
+        if least == 0 and type(cache) is KVCache and cache.num_layers > 0:
+            for b in (remaining > 0).nonzero().flatten().tolist():
+                calls += prefill(model, cache.row(b), seq[b : b + 1], upto[b : b + 1], role=role, chunk=chunk)
+            return calls
+        n = min(least if least > 0 else most, chunk)
         take = remaining.clamp(max=n)
         tokens = gather_rows(seq, cache.lens, take, n)
         forward_tree(model, cache, tokens, chain_parents(seq.shape[0], n, seq.device), role=role)

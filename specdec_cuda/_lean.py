@@ -124,35 +124,43 @@ class _Linear:
     """``y = x @ W^T (+ b)`` for a weight ``W`` ``[out, in]``, held the way the device
     multiplies fastest at decoding sizes (``x`` ``[T, in]`` with T of 1 to a few dozen).
 
-    On CPU with oneDNN the weight is reordered once into oneDNN's packed layout
-    (packed for 8 rows; at 1-40 rows this is 1.3-2x faster than ``F.linear`` on the
-    development machine, and the residual add is fused); elsewhere it is stored
-    transposed, ``[in, out]`` contiguous, for ``mm`` / ``addmm``.  Either is a copy of
-    the model's weight, made at construction."""
+    Every weight is stored transposed, ``[in, out]`` contiguous, for ``mm`` /
+    ``addmm`` (on the development CPU the fastest single-row product, 1.4x
+    ``F.linear``).  On CPU with oneDNN, when ``packed`` is asked for, the weight is
+    also reordered once into oneDNN's packed layout (packed for 8 rows), which takes
+    every product of 2 or more rows (2x ``F.linear`` at 5-8 rows there) with the
+    residual add fused.  Both are copies of the model's weight, made at construction."""
 
     PACK_ROWS = 8
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None = None):
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None = None, *, pack: bool = True):
         w = w.detach()
         self.out_features = int(w.shape[0])
         self.bias = b.detach().contiguous() if b is not None else None
-        self.packed = w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and _onednn()
-        if self.packed:
-            self.w = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), self.PACK_ROWS)
-        else:
-            self.w = w.t().contiguous()
+        self.wt = w.t().contiguous()
+        self.packed = (
+            pack and w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and _onednn()
+        )
+        self.w = (
+            torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), self.PACK_ROWS) if self.packed else None
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
+        if self.packed and x.shape[0] > 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.w, self.bias, "none", [], "")
-        y = torch.mm(x, self.w)
+        y = torch.mm(x, self.wt)
         return y if self.bias is None else y.add_(self.bias)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + x @ W^T`` (no bias: the lean families have none here)."""
-        if self.packed:
+        if self.packed and x.shape[0] > 1:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.w, None, "add")
-        return torch.addmm(residual, x, self.w)
+        return torch.addmm(residual, x, self.wt)
+
+
+# Linear weights (bytes) up to which the lean forward also keeps oneDNN's packed copy
+# (a second copy of every weight); bigger models keep only the transposed one.
+PACK_LIMIT_BYTES = 2 << 30
 
 
 class _Layer:
@@ -179,13 +187,21 @@ class LeanDecoder:
         self.rotary = base.rotary_emb
         self.norm = base.norm.weight.detach()
         self.norm_eps = float(base.norm.variance_epsilon)
-        self.head = _Linear(model.get_output_embeddings().weight)
+        self.head = None  # set below, once the pack decision is made
         attn0 = base.layers[0].self_attn
         self.head_dim = int(attn0.head_dim)
         self.hq = int(config.num_attention_heads)
         self.hkv = int(getattr(config, "num_key_value_heads", None) or self.hq)
         self.scale = float(attn0.scaling)
         self.layers: list[_Layer] = []
+        linear_bytes = sum(
+            p.numel() * p.element_size()
+            for n, p in model.named_parameters()
+            if p.dim() == 2 and "embed" not in n
+        )
+        #: whether the CPU's oneDNN packed copy is kept besides the transposed one
+        self.pack = linear_bytes <= PACK_LIMIT_BYTES
+        pack = self.pack
         with torch.no_grad():
             for layer in base.layers:
                 a, m = layer.self_attn, layer.mlp
@@ -211,6 +227,7 @@ class LeanDecoder:
                 L.qeps = float(qn.variance_epsilon) if qn is not None else 0.0
                 L.keps = float(kn.variance_epsilon) if kn is not None else 0.0
                 self.layers.append(L)
+        self.head = _Linear(model.get_output_embeddings().weight, pack=pack)
         self.inter = self.layers[0].gu.out_features // 2
 
     @staticmethod

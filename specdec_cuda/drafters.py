@@ -35,7 +35,7 @@ import torch
 
 from . import ops
 from ._philox import uniforms
-from .drafting import Draft, DraftContext, Drafter, ModelDrafter
+from .drafting import Draft, DraftContext, Drafter, ModelDrafter, StepFeedback
 from .length_policy import AdaptiveLength
 from .tree import DEFAULT_TREE, StaticTree, chain_parents, static_tree
 
@@ -451,10 +451,13 @@ class PromptLookupDrafter(Drafter):
     """n-gram drafting from the row's own context (no draft model).
 
     For n from ``max_ngram`` down to ``min_ngram``: find the most recent earlier
-    occurrence of the last n committed tokens; the k tokens that followed it are
-    the draft.  Rows without a match (or with a short continuation) are padded by
-    repeating their last draft token — any token is a valid deterministic draft,
-    it is just less likely to be accepted.  ``k`` adapts like a chain's length.
+    occurrence of the last n committed tokens; the (up to) k tokens that followed it
+    are the draft.  A step verifies as many drafts as the longest continuation found
+    in the batch, not k: rows with a shorter one (or none) are padded to that width by
+    repeating their last token (any token is a valid deterministic draft, just
+    unlikely to be accepted), and a step where no row matches verifies no drafts at
+    all.  ``k`` adapts like a chain's length, from each row's acceptance of its real
+    drafts.
     """
 
     name = "prompt_lookup"
@@ -497,11 +500,21 @@ class PromptLookupDrafter(Drafter):
         k = self.length.k
         seq = ctx.seq.cpu()
         lens = ctx.seq_lens.tolist()
-        rows = []
+        conts, roots = [], []
         for b in range(ctx.batch_size):
-            cont = self._lookup(seq[b, : lens[b]], k)
-            root = int(seq[b, lens[b] - 1])
-            cont = cont or [root]
-            rows.append([root] + cont + [cont[-1]] * (k - len(cont)))
-        tokens = torch.tensor(rows, dtype=torch.long).reshape(ctx.batch_size, k + 1).to(ctx.device)
-        return Draft(tokens, chain_parents(ctx.batch_size, k + 1, ctx.device), None)
+            conts.append(self._lookup(seq[b, : lens[b]], k))
+            roots.append(int(seq[b, lens[b] - 1]))
+        width = max((len(c) for c in conts), default=0)
+        rows = [[r] + c + [(c or [r])[-1]] * (width - len(c)) for r, c in zip(roots, conts)]
+        self._real = [len(c) for c in conts]  # each row's real drafts, for update()
+        tokens = torch.tensor(rows, dtype=torch.long).reshape(ctx.batch_size, width + 1).to(ctx.device)
+        return Draft(tokens, chain_parents(ctx.batch_size, width + 1, ctx.device), None)
+
+    def update(self, ctx: DraftContext, feedback: StepFeedback) -> None:
+        """The acceptance of each row's real drafts (padding is neither a draft nor a
+        rejection) feeds the length policy."""
+        active = feedback.active.cpu()
+        if not bool(active.any()):
+            return
+        real = torch.tensor(self._real)[active]
+        self.length.observe(feedback.accepted.cpu()[active], real)

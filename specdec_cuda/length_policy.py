@@ -83,11 +83,14 @@ class AdaptiveLength:
         c = draft_s_per_call / target_s_per_call
         self._cost = c if self._cost is None else 0.8 * self._cost + 0.2 * c
 
-    def observe(self, accepted: torch.Tensor, proposed: int) -> None:
-        """``accepted``: int ``[rows]`` accepted drafts of the active rows this step."""
+    def observe(self, accepted: torch.Tensor, proposed: int | torch.Tensor) -> None:
+        """``accepted``: int ``[rows]`` accepted drafts of the active rows this step;
+        ``proposed``: the drafts each row had (one count for all, or int ``[rows]``).
+        A row rejected when it accepted fewer than it had."""
         a = accepted.tolist()
+        p = proposed.tolist() if isinstance(proposed, torch.Tensor) else [proposed] * len(a)
         self._acc = self.decay * self._acc + float(sum(a))
-        self._rej = self.decay * self._rej + float(sum(1 for x in a if x < proposed))
+        self._rej = self.decay * self._rej + float(sum(1 for x, k in zip(a, p) if x < k))
         if self.enabled:
             self.k = self.best_k()
 

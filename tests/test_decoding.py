@@ -503,16 +503,35 @@ def test_greedy_chunked_prefill(monkeypatch, drafter, cache):
     out = dec.generate(prompts, max_new_tokens=16)
     assert_rows_equal(out.new_tokens, s.refs(prompts, 16), f"chunked {drafter}")
     st = out.stats
-    # the target prefilled the longest prompt (minus its root) in ceil(39 / 7) chunks
-    assert st.target_calls - st.steps == math.ceil(39 / chunk)
+    # the target prefilled the prompts minus their roots (39, 4, 22, 15 tokens) by the
+    # rule of _forward.prefill
+    want = prefill_forwards([39, 4, 22, 15], chunk, contiguous=cache == "contig")
+    assert want == (11 if cache == "contig" else math.ceil(39 / chunk))
+    assert st.target_calls - st.steps == want
     if drafter == "chain-fixed":
         # the draft's first step prefills the same way, then k forwards per step
-        assert st.draft_calls == math.ceil(39 / chunk) + st.steps * 4
+        assert st.draft_calls == want + st.steps * 4
+
+
+def prefill_forwards(remaining: list[int], chunk: int, contiguous: bool) -> int:
+    """The forwards _forward.prefill runs: all rows together for as many tokens as the
+    shortest has left; then, on a contiguous cache (layers allocated), each row alone;
+    on a paged one, the rest together, padded."""
+    rem, calls = list(remaining), 0
+    while max(rem) > 0:
+        least = min(rem)
+        if least == 0 and contiguous and calls > 0:
+            return calls + sum(math.ceil(r / chunk) for r in rem if r)
+        n = min(least if least > 0 else max(rem), chunk)
+        rem = [max(0, r - n) for r in rem]
+        calls += 1
+    return calls
 
 
 @needs_hf
 def test_greedy_prompt_longer_than_default_prefill_chunk():
-    """A 530-token prompt with the real PREFILL_CHUNK (512): two prefill chunks."""
+    """A 530-token prompt with the real PREFILL_CHUNK (512), batched with a 6-token one:
+    both rows' first 5 tokens together, then the long row alone in two chunks (524 tokens)."""
     assert _forward.PREFILL_CHUNK == 512
     s = hf_setup("llama", "cpu")
     prompts = _prompts((530, 6), HF_VOCAB, seed=17)
@@ -520,7 +539,7 @@ def test_greedy_prompt_longer_than_default_prefill_chunk():
         prompts, max_new_tokens=12
     )
     assert_rows_equal(out.new_tokens, s.refs(prompts, 12), "long prompt")
-    assert out.stats.target_calls - out.stats.steps == 2
+    assert out.stats.target_calls - out.stats.steps == prefill_forwards([529, 5], 512, contiguous=True) == 3
 
 
 @needs_hf
@@ -1803,3 +1822,29 @@ def test_lossless_check_rejects_a_siblings_mismatch(verification, stat_models_fa
     )
     record_property("p_value", p)
     assert p < ALPHA
+
+
+def test_kv_cache_row_view_writes_into_the_batch():
+    """KVCache.row(b): a one-row cache whose writes, advance and truncate land in row b."""
+    from specdec_cuda.cache import KVCache
+
+    cache = KVCache(3, 10)
+    with pytest.raises(RuntimeError, match="first forward"):
+        cache.row(0)
+    cache.reserve(2)
+    k = torch.randn(3, 2, 2, 4)
+    cache.write(0, k, k + 1)
+    cache.advance(torch.tensor([2, 1, 0]))
+    with pytest.raises(IndexError, match="out of range"):
+        cache.row(3)
+    row = cache.row(1)
+    assert row.batch_size == 1 and int(row.lens[0]) == 1
+    row.reserve(3)
+    k1 = torch.randn(1, 2, 3, 4)
+    row.write(0, k1, k1 * 2)
+    row.advance(3)
+    assert cache.lens.tolist() == [2, 4, 0]
+    assert torch.equal(cache.k[0][1, :, 1:4], k1[0]) and torch.equal(cache.v[0][1, :, 1:4], 2 * k1[0])
+    assert torch.equal(cache.k[0][0, :, :2], k[0])  # other rows untouched
+    row.truncate(torch.tensor([2], dtype=torch.int32))
+    assert cache.lens.tolist() == [2, 2, 0]

@@ -209,3 +209,30 @@ def test_the_transposed_weight_layout_matches_too(monkeypatch):
     assert m.path == "lean" and not m._lean.layers[0].qkv.packed
     lean, ref = run_both(m, "paged", gen)
     assert float((lean - ref).abs().max()) <= 2e-5 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_single_row_forwards_match(family):
+    """One row, one token (the matmul path of single-row products) after a prompt."""
+    m = HFModel(build(family))
+    gen = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, m.vocab_size, (1, 6), generator=gen)
+    steps = torch.randint(0, m.vocab_size, (1, 3), generator=gen)
+    outs = []
+    for force in (False, True):
+        cache = KVCache(1, 32)
+        sd.models._ACTIVE.force_transformers = force
+        try:
+            with torch.inference_mode():
+                forward_tree(m, cache, prompt, torch.arange(-1, 5, dtype=torch.int32)[None])
+                cache.advance(6)
+                got = []
+                for i in range(3):
+                    got.append(
+                        forward_tree(m, cache, steps[:, i : i + 1], torch.tensor([[-1]], dtype=torch.int32))
+                    )
+                    cache.advance(1)
+        finally:
+            sd.models._ACTIVE.force_transformers = False
+        outs.append(torch.cat(got, 1))
+    assert float((outs[0] - outs[1]).abs().max()) <= 2e-5 * float(outs[1].abs().max())
