@@ -90,12 +90,6 @@ def lean_refusal(model: Any) -> str | None:
         biases = [getattr(attn, p).bias is None for p in ("q_proj", "k_proj", "v_proj")]
         if len(set(biases)) != 1:
             return "q/k/v projections differ in having a bias"
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        if any(t != "full_attention" for t in layer_types):
-            return "has sliding-window layers (the transformers route passes the window to our attention)"
-    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "uses a sliding window (the transformers route passes it to our attention)"
     if getattr(config, "hidden_act", None) != "silu":
         return f"hidden_act {getattr(config, 'hidden_act', None)!r} is not silu"
     if getattr(config, "pretraining_tp", 1) != 1:
@@ -187,7 +181,6 @@ class LeanDecoder:
         self.rotary = base.rotary_emb
         self.norm = base.norm.weight.detach()
         self.norm_eps = float(base.norm.variance_epsilon)
-        self.head = None  # set below, once the pack decision is made
         attn0 = base.layers[0].self_attn
         self.head_dim = int(attn0.head_dim)
         self.hq = int(config.num_attention_heads)
@@ -200,8 +193,7 @@ class LeanDecoder:
             if p.dim() == 2 and "embed" not in n
         )
         #: whether the CPU's oneDNN packed copy is kept besides the transposed one
-        self.pack = linear_bytes <= PACK_LIMIT_BYTES
-        pack = self.pack
+        self.pack = pack = linear_bytes <= PACK_LIMIT_BYTES
         with torch.no_grad():
             for layer in base.layers:
                 a, m = layer.self_attn, layer.mlp
@@ -217,10 +209,11 @@ class LeanDecoder:
                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
                     if a.q_proj.bias is not None
                     else None,
+                    pack=pack,
                 )
-                L.o = _Linear(a.o_proj.weight)
-                L.gu = _Linear(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
-                L.down = _Linear(m.down_proj.weight)
+                L.o = _Linear(a.o_proj.weight, pack=pack)
+                L.gu = _Linear(torch.cat([m.gate_proj.weight, m.up_proj.weight]), pack=pack)
+                L.down = _Linear(m.down_proj.weight, pack=pack)
                 qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
                 L.qn = qn.weight.detach() if qn is not None else None
                 L.kn = kn.weight.detach() if kn is not None else None

@@ -410,23 +410,6 @@ class PagedKVCache(_CacheBase):
         self._room = 0
         self._slots = {}
 
-    def row(self, b: int) -> KVCache:
-        """A one-row cache over row ``b`` of this one: its K/V and its length are views
-        (writes, ``advance`` and ``truncate`` go to this cache), so a forward can run
-        one row alone.  Only once every layer exists (after a first forward): a row
-        view cannot allocate layers for the whole batch."""
-        if not 0 <= b < self.batch_size:
-            raise IndexError(f"KVCache.row: row {b} out of range for batch {self.batch_size}")
-        if not self.k:
-            raise RuntimeError("KVCache.row: the layers are allocated by the first forward; run one first")
-        view = KVCache(0, self.max_len, dtype=self.dtype, device=self.device)
-        view.batch_size = 1
-        view.lens = self.lens[b : b + 1]
-        view._head_dims = self._head_dims
-        view.k = [t[b : b + 1] for t in self.k]
-        view.v = [t[b : b + 1] for t in self.v]
-        return view
-
     def layer_kv(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The committed K/V of one row and layer, ``[Hkv, lens[row], D]`` each (for tests)."""
         n = int(self.lens[row])

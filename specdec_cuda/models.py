@@ -265,6 +265,10 @@ class HFModel:
         self._lean = None
         #: why the lean forward does not run this model (None while it does; see :attr:`path`)
         self.lean_refusal = lean_refusal(model) if lean else "lean=False was passed"
+        if self.lean_refusal is None and any(
+            _expected_kwargs(model.config, i) for i in range(max(_attention_layers(model.config), 0))
+        ):  # the layers the probe checks for a window / soft-cap: the transformers route passes them
+            self.lean_refusal = "uses a sliding window or a logit soft-cap (the transformers route passes it)"
         if self.lean_refusal is None:
             self._lean = LeanDecoder(model)
             if verify:  # the lean forward must give the model's own logits, or it is not used
